@@ -1,0 +1,106 @@
+"""Stage 02: apply the model's chat template, count real tokens, build the loss mask.
+
+The loss mask decides what the model learns: by default only assistant turns (and
+their end-of-turn token) are trained; system and user text is context, not target.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from nbkit.config import Config, field
+from nbkit.models import EMBEDDED_MODEL, load_tokenizer
+from nbkit.workspace import Workspace, read_jsonl, write_json, write_jsonl
+
+IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy skips
+
+
+@dataclass
+class FormatConfig(Config):
+    """Which model's chat template to apply and how long examples may be."""
+
+    workspace: str = field("workspace", "Folder that holds every stage's output.")
+    base_model: str = field(EMBEDDED_MODEL, "Model whose tokenizer and chat template are used (Hub id or path).")
+    max_seq_len: int = field(512, "Longest example in tokens; longer ones are flagged and truncated in training.")
+
+    def validate(self) -> None:
+        self.require(self.max_seq_len > 0, "max_seq_len", f"must be > 0, got {self.max_seq_len}")
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_seq_len: int | None = None) -> dict[str, list[int]]:
+    """input_ids and labels for one conversation; labels are IGNORE_INDEX outside assistant turns.
+
+    The assistant spans are found on the rendered text (prompt-with-generation-header vs.
+    conversation-up-to-this-turn), then mapped to tokens through the offsets, which stays
+    right whatever the tokenizer does at span boundaries.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False).rstrip())
+        spans.append((start, end))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoded["input_ids"]
+    labels = [
+        token if any(s <= a < e for s, e in spans) else IGNORE_INDEX
+        for token, (a, _b) in zip(input_ids, encoded["offset_mapping"])
+    ]
+    if max_seq_len is not None:
+        input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation up to (not including) its last assistant turn: what the model is asked."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last]
+
+
+def reference_answer(messages: list[dict[str, str]]) -> str:
+    return [m for m in messages if m["role"] == "assistant"][-1]["content"]
+
+
+def format_rows(config: FormatConfig) -> dict[str, Any]:
+    """Read data/clean.jsonl, write data/formatted/rows.jsonl and the format report."""
+    ws = Workspace(config.workspace)
+    rows = read_jsonl(ws.require(ws.clean, "01_collect"))
+    tokenizer = load_tokenizer(config.base_model)
+    out, lengths, trained, over = [], [], [], []
+    for row in rows:
+        full = tokenize_chat(tokenizer, row["messages"])
+        n_tokens = len(full["input_ids"])
+        n_trained = sum(label != IGNORE_INDEX for label in full["labels"])
+        kept_trained = sum(label != IGNORE_INDEX for label in full["labels"][: config.max_seq_len])
+        out.append({**row, "n_tokens": n_tokens, "n_trained": n_trained,
+                    "over_max": n_tokens > config.max_seq_len, "trained_cut": n_trained - kept_trained})
+        lengths.append(n_tokens)
+        trained.append(n_trained)
+        if n_tokens > config.max_seq_len:
+            over.append({**row["meta"], "n_tokens": n_tokens, "trained_cut": n_trained - kept_trained})
+    write_jsonl(ws.formatted, out)
+    report = {
+        "base_model": config.base_model,
+        "max_seq_len": config.max_seq_len,
+        "rows": len(out),
+        "tokens": _stats(lengths),
+        "trained_tokens": _stats(trained),
+        "over_max_seq_len": len(over),
+        "over_max_examples": over[:20],
+        "example": tokenizer.apply_chat_template(rows[0]["messages"], tokenize=False) if rows else "",
+    }
+    write_json(ws.format_report, report)
+    return report
+
+
+def _stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"min": 0, "mean": 0.0, "p95": 0, "max": 0, "total": 0}
+    ordered = sorted(values)
+    return {"min": ordered[0], "mean": round(statistics.fmean(ordered), 1),
+            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1],
+            "total": sum(ordered)}

