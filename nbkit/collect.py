@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from nbkit.errors import DataError
 from nbkit.workspace import Workspace, iter_lines, write_json, write_jsonl
 
 SAMPLE_DATA = Path(__file__).parent / "sample_data" / "support_triage.jsonl"
+STRUCTURED_COLUMNS = ("messages", "conversations")
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
 
 
@@ -216,16 +218,21 @@ READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_table, ".tsv":
 
 
 def _parse_cells(record: dict[str, Any]) -> dict[str, Any]:
-    """Tables store nested fields as JSON text or arrays; decode them so schemas match."""
+    """Table rows -> records: nested columns arrive as JSON text or arrays, empty cells as NaN/None.
+
+    Only the structured columns are decoded, so an answer that *is* JSON text stays text.
+    """
     out = {}
     for key, value in record.items():
         if hasattr(value, "tolist"):
             value = value.tolist()
-        if isinstance(value, str) and value[:1] in "[{":
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue  # an empty cell is an absent field, not the text "nan"
+        if key in STRUCTURED_COLUMNS and isinstance(value, str):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                pass
+                pass  # left as text: validation reports the wrong type with the row number
         out[key] = value
     return out
 

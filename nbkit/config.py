@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from nbkit.errors import ConfigError
 
-FIX_HINT = "set it in the parameters cell (or with `nbkit run -p NAME VALUE`)"
+FIX_HINT = "set it in the parameters cell or the panel (or with `nbkit run -p NAME VALUE`)"
 
 
 def field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -45,7 +45,9 @@ class Config:
                 continue
             if hint is float and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
-            elif hint is int and isinstance(value, float) and value.is_integer():
+            elif hint is int and isinstance(value, float):
+                if not value.is_integer():
+                    raise ConfigError(f"`{f.name}` must be a whole number, got {value!r} — {FIX_HINT}.")
                 setattr(self, f.name, int(value))
             elif hint is bool and not isinstance(value, bool):
                 raise ConfigError(f"`{f.name}` must be True or False, got {value!r} — {FIX_HINT}.")

@@ -55,6 +55,38 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_seq_len: int | 
     return {"input_ids": input_ids, "labels": labels}
 
 
+def mask_segments(tokenizer, messages: list[dict[str, str]], max_seq_len: int | None = None) -> list[tuple[str, bool]]:
+    """The rendered conversation as runs of (text, trained) — what the loss-mask viewer draws."""
+    encoded = tokenize_chat(tokenizer, messages, max_seq_len)
+    segments: list[tuple[list[int], bool]] = []
+    for token, label in zip(encoded["input_ids"], encoded["labels"]):
+        trained = label != IGNORE_INDEX
+        if segments and segments[-1][1] == trained:
+            segments[-1][0].append(token)
+        else:
+            segments.append(([token], trained))
+    return [(tokenizer.decode(ids), trained) for ids, trained in segments]
+
+
+def mask_problems(tokenizer, messages: list[dict[str, str]]) -> list[str]:
+    """Checks that the mask trains what it should: every assistant turn and its end-of-turn token, no prompt text."""
+    segments = mask_segments(tokenizer, messages)
+    trained = "".join(text for text, on in segments if on)
+    masked = "".join(text for text, on in segments if not on)
+    problems = []
+    for message in messages:
+        if message["role"] == "assistant" and message["content"].strip() not in trained:
+            problems.append("an assistant turn is not trained")
+        if message["role"] in ("user", "system") and message["content"].strip() in trained:
+            problems.append(f"{message['role']} text is trained")
+    eos = tokenizer.eos_token
+    if eos and trained.count(eos) < sum(m["role"] == "assistant" for m in messages):
+        problems.append(f"the end-of-turn token {eos} is not trained, so the model may never stop")
+    if not masked and len(messages) > 1:
+        problems.append("nothing is masked")
+    return sorted(set(problems))
+
+
 def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The conversation up to (not including) its last assistant turn: what the model is asked."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -92,6 +124,7 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
         "over_max_seq_len": len(over),
         "over_max_examples": over[:20],
         "example": tokenizer.apply_chat_template(rows[0]["messages"], tokenize=False) if rows else "",
+        "mask_problems": mask_problems(tokenizer, rows[0]["messages"]) if rows else [],
     }
     write_json(ws.format_report, report)
     return report

@@ -41,23 +41,44 @@ class SplitConfig(Config):
 
 
 def split_rows(rows: list[dict[str, Any]], config: SplitConfig) -> dict[str, list[dict[str, Any]]]:
-    """Seeded split; each stratum is divided in the same proportions."""
+    """Seeded split; every stratum is divided in the same proportions.
+
+    Sizes are fixed for the whole data first, then shared out over the strata by largest
+    remainder, so many small strata still give the requested test and validation sizes.
+    """
     strata: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         strata[row["meta"].get(config.stratify_by) if config.stratify_by else None].append(row)
+    keys = sorted(strata, key=str)
     rng = random.Random(config.seed)
+    for key in keys:
+        rng.shuffle(strata[key])
+    sizes = {key: len(strata[key]) for key in keys}
+    n_test = _allocate(sizes, round(len(rows) * config.test_fraction))
+    rest = {key: sizes[key] - n_test[key] for key in keys}
+    n_val = _allocate(rest, round(len(rows) * config.validation_fraction))
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
-    for key in sorted(strata, key=str):
-        group = strata[key][:]
-        rng.shuffle(group)
-        n_test = round(len(group) * config.test_fraction)
-        n_val = round(len(group) * config.validation_fraction)
-        out["test"] += group[:n_test]
-        out["validation"] += group[n_test:n_test + n_val]
-        out["train"] += group[n_test + n_val:]
+    for key in keys:
+        group, t, v = strata[key], n_test[key], n_val[key]
+        out["test"] += group[:t]
+        out["validation"] += group[t:t + v]
+        out["train"] += group[t + v:]
     for name in SPLITS:  # interleave strata again so batches are mixed
         rng.shuffle(out[name])
     return out
+
+
+def _allocate(sizes: dict[Any, int], total: int) -> dict[Any, int]:
+    """Share `total` over groups in proportion to their sizes (largest remainder, never above a group's size)."""
+    whole = sum(sizes.values())
+    if whole == 0:
+        return {key: 0 for key in sizes}
+    exact = {key: total * n / whole for key, n in sizes.items()}
+    counts = {key: int(value) for key, value in exact.items()}
+    by_remainder = sorted(sizes, key=lambda k: exact[k] - counts[k], reverse=True)
+    for key in by_remainder[: total - sum(counts.values())]:
+        counts[key] += 1
+    return {key: min(count, sizes[key]) for key, count in counts.items()}
 
 
 def prompt_key(row: dict[str, Any]) -> str:

@@ -7,7 +7,6 @@ matrices on every linear layer. Only assistant tokens carry loss (see formatting
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -83,7 +82,7 @@ def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
     return Dataset.from_list([tokenize_chat(tokenizer, r["messages"], max_seq_len) for r in rows])
 
 
-def make_callback(metrics_path: Path, on_log: LogFn | None, total_steps_hint: int = 0):
+def make_callback(metrics_path: Path, on_log: LogFn | None):
     """A TrainerCallback that appends every log to metrics.jsonl and hands it to `on_log`.
 
     `on_log` is a plain function (a panel's update method, print, ...): the core does not
@@ -108,33 +107,36 @@ def make_callback(metrics_path: Path, on_log: LogFn | None, total_steps_hint: in
     return MetricsCallback()
 
 
-def print_log(record: dict[str, Any]) -> None:
-    """Default progress for headless runs: one line per log, numbers as text."""
+def format_log(record: dict[str, Any]) -> str:
+    """One line per log: step, losses, learning rate, grad norm, elapsed time."""
     parts = [f"step {record['step']}/{record['max_steps']}"]
     for key, label in (("loss", "loss"), ("eval_loss", "val_loss"), ("learning_rate", "lr"), ("grad_norm", "grad")):
         if key in record:
             parts.append(f"{label} {record[key]:.4g}")
     parts.append(f"{record['elapsed_s']:.0f}s")
-    print(" | ".join(parts), flush=True)
+    return " | ".join(parts)
 
 
-def train(config: TrainConfig, on_log: LogFn | None = print_log) -> dict[str, Any]:
-    """Train LoRA adapters on data/splits/train.jsonl; return the run record (run.json)."""
+def print_log(record: dict[str, Any]) -> None:
+    """Default progress for headless runs: the numbers as text."""
+    print(format_log(record), flush=True)
+
+
+def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = print_log):
+    """The SFTTrainer for a run: tokenized splits, the (4-bit) base model and the LoRA config.
+
+    Returns (trainer, tokenizer, method actually used). `train()` is the usual entry point;
+    tests use this to inspect weights before and after training.
+    """
+    import torch
     from peft import LoraConfig
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     ws = Workspace(config.workspace)
-    manifest = read_json(ws.require(ws.manifest, "03_split"))
+    ws.require(ws.manifest, "03_split")
     train_rows = read_jsonl(ws.split("train"))
     val_rows = read_jsonl(ws.split("validation"))
-    run_id = config.run_id or new_run_id()
-    run_dir = ws.run_dir(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.replace(run_id=run_id).save(run_dir / "config.json")
-    write_json(run_dir / "env.json", environment())
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-
     device = pick_device()
     print(f"Device: {device.reason}.", flush=True)
     tokenizer = load_tokenizer(config.base_model)
@@ -149,59 +151,80 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log) -> dict[str, An
         r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
     )
-    eval_on = val_ds is not None and len(val_ds) > 0
+    evaluate_during = bool(val_ds) and config.eval_steps > 0
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         max_steps=config.max_steps if config.max_steps > 0 else -1,
         num_train_epochs=config.num_train_epochs,
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the total steps
         weight_decay=config.weight_decay,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_length=config.max_seq_len,
         logging_steps=config.logging_steps,
-        eval_strategy=("steps" if config.eval_steps else "no") if eval_on else "no",
-        eval_steps=config.eval_steps or None,
+        eval_strategy="steps" if evaluate_during else "no",
+        eval_steps=config.eval_steps if evaluate_during else None,
         save_strategy="no",
         report_to="none",
         seed=config.seed,
-        bf16=device.type == "cuda" and str(device.dtype).endswith("bfloat16"),
-        fp16=device.type == "cuda" and str(device.dtype).endswith("float16") and "bfloat" not in str(device.dtype),
+        bf16=device.dtype == torch.bfloat16,
+        fp16=device.dtype == torch.float16,
         use_cpu=device.type == "cpu",
         disable_tqdm=on_log is not None,
         dataloader_pin_memory=device.type == "cuda",
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if eval_on else None,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds or None,
                          processing_class=tokenizer, peft_config=lora,
-                         callbacks=[make_callback(metrics_path, on_log)])
+                         callbacks=[make_callback(run_dir / "metrics.jsonl", on_log)])
+    if on_log is not None:  # our callback reports progress; drop the trainer's raw dict printer
+        trainer.remove_callback(PrinterCallback)
+    return trainer, tokenizer, method
+
+
+def train(config: TrainConfig, on_log: LogFn | None = print_log) -> dict[str, Any]:
+    """Train LoRA adapters on data/splits/train.jsonl; return the run record (runs/<run_id>/run.json)."""
+    ws = Workspace(config.workspace)
+    manifest = read_json(ws.require(ws.manifest, "03_split"))
+    run_id = config.run_id or new_run_id()
+    run_dir = ws.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.replace(run_id=run_id).save(run_dir / "config.json")
+    write_json(run_dir / "env.json", environment())
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+
+    trainer, tokenizer, method = build_trainer(config, run_dir, on_log)
     trainable, total = _parameter_counts(trainer.model)
     print(f"Training {trainable:,} LoRA parameters ({100 * trainable / total:.2f}% of {total:,}) on "
-          f"{len(train_ds)} examples, effective batch {config.effective_batch_size}.", flush=True)
-
+          f"{len(trainer.train_dataset)} examples, effective batch {config.effective_batch_size}.", flush=True)
     started = time.monotonic()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*use_cache.*")
         result = trainer.train()
     seconds = time.monotonic() - started
-    final_eval = trainer.evaluate() if eval_on else {}
+    logs = _read_metrics(metrics_path)
+    evals = [r for r in logs if "eval_loss" in r]
+    if trainer.eval_dataset is not None and (not evals or evals[-1]["step"] != result.global_step):
+        trainer.evaluate()  # the validation loss of the final weights, logged like the others
+        logs = _read_metrics(metrics_path)
+        evals = [r for r in logs if "eval_loss" in r]
     trainer.model.save_pretrained(run_dir / "adapter")
     tokenizer.save_pretrained(run_dir / "adapter")
 
-    logs = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
     losses = [r["loss"] for r in logs if "loss" in r]
     record = {
         "run_id": run_id,
         "base_model": config.base_model,
         "method": method,
-        "device": device.type,
+        "device": str(trainer.args.device),
         "steps": result.global_step,
         "train_seconds": round(seconds, 1),
         "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
                        "mean": result.training_loss},
-        "eval_loss": final_eval.get("eval_loss"),
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "trainable_parameters": trainable,
         "dataset": {"fingerprints": manifest["fingerprints"], "sizes": manifest["sizes"]},
         "adapter": str(run_dir / "adapter"),
@@ -210,11 +233,12 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log) -> dict[str, An
     return record
 
 
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def _parameter_counts(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
 
-
-def perplexity(loss: float | None) -> float | None:
-    return math.exp(loss) if loss is not None and loss < 50 else None

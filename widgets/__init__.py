@@ -1,1 +1,16 @@
-"""ipywidget panels for the nbkit notebooks."""
+"""ipywidget panels for the nbkit notebooks (source in widgets/, imported as nbkit.widgets).
+
+Panels edit a stage's config in place and show progress; the work is done by nbkit.
+"""
+
+from nbkit.widgets.collect import CollectPanel, collect_results
+from nbkit.widgets.evaluate import comparison_viewer, eval_panel
+from nbkit.widgets.format import format_panel, mask_viewer
+from nbkit.widgets.pager import Pager, chat_preview
+from nbkit.widgets.panel import ConfigForm, Panel
+from nbkit.widgets.split import split_panel
+from nbkit.widgets.train import LiveMonitor, TrainPanel, training_progress
+
+__all__ = ["CollectPanel", "ConfigForm", "LiveMonitor", "Pager", "Panel", "TrainPanel", "chat_preview",
+           "collect_results", "comparison_viewer", "eval_panel", "format_panel", "mask_viewer", "split_panel",
+           "training_progress"]

@@ -1,0 +1,36 @@
+"""Shared fixtures: offline hub, one embedded-model load per session, a prepared workspace."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from nbkit.models import EMBEDDED_MODEL, load_tokenizer
+
+    return load_tokenizer(EMBEDDED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def prepared_workspace(tmp_path_factory) -> Path:
+    """Sample data collected, formatted and split once per session (stages 01-03, no model weights)."""
+    from nbkit.collect import CollectConfig, collect
+    from nbkit.formatting import FormatConfig, format_rows
+    from nbkit.split import SplitConfig, split_dataset
+
+    ws = tmp_path_factory.mktemp("prepared")
+    collect(CollectConfig(workspace=str(ws)))
+    format_rows(FormatConfig(workspace=str(ws)))
+    split_dataset(SplitConfig(workspace=str(ws)))
+    return ws

@@ -1,0 +1,408 @@
+"""Stage 01 collect: every record read lands in clean.jsonl or rejected.jsonl, with its position."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nbkit.collect import SAMPLE_DATA, CollectConfig, collect
+from nbkit.errors import DataError
+from nbkit.workspace import Workspace, read_json, read_jsonl
+
+
+def chat(question: str, answer: str = "ok", **extra) -> dict:
+    """A valid user/assistant record with optional side fields (label, id, ...)."""
+    return {"messages": [{"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}], **extra}
+
+
+def write_lines(path: Path, lines: list, *, newline: str = "\n", bom: bool = False) -> Path:
+    """Write a JSONL-ish file: dicts/lists are JSON-encoded, str written as text, bytes as-is."""
+    data = b"\xef\xbb\xbf" if bom else b""
+    for line in lines:
+        if isinstance(line, bytes):
+            data += line
+        elif isinstance(line, str):
+            data += line.encode("utf-8")
+        else:
+            data += json.dumps(line).encode("utf-8")
+        data += newline.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def run(tmp_path: Path, sources: list) -> tuple[dict, list[dict], list[dict]]:
+    """collect() into tmp_path/ws; return (report, clean rows, rejected rows) as read back from disk."""
+    ws = Workspace(tmp_path / "ws")
+    report = collect(CollectConfig(workspace=str(ws.root), sources=sources))
+    return report, read_jsonl(ws.clean), read_jsonl(ws.rejected)
+
+
+def user_texts(rows: list[dict]) -> list[str]:
+    return [m["content"] for r in rows for m in r["messages"] if m["role"] == "user"]
+
+
+# One concrete bad record per validation category in nbkit/chat_format.py.
+FIRST = chat("first question")
+BAD_RECORDS = [
+    ("data_type", ["not", "an", "object"]),
+    ("data_type", {"messages": "hello"}),
+    ("missing_messages", {"question": "hi", "answer": "there"}),
+    ("message_missing_key", {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}),
+    ("message_missing_key", {"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}),
+    ("unrecognized_key", {"messages": [{"role": "user", "content": "hi", "mood": "happy"},
+                                       {"role": "assistant", "content": "x"}]}),
+    ("unrecognized_role", {"messages": [{"role": "customer", "content": "hi"},
+                                        {"role": "assistant", "content": "x"}]}),
+    ("unrecognized_role", {"conversations": [{"from": "alien", "value": "hi"}, {"from": "gpt", "value": "x"}]}),
+    ("missing_content", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}),
+    ("missing_content", {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]}),
+    ("no_assistant_message", {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}),
+    ("empty_conversation", {"messages": []}),
+    ("bad_role_order", {"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "hi"}]}),
+    ("bad_role_order", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
+                                     {"role": "assistant", "content": "x"}]}),
+    ("bad_role_order", {"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
+                                     {"role": "assistant", "content": "x"}]}),
+    ("duplicate", chat("first question", label="other")),  # same conversation as FIRST
+]
+
+
+# -- JSONL ----------------------------------------------------------------------------------
+
+def test_jsonl_with_bom_and_crlf(tmp_path):
+    path = write_lines(tmp_path / "in.jsonl", [chat("one"), chat("two"), chat("three")], newline="\r\n", bom=True)
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert (report["read"], report["kept"], report["rejected"]) == (3, 3, 0)
+    assert rejected == []
+    assert user_texts(clean) == ["one", "two", "three"]
+    assert [r["meta"]["line"] for r in clean] == [1, 2, 3]
+    assert all(r["meta"]["source"] == str(path) for r in clean)
+
+
+def test_blank_lines_skipped_and_counted_not_rejected(tmp_path):
+    path = write_lines(tmp_path / "in.jsonl", [chat("one"), "", "   ", chat("two"), "\t"])
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert report["blank_lines"] == 3
+    assert (report["read"], report["kept"], report["rejected"]) == (2, 2, 0)
+    assert rejected == []
+    assert [r["meta"]["line"] for r in clean] == [1, 4]
+
+
+def test_invalid_utf8_line_rejected_with_line_number(tmp_path):
+    bad = b'{"messages": [{"role": "user", "content": "caf\xe9"}]}'
+    path = write_lines(tmp_path / "in.jsonl", [chat("one"), bad, chat("three")])
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert report["by_category"] == {"not_utf8": 1}
+    [row] = rejected
+    assert row["category"] == "not_utf8"
+    assert row["line"] == 2
+    assert row["source"] == str(path)
+    assert "\\xe9" in row["raw"]
+    assert user_texts(clean) == ["one", "three"]
+
+
+def test_invalid_json_line_rejected_with_line_number(tmp_path):
+    broken = '{"messages": [{"role": "user", "content": "hi"}'
+    path = write_lines(tmp_path / "in.jsonl", [chat("one"), chat("two"), broken, chat("four")])
+    report, clean, rejected = run(tmp_path, [str(path)])
+    [row] = rejected
+    assert row["category"] == "invalid_json"
+    assert row["line"] == 3
+    assert row["raw"] == broken
+    assert "invalid JSON" in row["message"]
+    assert [r["meta"]["line"] for r in clean] == [1, 2, 4]
+
+
+@pytest.mark.parametrize("category, bad", BAD_RECORDS, ids=[f"{c}-{i}" for i, (c, _) in enumerate(BAD_RECORDS)])
+def test_validation_category_rejected_with_position(tmp_path, category, bad):
+    path = write_lines(tmp_path / "in.jsonl", [FIRST, bad, chat("last question")])
+    report, clean, rejected = run(tmp_path, [str(path)])
+    [row] = rejected
+    assert set(row) == {"source", "line", "category", "message", "raw"}
+    assert row["category"] == category
+    assert row["line"] == 2
+    assert row["source"] == str(path)
+    assert isinstance(row["message"], str) and row["message"]
+    assert json.loads(row["raw"]) == bad
+    assert user_texts(clean) == ["first question", "last question"]
+    assert report["by_category"] == {category: 1}
+
+
+def test_late_system_message_is_explained(tmp_path):
+    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"},
+                        {"role": "system", "content": "s"}, {"role": "assistant", "content": "y"}]}
+    _, _, rejected = run(tmp_path, [[bad]])
+    assert rejected[0]["category"] == "bad_role_order"
+    assert "system message at position 2" in rejected[0]["message"]
+
+
+def test_duplicate_message_points_to_first_copy(tmp_path):
+    path = write_lines(tmp_path / "in.jsonl", [FIRST, chat("other"), FIRST])
+    report, _, rejected = run(tmp_path, [str(path)])
+    assert report["duplicates"] == 1
+    assert rejected[0]["line"] == 3
+    assert "line 1" in rejected[0]["message"]
+
+
+def test_duplicate_across_sources(tmp_path):
+    path = write_lines(tmp_path / "in.jsonl", [FIRST])
+    report, clean, rejected = run(tmp_path, [str(path), [FIRST]])
+    assert (report["kept"], report["duplicates"]) == (1, 1)
+    assert rejected[0]["source"] == "<list>" and rejected[0]["index"] == 0
+
+
+def test_nothing_lost_with_every_category_interleaved(tmp_path):
+    lines, expected = [], Counter()
+    for i, (category, bad) in enumerate(BAD_RECORDS):
+        lines += [chat(f"good {i}"), bad]
+        expected[category] += 1
+    lines = [FIRST] + lines + ["", b'\xff\xfe', "{oops"]
+    expected.update(["not_utf8", "invalid_json"])
+    path = write_lines(tmp_path / "in.jsonl", lines)
+    report, clean, rejected = run(tmp_path, [str(path)])
+
+    n_good = 1 + len(BAD_RECORDS)
+    assert report["kept"] == len(clean) == n_good
+    assert report["rejected"] == len(rejected) == sum(expected.values())
+    assert report["read"] == report["kept"] + report["rejected"] == len(lines) - 1  # minus the blank line
+    assert report["by_category"] == dict(expected)
+    assert report["duplicates"] == 1
+    assert report["sources"] == {str(path): {"read": report["read"], "kept": n_good, "rejected": len(rejected)}}
+    # every line number is accounted for exactly once
+    positions = sorted([r["meta"]["line"] for r in clean] + [r["line"] for r in rejected])
+    blank_line = lines.index("") + 1
+    assert positions == [n for n in range(1, len(lines) + 1) if n != blank_line]
+
+
+# -- JSON -----------------------------------------------------------------------------------
+
+def test_json_array_positions_are_indexes(tmp_path):
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps([chat("a"), {"messages": []}, chat("c")]), encoding="utf-8")
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert [r["meta"]["index"] for r in clean] == [0, 2]
+    assert all("line" not in r["meta"] for r in clean)
+    [row] = rejected
+    assert row["index"] == 1 and "line" not in row
+    assert row["category"] == "empty_conversation"
+    assert report["read"] == 3
+
+
+def test_json_object_with_data_list(tmp_path):
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps({"version": 2, "data": [chat("a", label="x"), chat("b", label="y")]}), encoding="utf-8")
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert (report["kept"], report["rejected"]) == (2, 0)
+    assert user_texts(clean) == ["a", "b"]
+    assert [r["meta"]["label"] for r in clean] == ["x", "y"]
+    assert [r["meta"]["index"] for r in clean] == [0, 1]
+
+
+def test_invalid_json_file_raises_data_error(tmp_path):
+    path = tmp_path / "in.json"
+    path.write_text("[{", encoding="utf-8")
+    with pytest.raises(DataError, match="in.json"):
+        run(tmp_path, [str(path)])
+
+
+# -- tables ---------------------------------------------------------------------------------
+
+def test_csv_prompt_completion_with_multiline_cell(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('prompt,completion,label\n'
+                    '"first line\nsecond line","the answer",a\n'
+                    'plain question,"short, with comma",b\n', encoding="utf-8")
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert (report["kept"], report["rejected"]) == (2, 0)
+    assert clean[0]["messages"] == [{"role": "user", "content": "first line\nsecond line"},
+                                    {"role": "assistant", "content": "the answer"}]
+    assert clean[1]["messages"][1]["content"] == "short, with comma"
+    assert [r["meta"]["row"] for r in clean] == [1, 2]
+    assert [r["meta"]["label"] for r in clean] == ["a", "b"]
+
+
+def test_tsv(tmp_path):
+    path = tmp_path / "in.tsv"
+    path.write_text("prompt\tcompletion\nhello, world\thi\nsecond\tthere\n", encoding="utf-8")
+    report, clean, _ = run(tmp_path, [str(path)])
+    assert report["kept"] == 2
+    assert user_texts(clean) == ["hello, world", "second"]
+    assert clean[1]["messages"][1]["content"] == "there"
+
+
+def test_csv_missing_columns_rejected(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("question,answer\nhi,there\nhow,now\n", encoding="utf-8")
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert clean == []
+    assert report["by_category"] == {"missing_column": 2}
+    assert [(r["row"], r["category"]) for r in rejected] == [(1, "missing_column"), (2, "missing_column")]
+    assert "question" in rejected[0]["message"]
+    assert json.loads(rejected[0]["raw"]) == {"question": "hi", "answer": "there"}
+
+
+def test_csv_messages_column_as_json_text(tmp_path):
+    path = tmp_path / "in.csv"
+    messages = chat("from csv")["messages"]
+    path.write_text("messages\n" + '"' + json.dumps(messages).replace('"', '""') + '"\n', encoding="utf-8")
+    report, clean, _ = run(tmp_path, [str(path)])
+    assert report["kept"] == 1
+    assert clean[0]["messages"] == messages
+
+
+def test_csv_completion_that_is_json_text_is_kept(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text('prompt,completion\nMy card was charged twice,"{""team"": ""billing""}"\n', encoding="utf-8")
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert rejected == []
+    assert clean[0]["messages"][1]["content"] == '{"team": "billing"}'
+
+
+def test_parquet_prompt_completion(tmp_path):
+    path = tmp_path / "in.parquet"
+    pd.DataFrame({"prompt": ["p1", "p2", "p3"], "completion": ["c1", "", "c3"],
+                  "label": ["a", "b", "a"]}).to_parquet(path)
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert (report["kept"], report["rejected"]) == (2, 1)
+    assert user_texts(clean) == ["p1", "p3"]
+    assert [r["meta"]["row"] for r in clean] == [1, 3]
+    assert [r["meta"]["label"] for r in clean] == ["a", "a"]
+    assert (rejected[0]["row"], rejected[0]["category"]) == (2, "missing_content")
+
+
+def test_parquet_messages_column(tmp_path):
+    path = tmp_path / "in.parquet"
+    pd.DataFrame({"messages": [chat("a")["messages"], chat("b", "yes")["messages"]]}).to_parquet(path)
+    report, clean, _ = run(tmp_path, [str(path)])
+    assert report["kept"] == 2
+    assert clean[1]["messages"] == chat("b", "yes")["messages"]
+
+
+# -- other schemas --------------------------------------------------------------------------
+
+def test_sharegpt_converted_to_messages(tmp_path):
+    record = {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"},
+                                {"from": "gpt", "value": "hello"}, {"from": "Human", "value": "bye"},
+                                {"from": "model", "value": "ciao"}], "id": "c1"}
+    path = write_lines(tmp_path / "in.jsonl", [record])
+    _, clean, rejected = run(tmp_path, [str(path)])
+    assert rejected == []
+    assert clean[0]["messages"] == [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "ciao"}]
+    assert clean[0]["meta"] == {"source": str(path), "line": 1, "id": "c1"}
+
+
+def test_alpaca_converted_to_messages(tmp_path):
+    records = [{"instruction": "Translate", "input": "chat", "output": "cat"},
+               {"instruction": "Say hi", "input": "", "output": "hi"},
+               {"instruction": "Count", "output": "1 2 3"}]
+    path = write_lines(tmp_path / "in.jsonl", records)
+    _, clean, rejected = run(tmp_path, [str(path)])
+    assert rejected == []
+    assert [r["messages"] for r in clean] == [
+        [{"role": "user", "content": "Translate\n\nchat"}, {"role": "assistant", "content": "cat"}],
+        [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}],
+        [{"role": "user", "content": "Count"}, {"role": "assistant", "content": "1 2 3"}]]
+    assert all(set(r["meta"]) == {"source", "line"} for r in clean)  # schema columns are not copied to meta
+
+
+def test_alpaca_dataframe_with_missing_input(tmp_path):
+    df = pd.DataFrame([{"instruction": "Translate", "input": "chat", "output": "cat"},
+                       {"instruction": "Count", "output": "1 2 3"}])
+    _, clean, _ = run(tmp_path, [df])
+    assert clean[1]["messages"][0]["content"] == "Count"
+
+
+# -- sources --------------------------------------------------------------------------------
+
+def test_glob_over_several_files_keeps_provenance(tmp_path):
+    a = write_lines(tmp_path / "in" / "a.jsonl", [chat("a1"), chat("a2")])
+    b = write_lines(tmp_path / "in" / "b.jsonl", ["", chat("b1")])
+    write_lines(tmp_path / "in" / "skip.csv", ["prompt,completion", "x,y"])
+    report, clean, _ = run(tmp_path, [str(tmp_path / "in" / "*.jsonl")])
+    assert [(r["meta"]["source"], r["meta"]["line"]) for r in clean] == [(str(a), 1), (str(a), 2), (str(b), 2)]
+    assert set(report["sources"]) == {str(a), str(b)}
+    assert report["sources"][str(b)] == {"read": 1, "kept": 1, "rejected": 0}
+
+
+def test_in_memory_list_of_dicts(tmp_path):
+    report, clean, rejected = run(tmp_path, [[chat("a", label="x"), {"oops": 1}, chat("c")]])
+    assert [r["meta"] for r in clean] == [{"source": "<list>", "index": 0, "label": "x"},
+                                          {"source": "<list>", "index": 2}]
+    assert (rejected[0]["source"], rejected[0]["index"], rejected[0]["category"]) == ("<list>", 1, "missing_messages")
+    assert report["read"] == 3
+
+
+def test_dataframe_source(tmp_path):
+    df = pd.DataFrame({"prompt": ["p1", "p2"], "completion": ["c1", "c2"], "label": ["a", "b"]})
+    report, clean, _ = run(tmp_path, [df])
+    assert report["kept"] == 2
+    assert [r["meta"] for r in clean] == [{"source": "<dataframe>", "row": 1, "label": "a"},
+                                          {"source": "<dataframe>", "row": 2, "label": "b"}]
+    assert clean[1]["messages"][1]["content"] == "c2"
+
+
+def test_glob_matching_nothing_raises_data_error(tmp_path):
+    pattern = str(tmp_path / "nowhere" / "*.jsonl")
+    with pytest.raises(DataError) as info:
+        run(tmp_path, [pattern])
+    assert pattern in str(info.value)
+
+
+def test_missing_path_raises_data_error(tmp_path):
+    path = str(tmp_path / "missing.jsonl")
+    with pytest.raises(DataError, match="missing.jsonl"):
+        run(tmp_path, [path])
+
+
+def test_unsupported_file_type_raises_data_error(tmp_path):
+    path = tmp_path / "notes.md"
+    path.write_text("# hi\n")
+    with pytest.raises(DataError, match="unsupported"):
+        run(tmp_path, [str(path)])
+
+
+def test_empty_sources_use_bundled_sample(tmp_path):
+    report, clean, rejected = run(tmp_path, [])
+    assert (report["read"], report["kept"], report["rejected"]) == (400, 400, 0)
+    assert rejected == []
+    assert Counter(r["meta"]["label"] for r in clean) == {"billing": 100, "account": 100,
+                                                          "shipping": 100, "technical": 100}
+    assert all(r["meta"]["source"] == str(SAMPLE_DATA) for r in clean)
+    assert [r["meta"]["line"] for r in clean] == list(range(1, 401))
+
+
+# -- workspace contract ---------------------------------------------------------------------
+
+def test_workspace_contract_files(tmp_path):
+    path = write_lines(tmp_path / "in.jsonl", [chat("a"), "{", chat("b")])
+    report = collect(CollectConfig(workspace=str(tmp_path / "ws"), sources=[str(path)]))
+    ws = Workspace(tmp_path / "ws")
+    for file in (ws.clean, ws.rejected, ws.collect_report):
+        assert file.is_file(), file
+    assert ws.clean == tmp_path / "ws" / "data" / "clean.jsonl"
+    on_disk = read_json(ws.collect_report)
+    assert on_disk == report
+    assert {"read", "kept", "rejected", "duplicates", "by_category"} <= set(on_disk)
+    assert on_disk["read"] == on_disk["kept"] + on_disk["rejected"] == 3
+    for row in read_jsonl(ws.clean):
+        assert set(row) == {"messages", "meta"}
+        assert "source" in row["meta"] and "line" in row["meta"]
+    for row in read_jsonl(ws.rejected):
+        assert {"source", "line", "category", "message", "raw"} == set(row)
+
+
+def test_nothing_written_to_current_directory(tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run(tmp_path, [[chat("a")]])
+    assert list(cwd.iterdir()) == []

@@ -1,0 +1,263 @@
+"""Config dataclasses: round trips, validation messages, type coercion, help texts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from nbkit.collect import CollectConfig
+from nbkit.config import Config, field
+from nbkit.errors import ConfigError, NbkitError
+from nbkit.evaluate import EvalConfig
+from nbkit.formatting import FormatConfig
+from nbkit.split import SplitConfig
+from nbkit.train import TrainConfig
+
+CONFIG_CLASSES = [CollectConfig, FormatConfig, SplitConfig, TrainConfig, EvalConfig]
+
+# One instance per class with non-default values, so a round trip that silently
+# falls back to defaults would be caught.
+NON_DEFAULT = {
+    CollectConfig: dict(workspace="ws1", sources=["a.jsonl", "more/*.csv"]),
+    FormatConfig: dict(workspace="ws2", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", max_seq_len=256),
+    SplitConfig: dict(workspace="ws3", validation_fraction=0.15, test_fraction=0.2, seed=7, stratify_by=""),
+    TrainConfig: dict(workspace="ws4", method="lora", run_id="r1", max_steps=10, learning_rate=2e-4,
+                      lora_r=8, lora_alpha=16, target_modules="q_proj,v_proj", eval_steps=0),
+    EvalConfig: dict(workspace="ws5", run_id="r1", max_examples=5, max_new_tokens=32, batch_size=4),
+}
+
+
+def instances():
+    """(id, config) pairs: every class with defaults and with non-default values."""
+    for cls in CONFIG_CLASSES:
+        yield pytest.param(cls(), id=f"{cls.__name__}-default")
+        yield pytest.param(cls(**NON_DEFAULT[cls]), id=f"{cls.__name__}-custom")
+
+
+def raises_naming(name: str, cls, **kwargs) -> str:
+    """Build cls(**kwargs), expect ConfigError whose message names `name`; return the message."""
+    with pytest.raises(ConfigError) as info:
+        cls(**kwargs)
+    message = str(info.value)
+    assert f"`{name}`" in message, message
+    return message
+
+
+@dataclass
+class Toggle(Config):
+    """A config with a bool field (none of the stage configs has one yet)."""
+
+    interactive: bool = field(True, "Show panels.")
+
+
+# -- round trips --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config", instances())
+def test_to_dict_from_dict_round_trip(config):
+    data = config.to_dict()
+    assert set(data) == {f.name for f in dataclasses.fields(config)}
+    assert type(config).from_dict(data) == config
+
+
+@pytest.mark.parametrize("config", instances())
+def test_to_dict_is_json_serializable(config):
+    assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
+
+
+@pytest.mark.parametrize("config", instances())
+def test_save_load_round_trip(config, tmp_path):
+    path = config.save(tmp_path / "nested" / "config.json")
+    assert path.exists()
+    assert type(config).load(path) == config
+
+
+@pytest.mark.parametrize("config", instances())
+def test_saved_file_is_sorted_json(config, tmp_path):
+    path = config.save(tmp_path / "config.json")
+    text = path.read_text(encoding="utf-8")
+    keys = [k for k, _ in json.loads(text, object_pairs_hook=lambda pairs: pairs)]
+    assert keys == sorted(keys)
+    assert text == json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+def test_default_lists_are_not_shared():
+    first = CollectConfig()
+    first.sources.append("x.jsonl")
+    assert CollectConfig().sources == []
+
+
+def test_replace_returns_validated_copy():
+    config = TrainConfig()
+    assert config.replace(max_steps=5).max_steps == 5
+    assert config.max_steps == 120
+    with pytest.raises(ConfigError, match="`max_steps`"):
+        config.replace(max_steps=-1)
+
+
+# -- unknown keys -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES)
+def test_from_dict_unknown_key_raises_naming_it(cls):
+    data = {**cls().to_dict(), "max_stepz": 3}
+    with pytest.raises(ConfigError) as info:
+        cls.from_dict(data)
+    assert "`max_stepz`" in str(info.value)
+    assert cls.__name__ in str(info.value)
+
+
+def test_from_dict_names_every_unknown_key():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"lr": 1e-4, "epochs": 2})
+    assert "`epochs`" in str(info.value) and "`lr`" in str(info.value)
+
+
+def test_from_dict_non_strict_ignores_unknown_keys():
+    config = TrainConfig.from_dict({"max_steps": 7, "not_a_field": 1}, strict=False)
+    assert config == TrainConfig(max_steps=7)
+
+
+# -- invalid values -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "cls, kwargs, name",
+    [
+        (TrainConfig, dict(max_steps=-1), "max_steps"),
+        (TrainConfig, dict(learning_rate=0), "learning_rate"),
+        (TrainConfig, dict(learning_rate=1.5), "learning_rate"),
+        (TrainConfig, dict(method="full"), "method"),
+        (TrainConfig, dict(max_steps=0, num_train_epochs=0), "num_train_epochs"),
+        (TrainConfig, dict(warmup_ratio=1.0), "warmup_ratio"),
+        (TrainConfig, dict(weight_decay=-0.1), "weight_decay"),
+        (TrainConfig, dict(batch_size=0), "batch_size"),
+        (TrainConfig, dict(gradient_accumulation_steps=0), "gradient_accumulation_steps"),
+        (TrainConfig, dict(lora_r=0), "lora_r"),
+        (TrainConfig, dict(lora_dropout=1.0), "lora_dropout"),
+        (TrainConfig, dict(eval_steps=-1), "eval_steps"),
+        (TrainConfig, dict(target_modules="  "), "target_modules"),
+        (TrainConfig, dict(run_id="../elsewhere"), "run_id"),
+        (SplitConfig, dict(test_fraction=0), "test_fraction"),
+        (SplitConfig, dict(test_fraction=1), "test_fraction"),
+        (SplitConfig, dict(validation_fraction=-0.1), "validation_fraction"),
+        (SplitConfig, dict(validation_fraction=0.5, test_fraction=0.4), "validation_fraction"),
+        (SplitConfig, dict(validation_fraction=0.45, test_fraction=0.5), "validation_fraction"),
+        (FormatConfig, dict(max_seq_len=0), "max_seq_len"),
+        (FormatConfig, dict(max_seq_len=-1), "max_seq_len"),
+        (EvalConfig, dict(max_examples=-1), "max_examples"),
+        (EvalConfig, dict(max_new_tokens=-1), "max_new_tokens"),
+        (EvalConfig, dict(batch_size=0), "batch_size"),
+        (CollectConfig, dict(workspace=""), "workspace"),
+        (CollectConfig, dict(sources="data/*.jsonl"), "sources"),
+    ],
+)
+def test_invalid_value_raises_config_error_naming_field(cls, kwargs, name):
+    raises_naming(name, cls, **kwargs)
+
+
+def test_error_message_gives_value_and_fix():
+    message = raises_naming("max_seq_len", FormatConfig, max_seq_len=-1)
+    assert "-1" in message
+    assert "parameters cell" in message
+
+
+def test_method_error_lists_choices():
+    message = raises_naming("method", TrainConfig, method="full")
+    assert "'qlora'" in message and "'lora'" in message and "'full'" in message
+
+
+def test_fraction_sum_error_mentions_both_fields():
+    message = raises_naming("validation_fraction", SplitConfig, validation_fraction=0.5, test_fraction=0.4)
+    assert "test_fraction" in message
+
+
+def test_from_dict_validates_values():
+    with pytest.raises(ConfigError, match="`max_steps`"):
+        TrainConfig.from_dict({"max_steps": -1})
+
+
+def test_config_error_is_a_value_error_and_nbkit_error():
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(max_steps=-1)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, NbkitError)
+
+
+def test_boundary_values_are_accepted():
+    assert TrainConfig(max_steps=0, num_train_epochs=2).max_steps == 0
+    assert SplitConfig(validation_fraction=0, test_fraction=0.2).validation_fraction == 0
+    assert EvalConfig(max_examples=0, max_new_tokens=0).max_examples == 0
+
+
+# -- type coercion ------------------------------------------------------------------------
+
+def test_int_given_for_float_field_becomes_float():
+    config = TrainConfig(num_train_epochs=2, max_steps=0)
+    assert config.num_train_epochs == 2.0
+    assert type(config.num_train_epochs) is float
+    assert type(SplitConfig(validation_fraction=0).validation_fraction) is float
+
+
+def test_int_for_float_field_survives_json_round_trip(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"num_train_epochs": 3, "max_steps": 0}))
+    assert type(TrainConfig.load(path).num_train_epochs) is float
+
+
+def test_whole_float_given_for_int_field_becomes_int():
+    config = TrainConfig(max_steps=60.0)
+    assert config.max_steps == 60
+    assert type(config.max_steps) is int
+
+
+def test_fractional_float_for_int_field_raises():
+    raises_naming("batch_size", TrainConfig, batch_size=8.5)
+
+
+def test_bool_for_int_field_raises():
+    raises_naming("max_steps", TrainConfig, max_steps=True)
+
+
+def test_text_for_number_field_raises():
+    message = raises_naming("learning_rate", TrainConfig, learning_rate="fast")
+    assert "number" in message
+
+
+def test_non_str_for_str_field_becomes_str(tmp_path):
+    assert TrainConfig(run_id=7).run_id == "7"
+    config = CollectConfig(workspace=tmp_path)
+    assert config.workspace == str(tmp_path)
+    assert json.loads(config.to_json())["workspace"] == str(tmp_path)
+
+
+def test_tuple_sources_serialize_as_list():
+    config = CollectConfig(sources=("a.jsonl", "b.jsonl"))
+    assert config.to_dict()["sources"] == ["a.jsonl", "b.jsonl"]
+
+
+@pytest.mark.parametrize("value", ["True", "false", 1, 0])
+def test_non_bool_for_bool_field_raises(value):
+    message = raises_naming("interactive", Toggle, interactive=value)
+    assert "True or False" in message
+
+
+def test_bool_field_accepts_bools():
+    assert Toggle(interactive=False).interactive is False
+    assert Toggle.from_dict({"interactive": True}).interactive is True
+
+
+# -- help texts ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES)
+def test_every_field_has_help_text(cls):
+    helps = cls.help()
+    assert list(helps) == [f.name for f in dataclasses.fields(cls)]
+    empty = [name for name, text in helps.items() if not text.strip()]
+    assert empty == []
+
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES)
+def test_every_field_has_a_default(cls):
+    for f in dataclasses.fields(cls):
+        assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name

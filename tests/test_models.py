@@ -1,0 +1,51 @@
+"""The embedded model: converted once, loads in 4-bit on CPU, answers, and its chat template masks right."""
+
+from __future__ import annotations
+
+import pytest
+
+from nbkit.errors import ConfigError
+from nbkit.formatting import IGNORE_INDEX, mask_problems, tokenize_chat
+from nbkit.models import EMBEDDED_MODEL, load_model, resolve_model
+
+pytestmark = pytest.mark.model
+
+
+def test_embedded_model_is_converted_to_a_cached_safetensors_checkpoint():
+    path = resolve_model(EMBEDDED_MODEL)
+    assert path.endswith("SmolLM2-135M-Instruct")
+    from pathlib import Path
+
+    assert (Path(path) / "model.safetensors").stat().st_size > 100_000_000
+    assert resolve_model("some-org/some-model") == "some-org/some-model"
+
+
+def test_qlora_loads_4bit_nf4_and_answers(tokenizer):
+    import torch
+
+    model, method = load_model(EMBEDDED_MODEL, "qlora")
+    assert method == "qlora"
+    quant = model.config.quantization_config
+    assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+    assert model.get_memory_footprint() < 250 * 2**20  # 4-bit: well under the 540 MB of float32 weights
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ConfigError, match="`method`"):
+        load_model(EMBEDDED_MODEL, "full")
+
+
+def test_loss_mask_trains_only_assistant_turns_and_their_end_token(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "Goodbye!"}]
+    encoded = tokenize_chat(tokenizer, messages)
+    trained = tokenizer.decode([t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE_INDEX])
+    assert trained == "Hello!<|im_end|>Goodbye!<|im_end|>"
+    assert mask_problems(tokenizer, messages) == []
+    assert len(tokenize_chat(tokenizer, messages, max_seq_len=10)["input_ids"]) == 10

@@ -1,0 +1,61 @@
+"""The five guided notebooks executed headlessly by papermill, end to end, on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nbkit.cli import main
+from nbkit.pipeline import NOTEBOOKS
+from nbkit.workspace import Workspace
+
+pytestmark = [pytest.mark.notebooks, pytest.mark.model]
+
+SMALL = ["-p", "max_steps", "3", "-p", "batch_size", "4", "-p", "eval_steps", "0", "-p", "max_examples", "6",
+         "-p", "lora_r", "8", "-p", "lora_alpha", "16", "-p", "max_seq_len", "160"]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("notebooks") / "workspace"
+    assert main(["run", "--workspace", str(ws), "--quiet", *SMALL]) == 0
+    return Workspace(ws)
+
+
+def outputs(path):
+    nb = json.loads(path.read_text())
+    return [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+
+
+def test_every_notebook_ran_without_a_traceback(executed):
+    for name in NOTEBOOKS:
+        path = executed.executed / f"{name}.ipynb"
+        assert path.exists(), name
+        errors = [o for o in outputs(path) if o["output_type"] == "error"]
+        assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}" if errors else ""
+        text = json.dumps(outputs(path))
+        assert "Traceback" not in text, name
+
+
+def test_the_workspace_contract_is_written(executed):
+    report = json.loads(executed.collect_report.read_text())
+    assert report["read"] == report["kept"] + report["rejected"] and report["kept"] == 400
+    manifest = json.loads(executed.manifest.read_text())
+    assert manifest["sizes"] == {"train": 320, "validation": 40, "test": 40}
+    (run_dir,) = [p for p in executed.runs.iterdir() if p.is_dir()]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["max_steps"] == 3 and config["lora_r"] == 8  # -p values reached notebook 04
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert summary["n_test"] == 6 and {"exact_match", "perplexity"} <= set(summary["tuned"])
+
+
+def test_headless_runs_show_no_widgets(executed):
+    for name in NOTEBOOKS:
+        text = json.dumps(outputs(executed.executed / f"{name}.ipynb"))
+        assert "application/vnd.jupyter.widget-view+json" not in text, name
+
+
+def test_a_single_notebook_reruns_alone_from_the_workspace(executed):
+    assert main(["run", "--workspace", str(executed.root), "--only", "03", "--quiet", "-p", "seed", "7"]) == 0
+    assert json.loads(executed.manifest.read_text())["seed"] == 7

@@ -1,0 +1,134 @@
+"""Panels in plain Python: set values, click buttons, assert on the config and what is shown."""
+
+from __future__ import annotations
+
+import datetime
+
+import ipywidgets as widgets
+import pytest
+
+import nbkit.widgets as nw
+from nbkit.collect import CollectConfig
+from nbkit.evaluate import EvalConfig
+from nbkit.formatting import FormatConfig
+from nbkit.split import SplitConfig
+from nbkit.train import TrainConfig
+
+
+def test_form_applies_valid_values_to_the_config_in_place():
+    config = TrainConfig()
+    panel = nw.TrainPanel(config)
+    panel.form.inputs["max_steps"].value = 7
+    panel.form.inputs["learning_rate"].value = 5e-4
+    panel.form.inputs["method"].value = "lora"
+    assert (config.max_steps, config.learning_rate, config.method) == (7, 5e-4, "lora")
+    assert panel.config is config
+    assert panel.form.error.value == ""
+
+
+def test_form_refuses_invalid_values_and_says_why():
+    config = TrainConfig()
+    panel = nw.TrainPanel(config)
+    panel.form.inputs["batch_size"].value = 0
+    assert config.batch_size == 8  # unchanged
+    assert "`batch_size` must be &gt; 0" in panel.form.error.value
+    panel.form.inputs["batch_size"].value = 4  # a valid value clears the error
+    assert config.batch_size == 4 and panel.form.error.value == ""
+
+
+def test_presets_fill_the_config_and_the_inputs():
+    config = TrainConfig()
+    panel = nw.TrainPanel(config)
+    panel.preset.value = "quick look"
+    assert config.max_steps == 30 and config.lora_r == 8
+    assert panel.form.inputs["max_steps"].value == 30
+    panel.preset.value = "thorough"
+    assert config.max_steps == 0 and config.num_train_epochs == 3.0
+
+
+def test_every_stage_panel_builds_with_stable_css_classes():
+    panels = [nw.CollectPanel(CollectConfig()), nw.format_panel(FormatConfig()), nw.split_panel(SplitConfig()),
+              nw.TrainPanel(TrainConfig()), nw.eval_panel(EvalConfig(workspace="/nonexistent"))]
+    for panel in panels:
+        assert isinstance(panel.box, widgets.Box)
+        bundle = panel._repr_mimebundle_()
+        assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "nbkit-field-max_steps" in nw.TrainPanel(TrainConfig()).form.inputs["max_steps"]._dom_classes
+
+
+def test_split_panel_validates_fractions_together():
+    config = SplitConfig()
+    panel = nw.split_panel(config)
+    panel.inputs["test_fraction"].value = 0.85
+    assert config.test_fraction == 0.1
+    assert "too little to train on" in panel.error.value
+
+
+def test_sources_textarea_becomes_a_list(tmp_path):
+    config = CollectConfig(workspace=str(tmp_path))
+    panel = nw.CollectPanel(config)
+    panel.form.inputs["sources"].value = "a.jsonl\n\n data/*.csv \n"
+    assert config.sources == ["a.jsonl", "data/*.csv"]
+
+
+def test_upload_saves_files_into_the_workspace_and_adds_them(tmp_path):
+    config = CollectConfig(workspace=str(tmp_path))
+    panel = nw.CollectPanel(config)
+    content = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    if int(widgets.__version__.split(".")[0]) >= 8:
+        panel.upload.value = ({"name": "../evil.jsonl", "type": "", "size": len(content), "content": memoryview(content),
+                               "last_modified": datetime.datetime(2026, 1, 1)},)
+    else:
+        panel.upload.value = {"evil.jsonl": {"metadata": {"name": "evil.jsonl"}, "content": content}}
+    saved = tmp_path / "uploads" / "evil.jsonl"
+    assert saved.read_bytes() == content
+    assert config.sources == [str(saved)]
+    assert "evil.jsonl" in panel.form.inputs["sources"].value
+
+
+def test_pager_buttons_move_and_stop_at_the_ends():
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"}], "meta": {"line": i}} for i in range(3)]
+    pager = nw.chat_preview(rows)
+    assert pager.position.value == "1 / 3" and "question 0" in pager.view.value
+    pager.next.click()
+    pager.next.click()
+    pager.next.click()
+    assert pager.position.value == "3 / 3" and "question 2" in pager.view.value
+    pager.prev.click()
+    assert "question 1" in pager.view.value
+
+
+def test_mask_viewer_colours_trained_and_masked_text(tokenizer):
+    row = {"messages": [{"role": "user", "content": "Where is my parcel?"},
+                        {"role": "assistant", "content": '{"team": "shipping"}'}]}
+    view = nw.mask_viewer(tokenizer, [row], 512).view.value
+    trained = view.split('class="nbkit-trained"')[1]
+    assert "shipping" in trained.split("</span>")[0]
+    assert "Where is my parcel?" in view.split('class="nbkit-trained"')[0]
+
+
+def test_comparison_viewer_marks_matches():
+    rows = [{"prompt": "p", "reference": "r", "base": "x", "tuned": "r", "base_exact_match": 0.0,
+             "tuned_exact_match": 1.0}]
+    html = nw.comparison_viewer(rows).view.value
+    assert "base ✗" in html and "tuned ✓" in html
+
+
+def test_live_monitor_throttles_redraws_but_never_skips_evaluations():
+    monitor = nw.LiveMonitor(min_interval=3600, mode="widget")
+    if monitor.figure is None:
+        pytest.skip("plotly FigureWidget unavailable here")
+    for step in range(1, 21):
+        monitor({"step": step, "max_steps": 20, "elapsed_s": step, "loss": 2.0 / step})
+    assert monitor.draws == 1  # only the first log drew; the rest were throttled
+    monitor({"step": 20, "max_steps": 20, "elapsed_s": 21, "eval_loss": 0.5})
+    assert monitor.draws == 2
+    train_trace, val_trace = monitor.figure.data
+    assert len(train_trace.x) == 20 and list(val_trace.y) == [0.5]
+    assert "val_loss 0.5" in monitor.text.value
+
+
+def test_training_progress_is_plain_printing_when_not_interactive(capsys):
+    log = nw.training_progress(False)
+    log({"step": 3, "max_steps": 10, "elapsed_s": 4.0, "loss": 1.25})
+    assert "step 3/10 | loss 1.25" in capsys.readouterr().out

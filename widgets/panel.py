@@ -1,0 +1,106 @@
+"""Shared panel parts: a Panel base that displays as its box, and a form over a config dataclass.
+
+Panels only edit configs and show progress; the work itself is done by nbkit. Works with
+ipywidgets 7.7 (Colab) and 8.x (JupyterLab).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import typing
+from typing import Any
+
+import ipywidgets as widgets
+
+from nbkit.errors import ConfigError
+
+
+class Panel:
+    """Owns `self.box`; displaying the panel displays the box. `css` names give tests stable hooks."""
+
+    box: widgets.Box
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.box)
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return self.box._repr_mimebundle_(**kwargs)
+
+    def show(self, interactive: bool = True) -> None:
+        """Display the panel when running interactively; do nothing under papermill."""
+        if interactive:
+            self._ipython_display_()
+
+
+def css(widget: widgets.Widget, *classes: str) -> widgets.Widget:
+    for name in classes:
+        widget.add_class(name)
+    return widget
+
+
+def message_html(text: str, kind: str = "info") -> str:
+    colour = {"error": "#b00020", "ok": "#1b5e20", "info": "#555"}[kind]
+    return f'<div class="nbkit-msg nbkit-{kind}" style="color:{colour}">{html.escape(text)}</div>'
+
+
+class ConfigForm(Panel):
+    """One input per config field; a change is validated on a copy first and applied only if valid.
+
+    The config object is edited in place, so the notebook's later cells see what the user
+    chose. Invalid values are shown in red with the field, the problem and the fix.
+    """
+
+    def __init__(self, config: Any, fields: list[str] | None = None, choices: dict[str, tuple] | None = None,
+                 title: str = "") -> None:
+        self.config = config
+        self.inputs: dict[str, widgets.Widget] = {}
+        self.error = css(widgets.HTML(""), "nbkit-error")
+        hints = typing.get_type_hints(type(config))
+        helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config)}
+        rows = []
+        for name in fields or [f.name for f in dataclasses.fields(config)]:
+            control = self._control(name, hints[name], getattr(config, name), (choices or {}).get(name))
+            css(control, "nbkit-field", f"nbkit-field-{name}")
+            control.observe(lambda change, name=name: self.set(name, change["new"]), names="value")
+            self.inputs[name] = control
+            rows.append(widgets.HBox([control, widgets.HTML(f'<span style="color:#666">{html.escape(helps[name])}</span>')]))
+        header = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
+        self.box = css(widgets.VBox(header + rows + [self.error]), "nbkit-form")
+
+    @staticmethod
+    def _control(name: str, hint: Any, value: Any, choices: tuple | None) -> widgets.Widget:
+        common = {"description": name, "style": {"description_width": "170px"},
+                  "layout": widgets.Layout(width="420px")}
+        if choices:
+            return widgets.Dropdown(options=list(choices), value=value, **common)
+        if hint is bool:
+            return widgets.Checkbox(value=value, indent=False, **common)
+        if hint is int:
+            return widgets.IntText(value=value, **common)
+        if hint is float:
+            return widgets.FloatText(value=value, **common)
+        if hint is list:
+            return widgets.Textarea(value="\n".join(map(str, value)), placeholder="one path or glob per line", **common)
+        return widgets.Text(value=str(value), **common)
+
+    def set(self, name: str, value: Any) -> bool:
+        """Apply one field if the whole config stays valid; return whether it was applied."""
+        if isinstance(getattr(self.config, name), list) and isinstance(value, str):
+            value = [line.strip() for line in value.splitlines() if line.strip()]
+        try:
+            candidate = dataclasses.replace(self.config, **{name: value})
+        except ConfigError as err:
+            self.error.value = message_html(str(err), "error")
+            return False
+        setattr(self.config, name, getattr(candidate, name))
+        self.error.value = ""
+        return True
+
+    def refresh(self) -> None:
+        """Put the config's current values back into the inputs (after a preset, say)."""
+        for name, control in self.inputs.items():
+            value = getattr(self.config, name)
+            control.value = "\n".join(map(str, value)) if isinstance(value, list) else value

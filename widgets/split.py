@@ -1,0 +1,11 @@
+"""Panel for notebook 03: fractions, seed and stratification."""
+
+from __future__ import annotations
+
+from nbkit.split import SplitConfig
+from nbkit.widgets.panel import ConfigForm
+
+
+def split_panel(config: SplitConfig) -> ConfigForm:
+    return ConfigForm(config, ["validation_fraction", "test_fraction", "seed", "stratify_by"],
+                      title="Hold data out: validation watches training, test judges it")
