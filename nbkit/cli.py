@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
 
@@ -38,8 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stream_cell_output() -> None:
+    """papermill logs cell output at INFO; show it, without its per-cell banners."""
+    logger = logging.getLogger("papermill")
+    if any(getattr(h, "nbkit", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.nbkit = True
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(lambda record: not record.getMessage().startswith(("Executing", "Ending Cell")))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.quiet:
+        stream_cell_output()
     from nbkit.pipeline import run_notebooks
 
     params = {name: parse_value(value) for name, value in args.parameter}

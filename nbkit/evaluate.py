@@ -14,7 +14,7 @@ from typing import Any
 from nbkit import metrics
 from nbkit.config import Config, field
 from nbkit.formatting import IGNORE_INDEX, prompt_messages, reference_answer, tokenize_chat
-from nbkit.models import load_model, load_tokenizer, pick_device
+from nbkit.models import load_model, load_tokenizer, pick_device, quiet_library_notices
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
 
@@ -93,9 +93,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(run["base_model"])
     max_new = config.max_new_tokens or int(1.25 * max(len(tokenizer(r)["input_ids"]) for r in references)) + 8
-    device = pick_device()
-    model, method = load_model(run["base_model"], run["method"], device)
-    model = PeftModel.from_pretrained(model, ws.run_dir(run_id) / "adapter")
+    with quiet_library_notices():
+        model, method = load_model(run["base_model"], run["method"], pick_device())
+        model = PeftModel.from_pretrained(model, ws.run_dir(run_id) / "adapter")
     model.eval()
     max_seq_len = int(train_config.get("max_seq_len", 512))
 

@@ -7,7 +7,9 @@ checkpoint (about 20 s) that then loads in 4-bit in a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +23,16 @@ from nbkit.errors import ConfigError, NbkitError
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("qlora", "lora")
+
+
+@contextlib.contextmanager
+def quiet_library_notices():
+    """Hide notices the libraries raise about their own internals, which users cannot act on
+    (TRL still passes `gradient_checkpointing`, renamed in transformers 5)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+        warnings.filterwarnings("ignore", message=".*use_cache=True.*")
+        yield
 
 
 def cache_dir() -> Path:
@@ -114,11 +126,34 @@ def pick_device() -> Device:
 
 def bitsandbytes_problem() -> str | None:
     """None if 4-bit quantization is usable here, else why not."""
+    # bitsandbytes logs at import that an optional fused CPU kernel package is missing; it
+    # falls back to its own kernels, so the notice only worries users.
+    notice = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = notice.level
+    notice.setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401
     except Exception as err:  # ImportError or a broken native library
         return f"bitsandbytes cannot be imported ({type(err).__name__}: {err})"
+    finally:
+        notice.setLevel(level)
     return None
+
+
+def keep_4bit_layers_trainable(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference while a model trains.
+
+    On CPUs with AVX512-BF16, a Linear4bit that runs once in eval mode (the validation pass)
+    converts its weight in place to an inference-only layout whose kernel has no autograd
+    rule; later training steps would then get no gradient through the frozen layers.
+    Returns how many layers were switched.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def load_model(name: str, method: str = "qlora", device: Device | None = None):
@@ -149,9 +184,7 @@ def load_model(name: str, method: str = "qlora", device: Device | None = None):
                 bnb_4bit_compute_dtype=device.dtype,
             )
     kwargs["device_map"] = {"": 0} if device.type == "cuda" else {"": "cpu"}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*kernels.*")
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
     model.config.use_cache = False
     if device.type == "cpu":
         torch.set_num_threads(max(1, os.cpu_count() or 1))

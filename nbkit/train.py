@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from nbkit.config import Config, field
 from nbkit.formatting import tokenize_chat
-from nbkit.models import EMBEDDED_MODEL, METHODS, load_model, load_tokenizer, pick_device
+from nbkit.models import (EMBEDDED_MODEL, METHODS, keep_4bit_layers_trainable, load_model, load_tokenizer,
+                          pick_device, quiet_library_notices)
 from nbkit.runs import environment, new_run_id
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
 
@@ -37,7 +37,7 @@ class TrainConfig(Config):
     base_model: str = field(EMBEDDED_MODEL, "Model to fine-tune: the embedded SmolLM2, a Hub id or a local path.")
     method: str = field("qlora", "qlora: 4-bit base + LoRA (least memory); lora: unquantized base + LoRA.")
     run_id: str = field("", "Name of the run folder; empty = a new timestamped id.")
-    max_steps: int = field(120, "Optimizer steps to train; 0 = use num_train_epochs instead.")
+    max_steps: int = field(60, "Optimizer steps to train; 0 = use num_train_epochs instead.")
     num_train_epochs: float = field(1.0, "Passes over the training split (used when max_steps is 0).")
     learning_rate: float = field(1e-3, "Peak learning rate; LoRA on small models tolerates 1e-4..2e-3.")
     warmup_ratio: float = field(0.05, "Share of steps spent ramping the learning rate up from 0.")
@@ -143,6 +143,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
     train_ds = tokenized_split(train_rows, tokenizer, config.max_seq_len)
     val_ds = tokenized_split(val_rows, tokenizer, config.max_seq_len) if val_rows else None
     model, method = load_model(config.base_model, config.method, device)
+    keep_4bit_layers_trainable(model)
     print(f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights).",
           flush=True)
 
@@ -196,21 +197,20 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log) -> dict[str, An
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
 
-    trainer, tokenizer, method = build_trainer(config, run_dir, on_log)
-    trainable, total = _parameter_counts(trainer.model)
-    print(f"Training {trainable:,} LoRA parameters ({100 * trainable / total:.2f}% of {total:,}) on "
-          f"{len(trainer.train_dataset)} examples, effective batch {config.effective_batch_size}.", flush=True)
-    started = time.monotonic()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*use_cache.*")
+    with quiet_library_notices():
+        trainer, tokenizer, method = build_trainer(config, run_dir, on_log)
+        trainable, total = _parameter_counts(trainer.model)
+        print(f"Training {trainable:,} LoRA parameters ({100 * trainable / total:.2f}% of {total:,}) on "
+              f"{len(trainer.train_dataset)} examples, effective batch {config.effective_batch_size}.", flush=True)
+        started = time.monotonic()
         result = trainer.train()
-    seconds = time.monotonic() - started
-    logs = _read_metrics(metrics_path)
-    evals = [r for r in logs if "eval_loss" in r]
-    if trainer.eval_dataset is not None and (not evals or evals[-1]["step"] != result.global_step):
-        trainer.evaluate()  # the validation loss of the final weights, logged like the others
+        seconds = time.monotonic() - started
         logs = _read_metrics(metrics_path)
         evals = [r for r in logs if "eval_loss" in r]
+        if trainer.eval_dataset is not None and (not evals or evals[-1]["step"] != result.global_step):
+            trainer.evaluate()  # the validation loss of the final weights, logged like the others
+            logs = _read_metrics(metrics_path)
+            evals = [r for r in logs if "eval_loss" in r]
     trainer.model.save_pretrained(run_dir / "adapter")
     tokenizer.save_pretrained(run_dir / "adapter")
 

@@ -92,7 +92,7 @@ def test_default_lists_are_not_shared():
 def test_replace_returns_validated_copy():
     config = TrainConfig()
     assert config.replace(max_steps=5).max_steps == 5
-    assert config.max_steps == 120
+    assert config.max_steps == TrainConfig().max_steps
     with pytest.raises(ConfigError, match="`max_steps`"):
         config.replace(max_steps=-1)
 

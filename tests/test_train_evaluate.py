@@ -27,7 +27,9 @@ def test_lora_weights_change_and_base_weights_do_not(prepared_workspace, tmp_pat
     assert lora and all(named[n].requires_grad for n in lora)
     assert not any(named[n].requires_grad for n in base)
     assert any(p.dtype.is_floating_point is False for p in base.values()), "expected 4-bit packed base weights"
-    trainer.train()
+    trainer.train()  # SMALL evaluates at step 2: the validation pass must not disturb the 4-bit layers
+    assert not any(getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False)
+                   for p in trainer.model.parameters()), "4-bit weights were repacked for inference mid-training"
     after = dict(trainer.model.named_parameters())
     changed = [n for n in lora if "lora_B" in n and not after[n].detach().equal(lora[n])]
     assert len(changed) == sum("lora_B" in n for n in lora), "every LoRA B matrix should have moved"

@@ -37,10 +37,9 @@ import random
 from collections import Counter
 from pathlib import Path
 
-SYSTEM = (
-    "You triage customer support tickets. Reply with JSON only: "
-    '{"team": "billing|account|technical|shipping", "priority": "high|normal|low"}.'
-)
+# Deliberately short: the examples teach the schema and the allowed values, so every request
+# stays cheap (a long instruction would be most of each example's tokens).
+SYSTEM = "Triage the support ticket. Reply with JSON: team and priority."
 TEAMS = ("billing", "account", "technical", "shipping")
 # Share of each priority within every team (high, normal, low).
 PRIORITY_SHARE = {"high": 0.30, "normal": 0.45, "low": 0.25}
