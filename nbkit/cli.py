@@ -39,15 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class CellOutputFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage().rstrip("\n")
+
+
+PAPERMILL_BANNERS = ("Input Notebook", "Output Notebook", "Executing", "Ending Cell")
+
+
 def stream_cell_output() -> None:
-    """papermill logs cell output at INFO; show it, without its per-cell banners."""
+    """papermill logs cell output at INFO; show it as plain text, without its banners."""
     logger = logging.getLogger("papermill")
-    if any(getattr(h, "nbkit", False) for h in logger.handlers):
+    if any(isinstance(h.formatter, CellOutputFormatter) for h in logger.handlers):
         return
     handler = logging.StreamHandler(sys.stdout)
-    handler.nbkit = True
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(lambda record: not record.getMessage().startswith(("Executing", "Ending Cell")))
+    handler.setFormatter(CellOutputFormatter())
+    handler.addFilter(lambda record: not record.getMessage().startswith(PAPERMILL_BANNERS))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 

@@ -7,6 +7,7 @@ padding (decoder-only models continue from the right edge).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -103,11 +104,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     answers: dict[str, list[str]] = {}
     for name in ("base", "tuned"):
         print(f"Evaluating the {name} model on {len(rows)} test rows...", flush=True)
-        if name == "base":
-            with model.disable_adapter():
-                answers[name] = generate(model, tokenizer, prompts, max_new, config.batch_size)
-                loss = mean_loss(model, tokenizer, rows, max_seq_len, config.batch_size)
-        else:
+        # One loaded model serves both: the base answers with the adapter switched off.
+        with model.disable_adapter() if name == "base" else contextlib.nullcontext():
             answers[name] = generate(model, tokenizer, prompts, max_new, config.batch_size)
             loss = mean_loss(model, tokenizer, rows, max_seq_len, config.batch_size)
         results[name] = {**metrics.score(answers[name], references), "loss": loss,

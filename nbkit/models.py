@@ -24,15 +24,36 @@ EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("qlora", "lora")
 
+# bitsandbytes logs at import that an optional fused CPU kernel package is missing; it falls
+# back to its own kernels, so the notice only worries users. Set before anything imports it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 
 @contextlib.contextmanager
 def quiet_library_notices():
-    """Hide notices the libraries raise about their own internals, which users cannot act on
-    (TRL still passes `gradient_checkpointing`, renamed in transformers 5)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
-        warnings.filterwarnings("ignore", message=".*use_cache=True.*")
-        yield
+    """Hide what the libraries report about their own internals while nbkit reports progress itself.
+
+    - TRL still passes `gradient_checkpointing`, renamed in transformers 5 (a FutureWarning
+      users cannot act on);
+    - sub-second progress bars (weights from disk, dataset maps) that would otherwise become
+      widget outputs in papermill runs.
+    """
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+            warnings.filterwarnings("ignore", message=".*use_cache=True.*")
+            yield
+    finally:
+        if bars[0]:
+            hf_logging.enable_progress_bar()
+        if bars[1]:
+            datasets.enable_progress_bars()
 
 
 def cache_dir() -> Path:
@@ -126,17 +147,10 @@ def pick_device() -> Device:
 
 def bitsandbytes_problem() -> str | None:
     """None if 4-bit quantization is usable here, else why not."""
-    # bitsandbytes logs at import that an optional fused CPU kernel package is missing; it
-    # falls back to its own kernels, so the notice only worries users.
-    notice = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = notice.level
-    notice.setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401
     except Exception as err:  # ImportError or a broken native library
         return f"bitsandbytes cannot be imported ({type(err).__name__}: {err})"
-    finally:
-        notice.setLevel(level)
     return None
 
 

@@ -122,6 +122,7 @@ def print_log(record: dict[str, Any]) -> None:
     print(format_log(record), flush=True)
 
 
+@quiet_library_notices()
 def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = print_log):
     """The SFTTrainer for a run: tokenized splits, the (4-bit) base model and the LoRA config.
 

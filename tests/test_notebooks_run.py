@@ -59,3 +59,15 @@ def test_headless_runs_show_no_widgets(executed):
 def test_a_single_notebook_reruns_alone_from_the_workspace(executed):
     assert main(["run", "--workspace", str(executed.root), "--only", "03", "--quiet", "-p", "seed", "7"]) == 0
     assert json.loads(executed.manifest.read_text())["seed"] == 7
+
+
+def test_interactive_mode_builds_the_panels_without_errors(tmp_path):
+    """The same notebooks with interactive=True (as in JupyterLab): panels render as widget outputs."""
+    ws = tmp_path / "workspace"
+    from nbkit.pipeline import run_notebooks
+
+    run_notebooks(ws, only="01,02,03", params={"interactive": True}, log_output=False)
+    for name in ("01_collect", "02_format", "03_split"):
+        cells = outputs(ws / "executed" / f"{name}.ipynb")
+        assert not [o for o in cells if o["output_type"] == "error"], name
+        assert "application/vnd.jupyter.widget-view+json" in json.dumps(cells), name
