@@ -11,7 +11,7 @@ STAMP := $(VENV)/.nbkit-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lab benchmark clean
+.PHONY: install demo test test-fast lab clean
 
 install: $(STAMP)
 
