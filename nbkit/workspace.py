@@ -2,8 +2,10 @@
 
 Layout (see DESIGN.md):
     data/clean.jsonl, data/rejected.jsonl, data/collect_report.json      01 collect
-    data/formatted/rows.jsonl, data/formatted/format_report.json         02 format
-    data/splits/{train,validation,test}.jsonl, data/splits/manifest.json 03 split
+    data/manual.jsonl                                                    01 (hand-written and fixed examples)
+    data/quality_report.json, data/diversity_map.json                    02 quality report
+    data/formatted/rows.jsonl, dropped.jsonl, format_report.json         02 format
+    data/splits/{train,validation,test}.jsonl, manifest.json, leaked.jsonl  03 split
     runs/<run_id>/...                                                    04 train, 05 evaluate
     executed/                                                            `nbkit run`
 """
@@ -44,10 +46,28 @@ class Workspace:
     def collect_report(self) -> Path:
         return self.data / "collect_report.json"
 
-    # 02 format
+    @property
+    def manual(self) -> Path:
+        """Examples added in the editor or fixed from rejected rows; every collect run reads it."""
+        return self.data / "manual.jsonl"
+
+    # 02 format (with the quality report)
+    @property
+    def quality_report(self) -> Path:
+        return self.data / "quality_report.json"
+
+    @property
+    def diversity_map(self) -> Path:
+        return self.data / "diversity_map.json"
+
     @property
     def formatted(self) -> Path:
         return self.data / "formatted" / "rows.jsonl"
+
+    @property
+    def dropped(self) -> Path:
+        """Near-duplicates left out by 02 (kept here, never lost silently)."""
+        return self.data / "formatted" / "dropped.jsonl"
 
     @property
     def format_report(self) -> Path:
@@ -60,6 +80,11 @@ class Workspace:
 
     def split(self, name: str) -> Path:
         return self.splits / f"{name}.jsonl"
+
+    @property
+    def leaked(self) -> Path:
+        """Evaluation rows that copy training rows, when 03 drops them."""
+        return self.splits / "leaked.jsonl"
 
     @property
     def manifest(self) -> Path:

@@ -406,3 +406,306 @@ def test_nothing_written_to_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(cwd)
     run(tmp_path, [[chat("a")]])
     assert list(cwd.iterdir()) == []
+
+
+# -- datasets: save_to_disk folders, in-memory objects, the Hub -----------------------------
+
+def quiet_datasets():
+    import datasets
+
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def test_save_to_disk_folder_with_row_provenance(tmp_path):
+    datasets = quiet_datasets()
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list([chat("a"), {"messages": []}, chat("c")]).save_to_disk(str(folder))
+    report, clean, rejected = run(tmp_path, [str(folder)])
+    assert (report["read"], report["kept"], report["rejected"]) == (3, 2, 1)
+    assert [r["meta"] for r in clean] == [{"source": str(folder), "row": 1}, {"source": str(folder), "row": 3}]
+    assert (rejected[0]["source"], rejected[0]["row"], rejected[0]["category"]) == (str(folder), 2,
+                                                                                   "empty_conversation")
+
+
+def test_dataset_dict_folder_reads_every_split(tmp_path):
+    datasets = quiet_datasets()
+    folder = tmp_path / "dd"
+    datasets.DatasetDict(train=datasets.Dataset.from_list([chat("t1", label="x"), chat("t2", label="y")]),
+                         test=datasets.Dataset.from_list([chat("s1", label="x")])).save_to_disk(str(folder))
+    report, clean, _ = run(tmp_path, [str(folder)])
+    assert [(r["meta"]["source"], r["meta"]["row"]) for r in clean] == [
+        (f"{folder}:train", 1), (f"{folder}:train", 2), (f"{folder}:test", 1)]
+    assert user_texts(clean) == ["t1", "t2", "s1"]
+    assert [r["meta"]["label"] for r in clean] == ["x", "y", "x"]
+    assert report["sources"][f"{folder}:test"] == {"read": 1, "kept": 1, "rejected": 0}
+
+
+def test_folder_holding_a_saved_dataset_and_files(tmp_path):
+    """The saved dataset's own state.json/dataset_info.json are not read as data."""
+    datasets = quiet_datasets()
+    datasets.Dataset.from_list([chat("from arrow")]).save_to_disk(str(tmp_path / "in" / "saved"))
+    write_lines(tmp_path / "in" / "a.jsonl", [chat("from jsonl")])
+    report, clean, rejected = run(tmp_path, [str(tmp_path / "in")])
+    assert rejected == []
+    assert sorted(user_texts(clean)) == ["from arrow", "from jsonl"]
+    assert set(report["sources"]) == {str(tmp_path / "in" / "a.jsonl"), str(tmp_path / "in" / "saved")}
+
+
+def test_dataset_objects_in_memory(tmp_path):
+    datasets = quiet_datasets()
+    # Arrow gives every message the keys any message had (here `name`), filled with None.
+    named = {"messages": [{"role": "user", "content": "hi", "name": "ann"}, {"role": "assistant", "content": "yo"}]}
+    ds = datasets.Dataset.from_list([named, chat("b")])
+    dd = datasets.DatasetDict(train=datasets.Dataset.from_list([chat("c")]))
+    report, clean, rejected = run(tmp_path, [ds, dd])
+    assert rejected == []
+    assert [r["meta"] for r in clean] == [{"source": "<dataset>", "row": 1}, {"source": "<dataset>", "row": 2},
+                                          {"source": "<dataset>:train", "row": 1}]
+    assert clean[0]["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+
+
+def test_hub_id_offline_fails_fast_with_the_fix(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(DataError) as info:
+        run(tmp_path, ["hf:nbkit-tests/no-such-dataset:train"])
+    message = str(info.value)
+    assert "'nbkit-tests/no-such-dataset'" in message
+    assert "unreachable" in message and "local file path" in message and "save_to_disk" in message
+    assert time.monotonic() - started < 30
+
+
+def test_hub_id_without_network_fails_before_load_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    import nbkit.collect as collect_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("load_dataset must not be tried without a connection")
+
+    monkeypatch.setattr(collect_module, "hub_offline", lambda: False)
+    monkeypatch.setattr(collect_module, "hub_reachable", lambda: False)
+    monkeypatch.setattr(datasets, "load_dataset", must_not_run)
+    with pytest.raises(DataError, match="HuggingFaceH4/no_robots.*unreachable"):
+        run(tmp_path, ["hf:HuggingFaceH4/no_robots"])
+
+
+def test_hub_reachable_says_no_quickly_for_a_closed_port(monkeypatch):
+    import socket
+    import time
+
+    from nbkit.collect import hub_reachable
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as sock:  # bind a port, then close it: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    assert hub_reachable(f"http://127.0.0.1:{port}", timeout=1.0) is False
+    assert time.monotonic() - started < 3
+
+
+def test_hub_id_loaded_with_split_and_provenance(tmp_path, monkeypatch):
+    datasets = quiet_datasets()
+    calls = []
+
+    def fake_load(name, split=None):
+        calls.append((name, split))
+        if split:
+            return datasets.Dataset.from_list([chat("only train")])
+        return datasets.DatasetDict(train=datasets.Dataset.from_list([chat("tr")]),
+                                    test=datasets.Dataset.from_list([chat("te")]))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    _, clean, _ = run(tmp_path, ["hf:org/name:train"])
+    assert clean[0]["meta"] == {"source": "hf:org/name:train", "row": 1}
+    _, clean, _ = run(tmp_path, ["hf:org/other"])
+    assert [r["meta"]["source"] for r in clean] == ["hf:org/other:train", "hf:org/other:test"]
+    assert calls == [("org/name", "train"), ("org/other", None)]
+
+
+def test_malformed_hub_id_raises_data_error(tmp_path):
+    with pytest.raises(DataError, match="hf:org/name"):
+        run(tmp_path, ["hf:"])
+
+
+# -- column and role mapping ----------------------------------------------------------------
+
+def run_config(tmp_path: Path, **kwargs) -> tuple[dict, list[dict], list[dict]]:
+    ws = Workspace(tmp_path / "ws")
+    report = collect(CollectConfig(workspace=str(ws.root), **kwargs))
+    return report, read_jsonl(ws.clean), read_jsonl(ws.rejected)
+
+
+def test_column_mapping_for_tables_and_json(tmp_path):
+    csv_path = tmp_path / "qa.csv"
+    csv_path.write_text("question,answer,team\nhow?,like this,billing\n", encoding="utf-8")
+    json_path = write_lines(tmp_path / "qa.jsonl", [{"question": "why?", "answer": "because"}])
+    report, clean, rejected = run_config(tmp_path, sources=[str(csv_path), str(json_path)],
+                                         columns={"question": "prompt", "answer": "completion", "team": "label"})
+    assert rejected == []
+    assert [r["messages"] for r in clean] == [
+        [{"role": "user", "content": "how?"}, {"role": "assistant", "content": "like this"}],
+        [{"role": "user", "content": "why?"}, {"role": "assistant", "content": "because"}]]
+    assert clean[0]["meta"] == {"source": str(csv_path), "row": 1, "label": "billing"}
+
+
+def test_column_mapped_to_messages_is_decoded_from_csv_text(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("dialog\n" + '"' + json.dumps(chat("from csv")["messages"]).replace('"', '""') + '"\n',
+                    encoding="utf-8")
+    _, clean, rejected = run_config(tmp_path, sources=[str(path)], columns={"dialog": "messages"})
+    assert rejected == []
+    assert clean[0]["messages"] == chat("from csv")["messages"]
+
+
+def test_role_mapping_for_messages_and_conversations(tmp_path):
+    records = [{"messages": [{"role": "human", "content": "hi"}, {"role": "bot", "content": "hello"}]},
+               {"conversations": [{"from": "Customer", "value": "help"}, {"from": "agent", "value": "sure"}]}]
+    original = json.dumps(records)
+    _, clean, rejected = run_config(tmp_path, sources=[records],
+                                    roles={"human": "user", "bot": "assistant", "customer": "user",
+                                           "agent": "assistant"})
+    assert rejected == []
+    assert [[m["role"] for m in r["messages"]] for r in clean] == [["user", "assistant"], ["user", "assistant"]]
+    assert json.dumps(records) == original  # the caller's list is not modified
+
+
+def test_unmapped_role_is_still_rejected(tmp_path):
+    records = [{"messages": [{"role": "human", "content": "hi"}, {"role": "bot", "content": "hello"}]}]
+    _, _, rejected = run_config(tmp_path, sources=[records], roles={"human": "user"})
+    assert rejected[0]["category"] == "unrecognized_role"
+    assert "'bot'" in rejected[0]["message"] and "roles" in rejected[0]["message"]
+
+
+@pytest.mark.parametrize("field_name, value, listed", [
+    ("columns", {"question": "questions"}, "messages, conversations, instruction, input, output, prompt, completion, "
+                                           "system, label"),
+    ("roles", {"bot": "robot"}, "system, user, assistant"),
+    ("columns", ["question"], "dict"),
+])
+def test_bad_mapping_is_a_config_error_naming_the_field(field_name, value, listed):
+    from nbkit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        CollectConfig(**{field_name: value})
+    message = str(info.value)
+    assert f"`{field_name}`" in message and listed in message
+
+
+def test_mapping_round_trips_through_the_config(tmp_path):
+    config = CollectConfig(columns={"q": "prompt"}, roles={"bot": "assistant"})
+    assert CollectConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_system_column_becomes_the_system_message(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text("system,prompt,completion,label\nBe brief.,hi,hello,a\n,bye,ciao,b\n", encoding="utf-8")
+    alpaca = [{"system": "Translate to French.", "instruction": "Translate", "input": "cat", "output": "chat"}]
+    _, clean, rejected = run(tmp_path, [str(path), alpaca])
+    assert rejected == []
+    assert clean[0]["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                                    {"role": "assistant", "content": "hello"}]
+    assert clean[1]["messages"][0] == {"role": "user", "content": "bye"}  # an empty system cell adds nothing
+    assert clean[2]["messages"][0] == {"role": "system", "content": "Translate to French."}
+    assert clean[0]["meta"] == {"source": str(path), "row": 1, "label": "a"}  # system is not copied to meta
+
+
+def test_system_column_via_mapping(tmp_path):
+    records = [{"persona": "You are terse.", "q": "hi", "a": "yo"}]
+    _, clean, _ = run_config(tmp_path, sources=[records],
+                             columns={"persona": "system", "q": "prompt", "a": "completion"})
+    assert [m["role"] for m in clean[0]["messages"]] == ["system", "user", "assistant"]
+
+
+# -- plain text -----------------------------------------------------------------------------
+
+TEXT = """### User
+How do I reset my password?
+### Assistant
+Use "Forgot password".
+
+
+### System
+Answer in one line.
+### User:
+Where is my parcel?
+### assistant
+On its way.
+### User
+And when will it arrive?
+### Assistant
+Tomorrow. ### not a header
+### Next steps are plain text
+
+just some notes
+without headers
+
+### User
+only a question
+"""
+
+
+def test_txt_blocks_become_examples_and_malformed_blocks_are_rejected(tmp_path):
+    path = tmp_path / "chats.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    report, clean, rejected = run(tmp_path, [str(path)])
+    assert [r["meta"]["line"] for r in clean] == [1, 7]
+    assert clean[0]["messages"] == [{"role": "user", "content": "How do I reset my password?"},
+                                    {"role": "assistant", "content": 'Use "Forgot password".'}]
+    assert [m["role"] for m in clean[1]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert clean[1]["messages"][-1]["content"] == "Tomorrow. ### not a header\n### Next steps are plain text"
+    assert [(r["line"], r["category"]) for r in rejected] == [(19, "missing_messages"), (22, "no_assistant_message")]
+    assert rejected[0]["raw"] == "just some notes\nwithout headers"
+    assert "### User" in rejected[0]["message"]
+    assert report["blank_lines"] == 4  # separators are counted, never rejected
+    assert report["read"] == report["kept"] + report["rejected"] == 4
+
+
+def test_txt_with_mapped_role_headers_and_bad_bytes(tmp_path):
+    path = tmp_path / "chats.txt"
+    path.write_bytes(b"### Human\nhi\n### Bot\nhello\n\n### User\ncaf\xe9\n### Assistant\nx\n")
+    _, clean, rejected = run_config(tmp_path, sources=[str(path)], roles={"human": "user", "bot": "assistant"})
+    assert clean[0]["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert [(r["line"], r["category"]) for r in rejected] == [(6, "not_utf8")]
+    assert "line 7" in rejected[0]["message"]
+
+
+# -- manual examples ------------------------------------------------------------------------
+
+def test_manual_jsonl_is_read_automatically_and_once(tmp_path):
+    from nbkit.collect import manual_path
+
+    ws = tmp_path / "ws"
+    manual = write_lines(manual_path(ws), [chat("by hand"), "", "{oops"])
+    report, clean, rejected = run(tmp_path, [[chat("from list")]])
+    assert user_texts(clean) == ["from list", "by hand"]
+    assert clean[1]["meta"] == {"source": str(manual), "line": 1}
+    assert (rejected[0]["source"], rejected[0]["line"]) == (str(manual), 3)
+    report, clean, _ = run(tmp_path, [str(manual)])  # listed explicitly: still read once
+    assert report["duplicates"] == 0 and user_texts(clean) == ["by hand"]
+
+
+def test_same_file_from_two_globs_is_read_once(tmp_path):
+    path = write_lines(tmp_path / "in" / "a.jsonl", [chat("a")])
+    report, _, _ = run(tmp_path, [str(path), str(tmp_path / "in" / "*.jsonl")])
+    assert (report["read"], report["duplicates"]) == (1, 0)
+
+
+def test_add_manual_example_validates_and_appends(tmp_path):
+    from nbkit.chat_format import RecordError
+    from nbkit.collect import add_manual_example, manual_path
+
+    ws = tmp_path / "ws"
+    assert add_manual_example(ws, chat("one", label="x")) == 1
+    assert add_manual_example(ws, {"q": "two", "a": "ok"}, columns={"q": "prompt", "a": "completion"}) == 2
+    with pytest.raises(RecordError) as info:
+        add_manual_example(ws, {"messages": [{"role": "user", "content": "no answer"}]})
+    assert info.value.category == "no_assistant_message"
+    with pytest.raises(RecordError, match="line 1"):
+        add_manual_example(ws, chat("one"))
+    assert read_jsonl(manual_path(ws)) == [{**chat("one"), "label": "x"}, chat("two")]

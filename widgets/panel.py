@@ -27,7 +27,11 @@ class Panel:
         display(self.box)
 
     def _repr_mimebundle_(self, **kwargs: Any):
-        return self.box._repr_mimebundle_(**kwargs)
+        if hasattr(self.box, "_repr_mimebundle_"):  # ipywidgets 8
+            return self.box._repr_mimebundle_(**kwargs)
+        # ipywidgets 7 (Colab) has no _repr_mimebundle_; this is the bundle its display sends.
+        return {"text/plain": repr(self.box), "application/vnd.jupyter.widget-view+json":
+                {"version_major": 2, "version_minor": 0, "model_id": self.box._model_id}}
 
     def show(self, interactive: bool = True) -> None:
         """Display the panel when running interactively; do nothing under papermill."""
