@@ -13,17 +13,22 @@ from nbkit.config import Config, field
 from nbkit.errors import ConfigError, NbkitError
 from nbkit.evaluate import EvalConfig
 from nbkit.formatting import FormatConfig
+from nbkit.quality import QualityConfig
 from nbkit.split import SplitConfig
 from nbkit.train import TrainConfig
 
-CONFIG_CLASSES = [CollectConfig, FormatConfig, SplitConfig, TrainConfig, EvalConfig]
+CONFIG_CLASSES = [CollectConfig, FormatConfig, QualityConfig, SplitConfig, TrainConfig, EvalConfig]
 
 # One instance per class with non-default values, so a round trip that silently
 # falls back to defaults would be caught.
 NON_DEFAULT = {
-    CollectConfig: dict(workspace="ws1", sources=["a.jsonl", "more/*.csv"]),
-    FormatConfig: dict(workspace="ws2", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", max_seq_len=256),
-    SplitConfig: dict(workspace="ws3", validation_fraction=0.15, test_fraction=0.2, seed=7, stratify_by=""),
+    CollectConfig: dict(workspace="ws1", sources=["a.jsonl", "more/*.csv"], columns={"question": "prompt"},
+                        roles={"bot": "assistant"}),
+    FormatConfig: dict(workspace="ws2", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", max_seq_len=256,
+                       redact_pii=True, drop_near_duplicates=True, near_duplicate_threshold=0.9),
+    QualityConfig: dict(workspace="ws6", near_duplicate_threshold=0.7, redact_pii=True, label_field="team"),
+    SplitConfig: dict(workspace="ws3", validation_fraction=0.15, test_fraction=0.2, seed=7, stratify_by="",
+                      group_by="source", near_duplicate_threshold=0.9, drop_leaked=True),
     TrainConfig: dict(workspace="ws4", method="lora", run_id="r1", max_steps=10, learning_rate=2e-4,
                       lora_r=8, lora_alpha=16, target_modules="q_proj,v_proj", eval_steps=0),
     EvalConfig: dict(workspace="ws5", run_id="r1", max_examples=5, max_new_tokens=32, batch_size=4),

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 CORE = ["nbkit", "nbkit.collect", "nbkit.formatting", "nbkit.split", "nbkit.train", "nbkit.evaluate",
-        "nbkit.models", "nbkit.runs", "nbkit.metrics", "nbkit.pipeline", "nbkit.cli"]
+        "nbkit.models", "nbkit.runs", "nbkit.metrics", "nbkit.pipeline", "nbkit.cli", "nbkit.quality"]
 
 
 def test_core_imports_with_ipywidgets_blocked():

@@ -132,3 +132,126 @@ def test_training_progress_is_plain_printing_when_not_interactive(capsys):
     log = nw.training_progress(False)
     log({"step": 3, "max_steps": 10, "elapsed_s": 4.0, "loss": 1.25})
     assert "step 3/10 | loss 1.25" in capsys.readouterr().out
+
+
+# -- notebook 01: mappings, the example editor and the rejected-row fixer --------------------
+
+def manual_rows(workspace):
+    import json
+
+    from nbkit.collect import manual_path
+
+    path = manual_path(workspace)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else None
+
+
+def test_collect_panel_edits_column_and_role_mappings(tmp_path):
+    config = CollectConfig(workspace=str(tmp_path))
+    panel = nw.CollectPanel(config)
+    panel.mappings["columns"].value = '{"question": "prompt", "answer": "completion"}'
+    panel.mappings["roles"].value = "human: user\nbot: assistant"
+    assert config.columns == {"question": "prompt", "answer": "completion"}
+    assert config.roles == {"human": "user", "bot": "assistant"}
+    panel.mappings["columns"].value = '{"question": "questions"}'
+    assert config.columns == {"question": "prompt", "answer": "completion"}  # unchanged
+    assert "`columns`" in panel.status.value and "nbkit-error" in panel.status.value
+    assert "nbkit-field-roles" in panel.mappings["roles"]._dom_classes
+
+
+def test_example_editor_appends_a_valid_example(tmp_path):
+    editor = nw.ExampleEditor(str(tmp_path))
+    editor.system.value = "Be brief."
+    editor.user.value = "Where is my parcel?"
+    editor.assistant.value = "On its way."
+    editor.label.value = "shipping"
+    editor.add.click()
+    assert manual_rows(tmp_path) == [{"messages": [{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "Where is my parcel?"},
+                                                   {"role": "assistant", "content": "On its way."}],
+                                      "label": "shipping"}]
+    assert "nbkit-ok" in editor.status.value and "line 1" in editor.status.value
+    assert editor.user.value == editor.assistant.value == "" and editor.system.value == "Be brief."
+    for widget, name in [(editor.box, "nbkit-editor"), (editor.add, "nbkit-editor-add"),
+                         (editor.user, "nbkit-editor-user"), (editor.status, "nbkit-editor-status")]:
+        assert name in widget._dom_classes
+
+
+def test_example_editor_refuses_invalid_input_and_writes_nothing(tmp_path):
+    editor = nw.ExampleEditor(str(tmp_path))
+    editor.user.value = "A question without an answer"
+    editor.add.click()
+    assert manual_rows(tmp_path) is None
+    assert "nbkit-error" in editor.status.value and "the assistant box is empty" in editor.status.value
+    editor.user.value, editor.assistant.value = "Q", '{"team": "billing"}'
+    editor.system.value = " "  # blank system text: no system message
+    editor.add.click()
+    editor.user.value, editor.assistant.value = "A question without an answer", "An answer"
+    editor.add.click()
+    editor.user.value, editor.assistant.value = "A question without an answer", "An answer"
+    editor.add.click()  # the same conversation again
+    assert [row["messages"][0]["content"] for row in manual_rows(tmp_path)] == ["Q", "A question without an answer"]
+    assert "duplicate" in editor.status.value and "line 2" in editor.status.value
+
+
+def test_editor_callback_errors_are_shown_in_the_widget(tmp_path, monkeypatch):
+    import nbkit.widgets.collect as collect_widgets
+
+    def broken(*args, **kwargs):
+        raise PermissionError("read-only workspace")
+
+    monkeypatch.setattr(collect_widgets, "add_manual_example", broken)
+    editor = nw.ExampleEditor(str(tmp_path))
+    editor.user.value, editor.assistant.value = "q", "a"
+    editor.add.click()  # must not raise out of the callback
+    assert "PermissionError: read-only workspace" in editor.status.value
+
+
+def test_rejected_row_fixed_and_picked_up_by_the_next_collect(tmp_path):
+    import json
+
+    from nbkit.collect import collect
+    from nbkit.workspace import Workspace, read_json, read_jsonl
+
+    source = tmp_path / "in.jsonl"
+    bad = {"messages": [{"role": "user", "content": "Refund?"}], "label": "billing"}
+    source.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
+                                                                                   "content": "yo"}]})
+                      + "\n" + json.dumps(bad) + "\n{broken\n", encoding="utf-8")
+    config = CollectConfig(workspace=str(tmp_path / "ws"), sources=[str(source)])
+    collect(config)
+    fixer = nw.RejectedFixer(config.workspace)
+    assert fixer.position.value == "1 / 2" and json.loads(fixer.raw.value) == bad
+    assert "nbkit-editor-fix-save" in fixer.save._dom_classes
+
+    fixer.raw.value = '{"messages": [{"role": "user", "content": "Refund?"}]'  # still broken JSON
+    fixer.save.click()
+    assert manual_rows(config.workspace) is None and "invalid JSON" in fixer.status.value
+
+    fixed = {**bad, "messages": bad["messages"] + [{"role": "assistant", "content": "Within 5 days."}]}
+    fixer.raw.value = json.dumps(fixed)
+    fixer.save.click()
+    assert manual_rows(config.workspace) == [{**fixed, "fixed_from": f"{source} line 2"}]
+    assert "line 1" in fixer.status.value
+
+    report = collect(config)
+    kept = read_jsonl(Workspace(config.workspace).clean)
+    assert kept[-1]["messages"] == fixed["messages"]
+    assert kept[-1]["meta"]["label"] == "billing" and kept[-1]["meta"]["line"] == 1
+    assert report == read_json(Workspace(config.workspace).collect_report) and report["kept"] == 2
+
+
+def test_rejected_fixer_accepts_a_text_block_and_handles_no_rows(tmp_path):
+    import json
+
+    from nbkit.collect import collect
+
+    config = CollectConfig(workspace=str(tmp_path / "ws"), sources=[[{"oops": 1}]])
+    collect(config)
+    fixer = nw.RejectedFixer(config.workspace)
+    fixer.raw.value = "### User\nhi there\n### Assistant\nhello"
+    fixer.save.click()
+    assert manual_rows(config.workspace)[0]["messages"][1] == {"role": "assistant", "content": "hello"}
+    assert json.loads(fixer.items[0]["raw"]) == {"oops": 1}
+
+    empty = nw.RejectedFixer(str(tmp_path / "nothing-collected"))
+    assert empty.position.value == "0 / 0" and empty.save.disabled

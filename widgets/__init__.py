@@ -3,14 +3,16 @@
 Panels edit a stage's config in place and show progress; the work is done by nbkit.
 """
 
-from nbkit.widgets.collect import CollectPanel, collect_results
+from nbkit.widgets.collect import CollectPanel, ExampleEditor, RejectedFixer, collect_results
 from nbkit.widgets.evaluate import comparison_viewer, eval_panel
 from nbkit.widgets.format import format_panel, mask_viewer
 from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel
+from nbkit.widgets.quality import QualityPanel, quality_figures, quality_panel, verdict_html
 from nbkit.widgets.split import split_panel
 from nbkit.widgets.train import LiveMonitor, TrainPanel, training_progress
 
-__all__ = ["CollectPanel", "ConfigForm", "LiveMonitor", "Pager", "Panel", "TrainPanel", "chat_preview",
-           "collect_results", "comparison_viewer", "eval_panel", "format_panel", "mask_viewer", "split_panel",
-           "training_progress"]
+__all__ = ["CollectPanel", "ConfigForm", "ExampleEditor", "LiveMonitor", "Pager", "Panel", "QualityPanel",
+           "RejectedFixer", "TrainPanel", "chat_preview", "collect_results", "comparison_viewer", "eval_panel",
+           "format_panel", "mask_viewer", "quality_figures", "quality_panel", "split_panel", "training_progress",
+           "verdict_html"]
