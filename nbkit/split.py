@@ -10,12 +10,13 @@ import hashlib
 import json
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 from nbkit.config import Config, field
 from nbkit.errors import DataError
+from nbkit.quality import cross_near_duplicates, diversity_map, row_text, validate_threshold
 from nbkit.workspace import SPLITS, Workspace, read_jsonl, write_json, write_jsonl
 
 
@@ -27,7 +28,13 @@ class SplitConfig(Config):
     validation_fraction: float = field(0.1, "Share of rows held out to watch training (early stopping, overfitting).")
     test_fraction: float = field(0.1, "Share of rows held out for the final base-vs-tuned comparison.")
     seed: int = field(42, "Random seed: the same seed and data give the same splits.")
-    stratify_by: str = field("label", "meta field to keep balanced across splits ('' for none).")
+    stratify_by: str = field("label", "meta field to keep balanced across splits, 'cluster' for the diversity-map "
+                                      "clusters, '' for none.")
+    group_by: str = field("", "meta field whose rows stay together (e.g. 'source' or a conversation id); '' = none.")
+    near_duplicate_threshold: float = field(0.8, "Similarity (0-1) above which a validation/test row counts as a "
+                                                 "near-copy of a training row.")
+    drop_leaked: bool = field(False, "Remove validation/test rows that (nearly) copy a training row; they are kept "
+                                     "in data/splits/leaked.jsonl.")
 
     def validate(self) -> None:
         for name in ("validation_fraction", "test_fraction"):
@@ -36,36 +43,66 @@ class SplitConfig(Config):
         self.require(self.test_fraction > 0, "test_fraction", "must be > 0: without a test split there is no "
                      "honest comparison with the base model")
         total = self.validation_fraction + self.test_fraction
+        validate_threshold(self, "near_duplicate_threshold")
         self.require(total < 0.9, "validation_fraction", f"+ test_fraction = {total:.2f} leaves too little to train on",
                      "keep the two below 0.9 together (0.1 + 0.1 is a good default)")
 
 
-def split_rows(rows: list[dict[str, Any]], config: SplitConfig) -> dict[str, list[dict[str, Any]]]:
-    """Seeded split; every stratum is divided in the same proportions.
+def split_rows(rows: list[dict[str, Any]], config: SplitConfig,
+               strata_keys: list[Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Seeded split; every stratum is divided in the same proportions, groups are never divided.
 
     Sizes are fixed for the whole data first, then shared out over the strata by largest
     remainder, so many small strata still give the requested test and validation sizes.
+    `strata_keys` (one per row) overrides `config.stratify_by`.
     """
-    strata: dict[Any, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        strata[row["meta"].get(config.stratify_by) if config.stratify_by else None].append(row)
-    keys = sorted(strata, key=str)
+    units = _units(rows, config.group_by)
+    keys = strata_keys if strata_keys is not None else [
+        row["meta"].get(config.stratify_by) if config.stratify_by else None for row in rows]
+    strata: dict[Any, list[list[int]]] = defaultdict(list)
+    for unit in units:  # a group goes to the stratum most of its rows belong to
+        strata[Counter(keys[i] for i in unit).most_common(1)[0][0]].append(unit)
+    order = sorted(strata, key=str)
     rng = random.Random(config.seed)
-    for key in keys:
+    for key in order:
         rng.shuffle(strata[key])
-    sizes = {key: len(strata[key]) for key in keys}
+    sizes = {key: sum(map(len, strata[key])) for key in order}
     n_test = _allocate(sizes, round(len(rows) * config.test_fraction))
-    rest = {key: sizes[key] - n_test[key] for key in keys}
+    rest = {key: sizes[key] - n_test[key] for key in order}
     n_val = _allocate(rest, round(len(rows) * config.validation_fraction))
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
-    for key in keys:
-        group, t, v = strata[key], n_test[key], n_val[key]
-        out["test"] += group[:t]
-        out["validation"] += group[t:t + v]
-        out["train"] += group[t + v:]
+    for key in order:
+        counts = {"test": 0, "validation": 0}
+        for unit in strata[key]:
+            if counts["test"] < n_test[key]:
+                name = "test"
+            elif counts["validation"] < n_val[key]:
+                name = "validation"
+            else:
+                name = "train"
+            counts[name] = counts.get(name, 0) + len(unit)
+            out[name] += [rows[i] for i in unit]
     for name in SPLITS:  # interleave strata again so batches are mixed
         rng.shuffle(out[name])
     return out
+
+
+def _units(rows: list[dict[str, Any]], group_by: str) -> list[list[int]]:
+    """Row indices that must stay in one split: one unit per group value, single rows otherwise."""
+    if not group_by:
+        return [[i] for i in range(len(rows))]
+    groups: dict[Any, list[int]] = {}
+    units: list[list[int]] = []
+    for i, row in enumerate(rows):
+        value = row["meta"].get(group_by)
+        if value is None:
+            units.append([i])
+        elif value in groups:
+            groups[value].append(i)
+        else:
+            groups[value] = [i]
+            units.append(groups[value])
+    return units
 
 
 def _allocate(sizes: dict[Any, int], total: int) -> dict[Any, int]:
@@ -87,10 +124,35 @@ def prompt_key(row: dict[str, Any]) -> str:
     return re.sub(r"\W+", " ", text.lower()).strip()
 
 
-def leakage(splits: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
-    """Count evaluation rows whose prompt also appears in train (exact after normalization)."""
-    train_keys = {prompt_key(r) for r in splits["train"]}
-    return {f"train_{name}": sum(prompt_key(r) in train_keys for r in splits[name]) for name in ("validation", "test")}
+def find_leaks(splits: dict[str, list[dict[str, Any]]], threshold: float = 0.8) -> dict[str, list[dict[str, Any]]]:
+    """Validation/test rows that copy a training row: the same prompt (after normalization) or a
+    near-duplicate of the whole example (MinHash similarity >= threshold). Each with the row it copies."""
+    train = splits["train"]
+    train_prompts = {prompt_key(r): j for j, r in reversed(list(enumerate(train)))}
+    evaluation = [(name, i, row) for name in ("validation", "test") for i, row in enumerate(splits[name])]
+    found: dict[tuple[str, int], tuple[int, str]] = {}
+    for name, i, row in evaluation:
+        if prompt_key(row) in train_prompts:
+            found[name, i] = (train_prompts[prompt_key(row)], "same prompt")
+    # One index over train serves both evaluation splits.
+    pairs = cross_near_duplicates([row_text(r) for _, _, r in evaluation], [row_text(r) for r in train], threshold)
+    for k, j in pairs:
+        name, i, _ = evaluation[k]
+        found.setdefault((name, i), (j, "near duplicate"))
+    leaks: dict[str, list[dict[str, Any]]] = {"validation": [], "test": []}
+    for (name, i), (j, kind) in sorted(found.items()):
+        leaks[name].append({"index": i, "kind": kind, "row": _position(splits[name][i]),
+                            "copies": _position(train[j])})
+    return leaks
+
+
+def leakage(splits: dict[str, list[dict[str, Any]]], threshold: float = 0.8) -> dict[str, int]:
+    """How many validation and test rows copy a training row (see find_leaks)."""
+    return {f"train_{name}": len(found) for name, found in find_leaks(splits, threshold).items()}
+
+
+def _position(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.get("meta", {}).items() if k in ("source", "line", "index", "row")}
 
 
 def fingerprint(rows: list[dict[str, Any]]) -> str:
@@ -109,7 +171,22 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
         raise DataError(f"only {len(rows)} usable rows in {ws.formatted}: too few to hold data out — collect more "
                         "examples (a few hundred is a good start).")
     canonical = [{"messages": r["messages"], "meta": r["meta"]} for r in rows]
-    splits = split_rows(canonical, config)
+    strata = None
+    if config.stratify_by == "cluster" and not any("cluster" in r["meta"] for r in canonical):
+        strata = diversity_map([row_text(r) for r in canonical], seed=config.seed)["cluster"]
+        for row, cluster in zip(canonical, strata):
+            row["meta"]["cluster"] = cluster
+    splits = split_rows(canonical, config, strata)
+
+    leaks = find_leaks(splits, config.near_duplicate_threshold)
+    found = {f"train_{name}": len(items) for name, items in leaks.items()}
+    dropped = []
+    if config.drop_leaked:
+        for name, items in leaks.items():
+            drop = {item["index"] for item in items}
+            dropped += [{**splits[name][item["index"]], "leak": {**item, "split": name}} for item in items]
+            splits[name] = [row for i, row in enumerate(splits[name]) if i not in drop]
+    write_jsonl(ws.leaked, dropped)
     for name, part in splits.items():
         write_jsonl(ws.split(name), part)
     manifest = {
@@ -117,9 +194,15 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
         "fractions": {"train": round(1 - config.validation_fraction - config.test_fraction, 6),
                       "validation": config.validation_fraction, "test": config.test_fraction},
         "stratify_by": config.stratify_by,
+        "group_by": config.group_by,
         "sizes": {name: len(part) for name, part in splits.items()},
         "fingerprints": {name: fingerprint(part) for name, part in splits.items()},
-        "leakage": leakage(splits),
+        # What is left in the evaluation splits; `leakage_found` is before any drop.
+        "leakage": found if not config.drop_leaked else {key: 0 for key in found},
+        "leakage_found": found,
+        "leaked_dropped": len(dropped),
+        "leak_examples": [{**item, "split": name} for name, items in leaks.items() for item in items][:20],
+        "near_duplicate_threshold": config.near_duplicate_threshold,
         "labels": {name: _label_counts(part, config.stratify_by) for name, part in splits.items()},
     }
     write_json(ws.manifest, manifest)

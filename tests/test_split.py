@@ -210,3 +210,59 @@ def test_missing_formatted_file_names_format_notebook(tmp_path):
         split_dataset(SplitConfig(workspace=str(tmp_path)))
     assert "02_format" in str(info.value)
     assert "rows.jsonl" in str(info.value)
+
+
+# -- grouping, clusters, near-duplicate leakage -----------------------------------------------
+
+def test_group_by_keeps_related_rows_in_one_split(tmp_path):
+    rows = [row(f"conversation {c} turn {t} asks about item {c * 7 + t}", label="a", conversation=c)
+            for c in range(40) for t in range(5)]
+    manifest = run_split(tmp_path, rows, group_by="conversation", stratify_by="")
+    where = {}
+    for name, part in read_splits(tmp_path).items():
+        for r in part:
+            where.setdefault(r["meta"]["conversation"], set()).add(name)
+    assert all(len(splits) == 1 for splits in where.values()), "a conversation straddles splits"
+    assert manifest["sizes"] == {"train": 160, "validation": 20, "test": 20}  # whole groups of 5
+    assert manifest["group_by"] == "conversation"
+
+
+def test_stratify_by_cluster_balances_the_diversity_clusters(tmp_path):
+    topics = {"refund": "refund invoice charge billing card payment", "login": "password login reset account email",
+              "crash": "app crash error bug freeze update", "parcel": "parcel delivery tracking courier address"}
+    rows = [row(f"{words} number {i} please {topic}", label="x") for topic, words in topics.items() for i in range(30)]
+    manifest = run_split(tmp_path, rows, stratify_by="cluster")
+    clusters = manifest["labels"]
+    assert sum(clusters["test"].values()) == 12
+    # every cluster found is represented in test in proportion (largest remainder: +-1)
+    for cluster, n_train in clusters["train"].items():
+        total = n_train + clusters["validation"].get(cluster, 0) + clusters["test"].get(cluster, 0)
+        assert abs(clusters["test"].get(cluster, 0) - total * 0.1) <= 1
+
+
+def test_near_duplicate_leak_is_found_listed_and_can_be_dropped(tmp_path):
+    rows = labelled_rows(25)
+    base = ("my parcel with order 12345 never arrived and the tracking page has not changed for a week so I "
+            "called the courier twice and they told me to contact the shop about the missing delivery today")
+    rows += [row(base + f" {suffix}", "shipping", label="a") for suffix in ("please help", "please help!!", "help")]
+    kept = run_split(tmp_path / "keep", rows, seed=3)
+    found = sum(kept["leakage_found"].values())
+    assert found == sum(kept["leakage"].values())
+    leaked_rows = [r for part in ("validation", "test") for r in read_splits(tmp_path / "keep")[part]
+                   if "parcel" in r["messages"][0]["content"]]
+    trained = any("parcel" in r["messages"][0]["content"] for r in read_splits(tmp_path / "keep")["train"])
+    assert found == (len(leaked_rows) if trained else 0)
+    dropped = run_split(tmp_path / "drop", rows, seed=3, drop_leaked=True)
+    assert dropped["leaked_dropped"] == found and sum(dropped["leakage"].values()) == 0
+    splits = read_splits(tmp_path / "drop")
+    assert sum(len(p) for p in splits.values()) + found == len(rows)  # nothing lost: the rest is in leaked.jsonl
+    assert len(read_jsonl(Workspace(tmp_path / "drop").splits / "leaked.jsonl")) == found
+
+
+def test_leak_examples_name_both_rows():
+    splits = {"train": [row("where is my order 991 it is late", line=4)],
+              "validation": [], "test": [row("Where is my order 991, it is late!", "other", line=9)]}
+    from nbkit.split import find_leaks
+
+    (leak,) = find_leaks(splits)["test"]
+    assert leak["kind"] == "same prompt" and leak["row"]["line"] == 9 and leak["copies"]["line"] == 4

@@ -7,5 +7,6 @@ from nbkit.widgets.panel import ConfigForm
 
 
 def split_panel(config: SplitConfig) -> ConfigForm:
-    return ConfigForm(config, ["validation_fraction", "test_fraction", "seed", "stratify_by"],
+    return ConfigForm(config, ["validation_fraction", "test_fraction", "seed", "stratify_by", "group_by",
+                               "near_duplicate_threshold", "drop_leaked"],
                       title="Hold data out: validation watches training, test judges it")
