@@ -11,7 +11,7 @@ STAMP := $(VENV)/.nbkit-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lab clean
+.PHONY: install demo test test-fast lab benchmark clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not notebooks"
+
+benchmark: $(STAMP)
+	$(PY) tests/benchmarks/bench_data.py
+	$(PY) tests/benchmarks/bench_generation.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -28,16 +28,21 @@ class EvalConfig(Config):
     run_id: str = field("", "Run to evaluate; empty = the latest run with an adapter.")
     max_examples: int = field(0, "Evaluate only the first N test rows (0 = all).")
     max_new_tokens: int = field(0, "Longest generated answer; 0 = 1.25 x the longest reference + 8.")
-    batch_size: int = field(16, "Prompts generated together (left-padded).")
+    batch_size: int = field(32, "Prompts generated together (left-padded); larger is faster until memory runs out.")
+    task_metric: str = field("", "Headline metric; empty = chosen from the references (JSON: exact_match, "
+                                 "labels: macro_f1, free text: rouge_l).")
 
     def validate(self) -> None:
         for name in ("max_examples", "max_new_tokens"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         self.require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        known = ("", "exact_match", "json_valid", "field_accuracy", "accuracy", "macro_f1", "rouge_l", "bleu",
+                 "perplexity")
+        self.require_choice("task_metric", known)
 
 
 def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
-             batch_size: int = 16) -> list[str]:
+             batch_size: int = 32) -> list[str]:
     """Greedy answers for each conversation prompt, batched with left padding."""
     import torch
 
@@ -122,7 +127,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "base_model": run["base_model"],
         "method": method,
         "n_test": len(rows),
-        "task_metric": "exact_match",
+        "task_metric": config.task_metric or metrics.task_metric(references),
         "max_new_tokens": max_new,
         "base": results["base"],
         "tuned": results["tuned"],

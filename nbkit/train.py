@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from nbkit.config import Config, field
 from nbkit.formatting import tokenize_chat
-from nbkit.models import (EMBEDDED_MODEL, METHODS, keep_4bit_layers_trainable, load_model, load_tokenizer,
+from nbkit.models import (EMBEDDED_MODEL, METHODS, load_model, load_tokenizer,
                           pick_device, quiet_library_notices)
 from nbkit.runs import environment, new_run_id
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
@@ -144,7 +144,6 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
     train_ds = tokenized_split(train_rows, tokenizer, config.max_seq_len)
     val_ds = tokenized_split(val_rows, tokenizer, config.max_seq_len) if val_rows else None
     model, method = load_model(config.base_model, config.method, device)
-    keep_4bit_layers_trainable(model)
     print(f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights).",
           flush=True)
 

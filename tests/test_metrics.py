@@ -133,14 +133,16 @@ def test_score_json_references_hand_checked():
     assert result["field_accuracy"] == pytest.approx(1.5 / 3)
 
 
-def test_score_text_references_only_exact_match():
+def test_score_short_text_references_are_scored_as_labels():
     result = score(["Paris.", "Lyon", "rome"], ["Paris", "Marseille", "Rome"])
-    assert result == {"exact_match": pytest.approx(2 / 3)}
+    # per-class F1: paris 1, marseille 0 (never predicted), rome 1
+    assert result == {"exact_match": pytest.approx(2 / 3), "accuracy": pytest.approx(2 / 3),
+                      "macro_f1": pytest.approx(2 / 3)}
 
 
 def test_score_mixed_references_has_no_json_metrics():
     result = score([TRIAGE, "Paris"], [TRIAGE, "Paris"])
-    assert result == {"exact_match": 1.0}
+    assert "json_valid" not in result and result["exact_match"] == 1.0
 
 
 def test_score_array_references_skip_field_accuracy():
@@ -152,3 +154,35 @@ def test_score_array_references_skip_field_accuracy():
 
 def test_score_empty():
     assert score([], []) == {"exact_match": 0.0}
+
+
+# -- metrics chosen by answer kind (hand-checked) ------------------------------------------------
+
+def test_label_answers_get_accuracy_and_macro_f1():
+    from nbkit.metrics import kind_of, score, task_metric
+
+    truth = ["positive", "negative", "negative", "neutral"]
+    guess = ["Positive.", "negative", "positive", "neutral"]
+    assert kind_of(truth) == "label" and task_metric(truth) == "macro_f1"
+    result = score(guess, truth)
+    # per class F1: positive 2/3 (P 1/2, R 1), negative 2/3 (P 1, R 1/2), neutral 1 -> mean 7/9
+    assert result["accuracy"] == pytest.approx(0.75)
+    assert result["macro_f1"] == pytest.approx(7 / 9)
+
+
+def test_free_text_answers_get_rouge_l_and_bleu():
+    from nbkit.metrics import bleu, kind_of, rouge_l, score
+
+    refs = ["the cat sat on a mat", "the dog barked loudly at the postman today"]
+    preds = ["the cat sat on the mat", "a dog"]
+    assert kind_of(refs) == "text"
+    # LCS 5 of 6 words both ways -> F 5/6; "dog" 1 of 2 vs 1 of 8 -> F 2*(1/2)(1/8)/(5/8) = 0.2
+    assert rouge_l(preds, refs) == pytest.approx((5 / 6 + 0.2) / 2)
+    assert bleu(refs, refs) == pytest.approx(1.0)
+    assert 0.0 <= score(preds, refs)["bleu"] < 1.0
+
+
+def test_json_answers_keep_exact_match_as_the_task_metric():
+    from nbkit.metrics import task_metric
+
+    assert task_metric(['{"team": "billing"}', '{"team": "account"}']) == "exact_match"

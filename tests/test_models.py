@@ -20,10 +20,15 @@ def test_embedded_model_is_converted_to_a_cached_safetensors_checkpoint():
     assert resolve_model("some-org/some-model") == "some-org/some-model"
 
 
-def test_qlora_loads_4bit_nf4_and_answers(tokenizer):
+@pytest.fixture(scope="module")
+def qlora():
+    return load_model(EMBEDDED_MODEL, "qlora")
+
+
+def test_qlora_loads_4bit_nf4_and_answers(tokenizer, qlora):
     import torch
 
-    model, method = load_model(EMBEDDED_MODEL, "qlora")
+    model, method = qlora
     assert method == "qlora"
     quant = model.config.quantization_config
     assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
@@ -49,3 +54,20 @@ def test_loss_mask_trains_only_assistant_turns_and_their_end_token(tokenizer):
     assert trained == "Hello!<|im_end|>Goodbye!<|im_end|>"
     assert mask_problems(tokenizer, messages) == []
     assert len(tokenize_chat(tokenizer, messages, max_seq_len=10)["input_ids"]) == 10
+
+
+def test_batched_generation_gives_the_same_greedy_answers_as_one_by_one(tokenizer, qlora):
+    import json
+
+    from nbkit.collect import SAMPLE_DATA
+    from nbkit.evaluate import generate
+    from nbkit.formatting import prompt_messages
+
+    model, _ = qlora
+    model.eval()
+    rows = [json.loads(line) for line in SAMPLE_DATA.read_text(encoding="utf-8").splitlines()[:6]]
+    prompts = [prompt_messages(r["messages"]) for r in rows]  # different lengths: real left padding
+    serial = generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=1)
+    batched = generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=6)
+    assert batched == serial
+    assert len(set(serial)) > 1

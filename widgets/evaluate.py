@@ -13,9 +13,11 @@ from nbkit.widgets.panel import ConfigForm
 
 def eval_panel(config: EvalConfig) -> ConfigForm:
     runs = list_runs(config.workspace)
-    choices = {"run_id": tuple([""] + runs[::-1])} if runs else None
-    return ConfigForm(config, ["run_id", "max_examples", "max_new_tokens", "batch_size"], choices=choices,
-                      title="Which run to evaluate (empty = latest)")
+    choices = {"task_metric": ("", "exact_match", "macro_f1", "accuracy", "rouge_l", "bleu", "field_accuracy")}
+    if runs:
+        choices["run_id"] = tuple([""] + runs[::-1])
+    return ConfigForm(config, ["run_id", "max_examples", "max_new_tokens", "batch_size", "task_metric"],
+                      choices=choices, title="Which run to evaluate (empty = latest)")
 
 
 def _answer(label: str, text: str, correct: float) -> str:
