@@ -195,3 +195,16 @@ class QualityPanel(Panel):
 def quality_panel(report: dict[str, Any], workspace: str | Path, config: Any = None,
                   mode: str | None = None) -> QualityPanel:
     return QualityPanel(report, workspace, config, mode)
+
+
+def show_quality(report: dict[str, Any], config: Any, interactive: bool) -> None:
+    """In a notebook the panel (whose checkboxes edit `config`); under papermill the verdict as
+    text and the figures as static plots."""
+    if interactive:
+        quality_panel(report, config.workspace, config).show()
+        return
+    from nbkit.quality import verdict_text
+
+    print(verdict_text(report))
+    for figure in quality_figures(report, config.workspace):
+        figure.show()
