@@ -51,7 +51,7 @@ from nbkit import chat_format
 from nbkit.chat_format import RecordError
 from nbkit.config import Config, field
 from nbkit.errors import DataError
-from nbkit.workspace import Workspace, iter_lines, write_json, write_jsonl
+from nbkit.workspace import Workspace, describe_provenance, iter_lines, write_json, write_jsonl
 
 SAMPLE_DATA = Path(__file__).parent / "sample_data" / "support_triage.jsonl"
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -242,9 +242,7 @@ def _find_conversation(key: str, manual: Path, clean: Path) -> str | None:
                     continue  # a broken line is collect's business, not a match
                 if path == manual:
                     return f"{path} line {number}"
-                meta = row.get("meta", {})
-                where = next((f" {k} {meta[k]}" for k in ("line", "index", "row") if k in meta), "")
-                return f"a kept row ({meta.get('source', path)}{where})"
+                return f"a kept row ({describe_provenance({'source': path, **row.get('meta', {})})})"
     return None
 
 

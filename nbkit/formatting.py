@@ -16,8 +16,8 @@ from typing import Any
 
 from nbkit.config import Config, field
 from nbkit.models import EMBEDDED_MODEL, load_tokenizer
-from nbkit.quality import describe_position, near_duplicate_clusters, redact_pii, row_text, validate_threshold
-from nbkit.workspace import Workspace, read_jsonl, write_json, write_jsonl
+from nbkit.quality import near_duplicate_clusters, redact_pii, row_text, validate_threshold
+from nbkit.workspace import POSITION_KEYS, Workspace, describe_provenance, read_jsonl, write_json, write_jsonl
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy skips
 
@@ -131,9 +131,9 @@ def drop_near_duplicate_rows(rows: list[dict[str, Any]], threshold: float) -> tu
         kept = rows[cluster[0]]["meta"]
         for i in cluster[1:]:
             meta = rows[i]["meta"]
-            position = next((meta[k] for k in ("line", "index", "row") if k in meta), None)
+            position = next((meta[k] for k in POSITION_KEYS if k in meta), None)
             dropped.append({"source": meta.get("source"), "position": position,
-                            "reason": f"near_duplicate of {describe_position(kept)}", "messages": rows[i]["messages"],
+                            "reason": f"near_duplicate of {describe_provenance(kept)}", "messages": rows[i]["messages"],
                             "meta": meta})
             drop.add(i)
     return [row for i, row in enumerate(rows) if i not in drop], dropped

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from nbkit.config import Config, field
-from nbkit.workspace import Workspace, read_jsonl, write_json
+from nbkit.workspace import Workspace, describe_provenance, provenance, read_jsonl, write_json
 
 # -- rows ---------------------------------------------------------------------------------
 
@@ -600,21 +600,6 @@ MAX_CLUSTERS, MAX_MEMBERS = 50, 10  # near-duplicate clusters listed in the repo
 MAX_VERDICT = 8
 
 
-def _position(meta: dict[str, Any]) -> dict[str, Any]:
-    """Where a row came from, in collect's words: {"source": ..., "line"|"index"|"row": ...}."""
-    where = {"source": meta.get("source")}
-    for key in ("line", "index", "row"):
-        if key in meta:
-            where[key] = meta[key]
-    return where
-
-
-def describe_position(meta: dict[str, Any]) -> str:
-    where = _position(meta)
-    rest = " ".join(f"{k} {v}" for k, v in where.items() if k != "source")
-    return f"{where['source']} {rest}".strip()
-
-
 def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
@@ -664,7 +649,7 @@ def pii_report(rows: list[dict[str, Any]], max_examples: int = 20) -> dict[str, 
                 hit = True
                 counts[kind] += 1
                 if len(examples) < max_examples:
-                    examples.append({**_position(row["meta"]), "message": i, "role": message["role"], "kind": kind,
+                    examples.append({**provenance(row["meta"]), "message": i, "role": message["role"], "kind": kind,
                                      "start": start, "masked": mask_secret(message["content"][start:end])})
         rows_with += hit
     return {"counts": {kind: counts.get(kind, 0) for kind in PII_KINDS}, "rows_with_pii": rows_with,
@@ -699,7 +684,7 @@ def quality_report(config: QualityConfig) -> dict[str, Any]:
         "rows_in_clusters": sum(len(c) for c in clusters),
         "rows_to_drop": sum(len(c) - 1 for c in clusters),
         # The first clusters, each with its first members: enough to see what repeats, small enough to read.
-        "clusters": [[{**_position(rows[i]["meta"]), "text": preview(texts[i])} for i in c[:MAX_MEMBERS]]
+        "clusters": [[{**provenance(rows[i]["meta"]), "text": preview(texts[i])} for i in c[:MAX_MEMBERS]]
                      for c in clusters[:MAX_CLUSTERS]],
         "cluster_sizes": [len(c) for c in clusters[:MAX_CLUSTERS]],
     }

@@ -17,7 +17,7 @@ from typing import Any
 from nbkit.config import Config, field
 from nbkit.errors import DataError
 from nbkit.quality import cross_near_duplicates, diversity_map, row_text, validate_threshold
-from nbkit.workspace import SPLITS, Workspace, read_jsonl, write_json, write_jsonl
+from nbkit.workspace import SPLITS, Workspace, provenance, read_jsonl, write_json, write_jsonl
 
 
 @dataclass
@@ -141,18 +141,14 @@ def find_leaks(splits: dict[str, list[dict[str, Any]]], threshold: float = 0.8) 
         found.setdefault((name, i), (j, "near duplicate"))
     leaks: dict[str, list[dict[str, Any]]] = {"validation": [], "test": []}
     for (name, i), (j, kind) in sorted(found.items()):
-        leaks[name].append({"index": i, "kind": kind, "row": _position(splits[name][i]),
-                            "copies": _position(train[j])})
+        leaks[name].append({"index": i, "kind": kind, "row": provenance(splits[name][i]["meta"]),
+                            "copies": provenance(train[j]["meta"])})
     return leaks
 
 
 def leakage(splits: dict[str, list[dict[str, Any]]], threshold: float = 0.8) -> dict[str, int]:
     """How many validation and test rows copy a training row (see find_leaks)."""
     return {f"train_{name}": len(found) for name, found in find_leaks(splits, threshold).items()}
-
-
-def _position(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.get("meta", {}).items() if k in ("source", "line", "index", "row")}
 
 
 def fingerprint(rows: list[dict[str, Any]]) -> str:

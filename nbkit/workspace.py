@@ -111,6 +111,20 @@ class Workspace:
         return path
 
 
+POSITION_KEYS = ("line", "index", "row")  # how a record's place in its source is named
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """Where a row came from, as collect records it: {"source": ..., "line"|"index"|"row": ...}."""
+    return {"source": meta.get("source"), **{k: meta[k] for k in POSITION_KEYS if k in meta}}
+
+
+def describe_provenance(meta: dict[str, Any]) -> str:
+    """"data.jsonl line 3" — for messages."""
+    where = provenance(meta)
+    return " ".join(str(v) if k == "source" else f"{k} {v}" for k, v in where.items() if v is not None)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Read a JSONL file the kit wrote itself (user files go through nbkit.collect)."""
     with open(path, encoding="utf-8") as fh:

@@ -19,7 +19,7 @@ from nbkit.collect import CollectConfig, add_manual_example, manual_path
 from nbkit.errors import ConfigError
 from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
-from nbkit.workspace import Workspace, read_jsonl
+from nbkit.workspace import Workspace, describe_provenance, read_jsonl
 
 UPLOAD_TYPES = ".jsonl,.json,.csv,.tsv,.parquet,.txt"
 TEXTAREA = {"layout": widgets.Layout(width="640px"), "style": {"description_width": "90px"}}
@@ -116,8 +116,7 @@ def parse_mapping(name: str, text: str) -> dict:
 
 
 def rejected_html(row: dict[str, Any]) -> str:
-    where = next((f"{k} {row[k]}" for k in ("line", "index", "row") if k in row), "")
-    return (f'<div><b>{html.escape(row["category"])}</b> — {html.escape(row["source"])} {where}<br>'
+    return (f'<div><b>{html.escape(row["category"])}</b> — {html.escape(describe_provenance(row))}<br>'
             f'{html.escape(row["message"])}<pre style="white-space:pre-wrap;background:#fff3f3">'
             f'{html.escape(row["raw"][:2000])}</pre></div>')
 
@@ -222,11 +221,10 @@ class RejectedFixer(Pager):
 
     def save_fix(self) -> bool:
         row = self.items[self.index]
-        where = next((f"{k} {row[k]}" for k in ("line", "index", "row") if k in row), "")
         try:
             record = parse_fix(self.raw.value, self.roles)
             line = add_manual_example(self.workspace, record, columns=self.columns, roles=self.roles,
-                                      fixed_from=f"{row['source']} {where}".strip())
+                                      fixed_from=describe_provenance(row))
         except RecordError as err:
             self.status.value = message_html(f"not saved ({err.category}): {err}", "error")
             return False
