@@ -3,12 +3,19 @@
 Both models are the same frozen base; the tuned one adds the run's LoRA adapter, so the
 comparison isolates what fine-tuning changed. Generation is greedy and batched with left
 padding (decoder-only models continue from the right edge).
+
+Beyond the headline numbers the summary carries what a reviewer checks next:
+- `warnings`: scores that are too good to trust (leaked rows) or too noisy (few rows);
+- `examples`: the tuned model's best and worst test rows by its per-row score;
+- `forgetting`: a fixed set of general questions (FORGETTING_PROBE) asked to both models,
+  to notice when the adapter damaged what the base model already knew.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +25,25 @@ from nbkit.formatting import IGNORE_INDEX, prompt_messages, reference_answer, to
 from nbkit.models import load_model, load_tokenizer, pick_device, quiet_library_notices
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
+
+# General questions a small instruct model answers correctly before fine-tuning, each with the
+# words that count as a right answer (any one, case-insensitive). Kept short so the probe takes
+# seconds: if the tuned model stops answering them, the adapter overwrote general knowledge.
+FORGETTING_PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("What is the capital of France?", ("paris",)),
+    ("What is 2 + 2?", ("4", "four")),
+    ("What is the capital of Japan?", ("tokyo",)),
+    ("How do you say 'hello' in Spanish?", ("hola",)),
+    ("Which planet do we live on?", ("earth",)),
+    ("What is the opposite of hot?", ("cold", "cool")),
+    ("What gas do humans need to breathe?", ("oxygen",)),
+    ("What is the largest ocean on Earth?", ("pacific",)),
+    ("Who wrote Romeo and Juliet?", ("shakespeare",)),
+    ("How many legs does a spider have?", ("8", "eight")),
+)
+PROBE_MAX_NEW_TOKENS = 16
+TOO_GOOD = 0.95  # a tuned task score at or above this is checked against the split's leakage counts
+FEW_ROWS = 30  # below this many test rows, one row moves the score by more than 3 points
 
 
 @dataclass
@@ -31,6 +57,10 @@ class EvalConfig(Config):
     batch_size: int = field(32, "Prompts generated together (left-padded); larger is faster until memory runs out.")
     task_metric: str = field("", "Headline metric; empty = chosen from the references (JSON: exact_match, "
                                  "labels: macro_f1, free text: rouge_l).")
+    forgetting_probe: bool = field(True, "Also ask both models a few general questions (capital of France, "
+                                         "simple sums) to notice forgotten knowledge; takes seconds.")
+    merge: bool = field(False, "After evaluating, merge the adapter into an unquantized copy of the base model "
+                               "(runs/<run_id>/merged/) and check that it answers like base + adapter.")
 
     def validate(self) -> None:
         for name in ("max_examples", "max_new_tokens"):
@@ -84,8 +114,10 @@ def mean_loss(model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, ba
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Score base and tuned models on the test split; write eval/summary.json and predictions.jsonl."""
+    """Score base and tuned models on the test split; write eval/summary.json, predictions.jsonl and the report."""
     from peft import PeftModel
+
+    from nbkit.report import write_report
 
     ws = Workspace(config.workspace)
     run_id = resolve_run(ws.root, config.run_id)
@@ -107,34 +139,167 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
     results: dict[str, dict[str, float]] = {}
     answers: dict[str, list[str]] = {}
+    probe: dict[str, list[str]] = {}
     for name in ("base", "tuned"):
         print(f"Evaluating the {name} model on {len(rows)} test rows...", flush=True)
         # One loaded model serves both: the base answers with the adapter switched off.
         with model.disable_adapter() if name == "base" else contextlib.nullcontext():
             answers[name] = generate(model, tokenizer, prompts, max_new, config.batch_size)
             loss = mean_loss(model, tokenizer, rows, max_seq_len, config.batch_size)
+            if config.forgetting_probe:
+                probe[name] = generate(model, tokenizer, [[{"role": "user", "content": q}] for q, _ in FORGETTING_PROBE],
+                                       PROBE_MAX_NEW_TOKENS, config.batch_size)
         results[name] = {**metrics.score(answers[name], references), "loss": loss,
                          "perplexity": math.exp(min(loss, 50))}
 
-    eval_dir = ws.run_dir(run_id) / "eval"
-    write_jsonl(eval_dir / "predictions.jsonl", (
+    task_metric = config.task_metric or metrics.task_metric(references)
+    kind = metrics.kind_of(references)
+    predictions = [
         {"prompt": p[-1]["content"], "reference": ref, "base": b, "tuned": t,
-         "base_exact_match": metrics.exact_match(b, ref), "tuned_exact_match": metrics.exact_match(t, ref)}
+         "base_exact_match": metrics.exact_match(b, ref), "tuned_exact_match": metrics.exact_match(t, ref),
+         "base_score": row_score(b, ref, kind), "tuned_score": row_score(t, ref, kind)}
         for p, ref, b, t in zip(prompts, references, answers["base"], answers["tuned"])
-    ))
+    ]
+    eval_dir = ws.run_dir(run_id) / "eval"
+    write_jsonl(eval_dir / "predictions.jsonl", predictions)
     summary = {
         "run_id": run_id,
         "base_model": run["base_model"],
         "method": method,
         "n_test": len(rows),
-        "task_metric": config.task_metric or metrics.task_metric(references),
+        "task_metric": task_metric,
+        "row_score": ROW_SCORE_NAMES[kind],
         "max_new_tokens": max_new,
         "base": results["base"],
         "tuned": results["tuned"],
         "dataset": run.get("dataset", {}),
+        "examples": best_and_worst(predictions),
+        "forgetting": forgetting_scores(probe["base"], probe["tuned"]) if config.forgetting_probe else None,
     }
+    manifest = read_json(ws.manifest) if ws.manifest.exists() else {}
+    summary["warnings"] = quality_warnings(summary, manifest)
+    report = write_report(summary, predictions, ws.run_dir(run_id))
+    summary["report"] = {"markdown": report.relative_to(ws.root).as_posix(),
+                         "html": report.with_suffix(".html").relative_to(ws.root).as_posix()}
     write_json(eval_dir / "summary.json", summary)
+    for line in summary["warnings"]:
+        print(f"Warning: {line}", flush=True)
     return summary
+
+
+# -- per-row scores, best and worst examples -------------------------------------------------
+
+ROW_SCORE_NAMES = {"json": "field_accuracy", "label": "exact_match", "text": "rouge_l"}
+
+
+def row_score(prediction: str, reference: str, kind: str) -> float:
+    """One row's task score, 0-1: field accuracy for JSON objects, exact match for labels, ROUGE-L for text.
+
+    Field accuracy gives partial credit (3 of 4 fields right), which ranks near-misses above
+    answers that are wrong everywhere; exact match alone would tie them.
+    """
+    if kind == "json":
+        fields = metrics.field_accuracy(prediction, reference)
+        return float(fields) if fields is not None else metrics.exact_match(prediction, reference)
+    if kind == "text":
+        return metrics.rouge_l([prediction], [reference])
+    return metrics.exact_match(prediction, reference)
+
+
+def best_and_worst(predictions: list[dict[str, Any]], k: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """Up to k rows where the tuned model scored highest and lowest (no row in both lists).
+
+    Ties keep test-split order, so the choice is stable between runs of the same data.
+    """
+    order = sorted(range(len(predictions)), key=lambda i: (-predictions[i]["tuned_score"], i))
+    n_best = min(k, (len(order) + 1) // 2)
+    best = order[:n_best]
+    worst = sorted(order[n_best:], key=lambda i: (predictions[i]["tuned_score"], i))[:k]
+    keep = ("prompt", "reference", "base", "tuned", "base_score", "tuned_score")
+    return {"best": [{"index": i, **{f: predictions[i][f] for f in keep}} for i in best],
+            "worst": [{"index": i, **{f: predictions[i][f] for f in keep}} for i in worst]}
+
+
+# -- forgetting probe -------------------------------------------------------------------------
+
+def probe_hit(answer: str, expected: tuple[str, ...]) -> bool:
+    """Whether any expected word appears in the answer as a whole word (case-insensitive)."""
+    text = metrics.normalize(answer)
+    return any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text) for word in expected)
+
+
+def forgetting_scores(base: list[str], tuned: list[str]) -> dict[str, Any]:
+    """Share of probe questions each model gets right, and the questions whose verdict changed."""
+    items = []
+    for (question, expected), b, t in zip(FORGETTING_PROBE, base, tuned):
+        items.append({"prompt": question, "expected": expected[0], "base": b, "tuned": t,
+                      "base_correct": probe_hit(b, expected), "tuned_correct": probe_hit(t, expected)})
+    n = max(len(items), 1)
+    return {"n": len(items),
+            "base": sum(i["base_correct"] for i in items) / n,
+            "tuned": sum(i["tuned_correct"] for i in items) / n,
+            "changed": [i for i in items if i["base_correct"] != i["tuned_correct"]],
+            "items": items}
+
+
+# -- warnings ---------------------------------------------------------------------------------
+
+def quality_warnings(summary: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """Plain-language reasons not to trust the numbers yet (an empty list when there are none).
+
+    - a near-perfect tuned score while evaluation rows copy training rows (03's manifest):
+      the model may have memorized the answers rather than learned the task;
+    - few test rows: each row moves the score a lot.
+    """
+    found: list[str] = []
+    metric = summary.get("task_metric", "")
+    tuned = summary.get("tuned", {}).get(metric)
+    leaked = {k: int(v) for k, v in (manifest.get("leakage") or {}).items() if v}
+    if metric != "perplexity" and tuned is not None and tuned >= TOO_GOOD and leaked:
+        counts = " and ".join(f"{n} {key.removeprefix('train_')} row{'s' if n != 1 else ''}"
+                              for key, n in sorted(leaked.items(), key=lambda kv: kv[0] != "train_test"))
+        found.append(
+            f"The tuned model scores {tuned:.2f} {metric}, which is too good to take at face value: {counts} "
+            f"(nearly) copy a training row (data/splits/manifest.json), so part of the score may be memorized "
+            f"answers. Fix: re-run 03_split with drop_leaked = True (or 02_format with drop_near_duplicates = True), "
+            f"then train and evaluate again.")
+    n = int(summary.get("n_test", 0))
+    if n < FEW_ROWS:
+        step = 100 / n if n else 100
+        found.append(
+            f"Only {n} test row{'s' if n != 1 else ''} scored: scores on few rows are noisy (one row moves "
+            f"{metric or 'the score'} by {step:.0f} points). Use at least {FEW_ROWS} rows (max_examples = 0, or a "
+            f"larger test_fraction in 03_split) before drawing conclusions.")
+    return found
+
+
+# -- tables and text for notebooks and the CLI ---------------------------------------------------
+
+def format_warnings(summary: dict[str, Any]) -> str:
+    """The warnings as text, or a line saying there are none."""
+    lines = summary.get("warnings") or []
+    if not lines:
+        return "No warnings: no leaked rows behind a near-perfect score, and enough test rows."
+    return "\n".join(f"- {w}" for w in lines)
+
+
+def examples_table(summary: dict[str, Any]):
+    """Best and worst test rows (by the tuned model's per-row score) as one DataFrame."""
+    import pandas as pd
+
+    rows = [{"group": group, **example} for group in ("best", "worst")
+            for example in (summary.get("examples") or {}).get(group, [])]
+    columns = ["group", "index", "tuned_score", "base_score", "prompt", "reference", "tuned", "base"]
+    return pd.DataFrame(rows, columns=columns).round(3)
+
+
+def forgetting_table(summary: dict[str, Any]):
+    """The probe questions with both models' answers and verdicts (empty when the probe was off)."""
+    import pandas as pd
+
+    items = (summary.get("forgetting") or {}).get("items", [])
+    columns = ["prompt", "expected", "base_correct", "tuned_correct", "base", "tuned"]
+    return pd.DataFrame(items, columns=columns)
 
 
 def summary_table(summary: dict[str, Any]):
@@ -154,4 +319,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     for key in [k for k in summary["base"] if k != "loss"]:
         base, tuned = summary["base"][key], summary["tuned"][key]
         lines.append(f"  {key:<15} base {base:8.3f}   tuned {tuned:8.3f}")
+    forgetting = summary.get("forgetting")
+    if forgetting:
+        lines.append(f"  {'forgetting probe':<15} base {forgetting['base']:8.3f}   tuned {forgetting['tuned']:8.3f}")
+    lines += [f"  warning: {w}" for w in summary.get("warnings") or []]
     return "\n".join(lines)

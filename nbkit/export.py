@@ -1,0 +1,149 @@
+"""Export a run: merge its LoRA adapter into the base model, check parity, push to the Hub.
+
+Why merge: a merged model is one ordinary checkpoint — it loads without peft and serves at
+base-model speed (no adapter matmuls). The merge is done into an UNQUANTIZED base (method
+"lora" of load_model): folding the update into 4-bit weights would round it away.
+
+Why check parity: merging is arithmetic (W + B·A·alpha/r) and should change nothing, but a
+wrong base model, dtype or tokenizer would. So the merged folder is reloaded from disk and
+must give the same greedy answers as base + adapter on the first test prompts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from nbkit.errors import ConfigError, NbkitError
+from nbkit.evaluate import generate
+from nbkit.formatting import prompt_messages, reference_answer
+from nbkit.models import load_model, load_tokenizer, pick_device, quiet_library_notices
+from nbkit.runs import load_run, resolve_run
+from nbkit.workspace import Workspace, read_jsonl, write_json
+
+PARITY_PROMPTS = 8
+
+
+def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path | None = None,
+                  n_prompts: int = PARITY_PROMPTS) -> dict[str, Any]:
+    """Merge the run's adapter into the unquantized base; save it with the tokenizer; check parity.
+
+    Writes runs/<run_id>/merged/ (or `out_dir`) and parity.json inside it:
+    {"prompts": N, "identical": k, "mismatches": [{"prompt", "adapter", "merged"}...]}.
+    Returns the parity record plus "run_id" and "path".
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ws = Workspace(workspace)
+    run_id = resolve_run(ws.root, run_id)
+    run = load_run(ws.root, run_id)
+    out = Path(out_dir) if out_dir else ws.run_dir(run_id) / "merged"
+    rows = read_jsonl(ws.require(ws.split("test"), "03_split"))[:n_prompts]
+    prompts = [prompt_messages(r["messages"]) for r in rows]
+
+    tokenizer = load_tokenizer(run["base_model"])
+    longest = max((len(tokenizer(reference_answer(r["messages"]))["input_ids"]) for r in rows), default=16)
+    max_new = int(1.25 * longest) + 8
+    device = pick_device()
+    print(f"Merging the adapter of run {run_id} into an unquantized {run['base_model']} ({device.reason})...",
+          flush=True)
+    with quiet_library_notices():
+        base, _ = load_model(run["base_model"], "lora", device)
+        model = PeftModel.from_pretrained(base, ws.run_dir(run_id) / "adapter")
+        model.eval()
+        adapter_answers = generate(model, tokenizer, prompts, max_new)
+        merged = model.merge_and_unload()
+        merged.config.use_cache = True  # load_model turns the cache off for training; generation wants it
+        if out.exists():
+            shutil.rmtree(out)
+        merged.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        del model, merged, base
+        print(f"Saved the merged model to {out}; reloading it to check parity...", flush=True)
+        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=device.dtype,
+                                                       device_map={"": 0} if device.type == "cuda" else {"": "cpu"})
+        reloaded.eval()
+        merged_answers = generate(reloaded, tokenizer, prompts, max_new)
+
+    mismatches = [{"prompt": p[-1]["content"], "adapter": a, "merged": m}
+                  for p, a, m in zip(prompts, adapter_answers, merged_answers) if a != m]
+    parity = {"prompts": len(prompts), "identical": len(prompts) - len(mismatches), "mismatches": mismatches,
+              "max_new_tokens": max_new, "dtype": str(device.dtype).removeprefix("torch.")}
+    write_json(out / "parity.json", parity)
+    print(f"Parity: {parity['identical']} of {parity['prompts']} greedy answers identical.", flush=True)
+    return {"run_id": run_id, "path": str(out), **parity}
+
+
+def merge_if_requested(config, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """What notebook 05 calls: merge the evaluated run when `config.merge` is True, else None."""
+    if not config.merge:
+        return None
+    return merge_adapter(config.workspace, summary["run_id"])
+
+
+# -- Hub upload ---------------------------------------------------------------------------------
+
+OFFLINE_VALUES = {"1", "true", "yes", "on"}
+
+
+def hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """None if the Hub endpoint accepts a TCP connection within `timeout`, else why not.
+
+    Runs in a daemon thread joined with a timeout, because name resolution ignores socket
+    timeouts and can hang for a minute on machines without a network.
+    """
+    parsed = urlparse(endpoint)
+    host, port = parsed.hostname or "huggingface.co", parsed.port or (80 if parsed.scheme == "http" else 443)
+    problem: list[str] = ["no answer within the timeout"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            problem[0] = ""
+        except OSError as err:
+            problem[0] = f"{type(err).__name__}: {err}"
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    if thread.is_alive():
+        return f"no answer from {host}:{port} within {timeout:.0f} s"
+    return problem[0] or None
+
+
+def push_to_hub(path: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
+    """Upload a merged model (or an adapter) folder to the Hugging Face Hub; return the repo URL.
+
+    Fails fast with NbkitError when the Hub cannot be reached (HF_HUB_OFFLINE set, or no
+    connection) instead of hanging in retries.
+    """
+    path = Path(path)
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise NbkitError(f"{path} holds no model (no config.json or adapter_config.json) — pass the merged/ "
+                         "folder that merge_adapter wrote, or a run's adapter/ folder.")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ConfigError(f"`repo_id` must look like 'user-or-org/model-name', got {repo_id!r}.")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in OFFLINE_VALUES:
+        raise NbkitError("cannot push to the Hub: HF_HUB_OFFLINE is set (offline mode) — unset it on a machine "
+                         "with internet and log in with `hf auth login`; the model stays in " f"{path}.")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    problem = hub_unreachable(endpoint)
+    if problem:
+        raise NbkitError(f"cannot push to the Hub: {endpoint} is unreachable ({problem}) — check the network "
+                         f"connection and try again; the model stays in {path}.")
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(path), repo_id=repo_id, commit_message="Upload model trained with nbkit")
+    except Exception as err:  # authentication, permissions, HTTP errors: one clear line instead of a traceback
+        raise NbkitError(f"pushing {path} to {repo_id} failed ({type(err).__name__}: {err}) — log in with "
+                         "`hf auth login` (a token with write access) and check the repo name.") from err
+    return str(url)
