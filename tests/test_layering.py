@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 CORE = ["nbkit", "nbkit.collect", "nbkit.formatting", "nbkit.split", "nbkit.train", "nbkit.evaluate",
-        "nbkit.models", "nbkit.runs", "nbkit.metrics", "nbkit.pipeline", "nbkit.cli", "nbkit.quality"]
+        "nbkit.models", "nbkit.runs", "nbkit.metrics", "nbkit.pipeline", "nbkit.cli", "nbkit.quality",
+        "nbkit.ratings", "nbkit.playground", "nbkit.report", "nbkit.export"]
 
 
 def test_core_imports_with_ipywidgets_blocked():

@@ -8,11 +8,13 @@ from nbkit.widgets.evaluate import comparison_viewer, eval_panel
 from nbkit.widgets.format import format_panel, mask_viewer
 from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel
+from nbkit.widgets.playground import ChatPlayground
 from nbkit.widgets.quality import QualityPanel, quality_figures, quality_panel, show_quality, verdict_html
+from nbkit.widgets.rating import RatingPanel
 from nbkit.widgets.split import split_panel
 from nbkit.widgets.train import LiveMonitor, TrainPanel, training_progress
 
-__all__ = ["CollectPanel", "ConfigForm", "ExampleEditor", "LiveMonitor", "Pager", "Panel", "QualityPanel",
-           "RejectedFixer", "TrainPanel", "chat_preview", "collect_results", "comparison_viewer", "eval_panel",
-           "format_panel", "mask_viewer", "quality_figures", "quality_panel", "show_quality", "split_panel",
-           "training_progress", "verdict_html"]
+__all__ = ["ChatPlayground", "CollectPanel", "ConfigForm", "ExampleEditor", "LiveMonitor", "Pager", "Panel",
+           "QualityPanel", "RatingPanel", "RejectedFixer", "TrainPanel", "chat_preview", "collect_results",
+           "comparison_viewer", "eval_panel", "format_panel", "mask_viewer", "quality_figures", "quality_panel",
+           "show_quality", "split_panel", "training_progress", "verdict_html"]
