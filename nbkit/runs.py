@@ -62,3 +62,33 @@ def resolve_run(workspace: str | Path, run_id: str = "") -> str:
 
 def load_run(workspace: str | Path, run_id: str) -> dict[str, Any]:
     return read_json(Workspace(workspace).run_dir(run_id) / "run.json")
+
+
+def compare_runs(workspace: str | Path):
+    """Every run of the workspace in one table: settings, losses and evaluated metrics (pandas DataFrame).
+
+    Runs without an evaluation still appear, with empty metric cells, so nothing trained is hidden.
+    """
+    import pandas as pd
+
+    ws = Workspace(workspace)
+    records = []
+    for run_id in list_runs(workspace):
+        run_dir = ws.run_dir(run_id)
+        run = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+        config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+        record = {"run_id": run_id, "base_model": run.get("base_model"), "method": run.get("method"),
+                  "steps": run.get("steps"), "learning_rate": config.get("learning_rate"),
+                  "lora_r": config.get("lora_r"), "train_loss": (run.get("train_loss") or {}).get("last"),
+                  "eval_loss": run.get("eval_loss"),
+                  "train_data": (run.get("dataset") or {}).get("fingerprints", {}).get("train")}
+        summary_path = run_dir / "eval" / "summary.json"
+        if summary_path.exists():
+            summary = read_json(summary_path)
+            record["task_metric"] = summary.get("task_metric")
+            for side in ("base", "tuned"):
+                for name, value in summary.get(side, {}).items():
+                    if name != "loss":
+                        record[f"{side}_{name}"] = value
+        records.append(record)
+    return pd.DataFrame.from_records(records).set_index("run_id") if records else pd.DataFrame()

@@ -4,7 +4,7 @@ Panels edit a stage's config in place and show progress; the work is done by nbk
 """
 
 from nbkit.widgets.collect import CollectPanel, ExampleEditor, RejectedFixer, collect_results
-from nbkit.widgets.evaluate import comparison_viewer, eval_panel
+from nbkit.widgets.evaluate import comparison_viewer, eval_panel, runs_figure
 from nbkit.widgets.format import format_panel, mask_viewer
 from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel
@@ -17,4 +17,4 @@ from nbkit.widgets.train import LiveMonitor, TrainPanel, training_progress
 __all__ = ["ChatPlayground", "CollectPanel", "ConfigForm", "ExampleEditor", "LiveMonitor", "Pager", "Panel",
            "QualityPanel", "RatingPanel", "RejectedFixer", "TrainPanel", "chat_preview", "collect_results",
            "comparison_viewer", "eval_panel", "format_panel", "mask_viewer", "quality_figures", "quality_panel",
-           "show_quality", "split_panel", "training_progress", "verdict_html"]
+           "runs_figure", "show_quality", "split_panel", "training_progress", "verdict_html"]

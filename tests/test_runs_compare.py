@@ -1,0 +1,51 @@
+"""Runs compared across the workspace, and word-level differences in the side-by-side view."""
+
+from __future__ import annotations
+
+from nbkit.runs import compare_runs
+from nbkit.workspace import Workspace, write_json
+from nbkit.widgets import runs_figure
+from nbkit.widgets.evaluate import comparison_html, diff_html
+
+
+def fake_run(ws: Workspace, run_id: str, lr: float, tuned_em: float | None) -> None:
+    run_dir = ws.run_dir(run_id)
+    write_json(run_dir / "adapter" / "adapter_config.json", {"peft_type": "LORA"})
+    write_json(run_dir / "config.json", {"learning_rate": lr, "lora_r": 8})
+    write_json(run_dir / "run.json", {"base_model": "m", "method": "qlora", "steps": 10,
+                                      "train_loss": {"last": 0.5}, "eval_loss": 0.6,
+                                      "dataset": {"fingerprints": {"train": "abc"}}})
+    if tuned_em is not None:
+        write_json(run_dir / "eval" / "summary.json", {
+            "task_metric": "exact_match", "base": {"exact_match": 0.0, "perplexity": 40.0, "loss": 3.7},
+            "tuned": {"exact_match": tuned_em, "perplexity": 1.1, "loss": 0.1}})
+
+
+def test_compare_runs_lists_every_run_with_its_metrics(tmp_path):
+    ws = Workspace(tmp_path)
+    fake_run(ws, "20260101-a", 1e-3, 0.75)
+    fake_run(ws, "20260102-b", 5e-4, 0.5)
+    fake_run(ws, "20260103-c", 2e-4, None)  # trained, not evaluated yet: still listed
+    table = compare_runs(tmp_path)
+    assert list(table.index) == ["20260101-a", "20260102-b", "20260103-c"]
+    assert table.loc["20260101-a", "tuned_exact_match"] == 0.75 and table.loc["20260102-b", "learning_rate"] == 5e-4
+    assert "tuned_loss" not in table.columns and table.loc["20260101-a", "train_data"] == "abc"
+    assert table["tuned_exact_match"].isna().tolist() == [False, False, True]
+    fig = runs_figure(table)
+    bars = {trace.name: list(trace.y) for trace in fig.data if trace.type == "bar"}
+    assert bars["exact_match"][:2] == [0.75, 0.5]
+
+
+def test_compare_runs_on_an_empty_workspace(tmp_path):
+    assert compare_runs(tmp_path).empty
+
+
+def test_diff_marks_only_the_words_that_differ():
+    html = diff_html('{"team": "billing", "priority": "high"}', '{"team": "billing", "priority": "low"}')
+    assert html.count('<mark class="nbkit-diff">') == 1 and "high" in html.split("<mark")[1]
+    assert "<mark" not in diff_html("same words", "same words")
+    row = {"prompt": "p", "reference": "a b c", "base": "x y z", "tuned": "a b c", "base_exact_match": 0.0,
+           "tuned_exact_match": 1.0}
+    page = comparison_html(row)
+    assert page.split("nbkit-answer-tuned")[1].count("<mark") == 0
+    assert page.split("nbkit-answer-base")[1].split("nbkit-answer-tuned")[0].count("<mark") == 1
