@@ -10,13 +10,12 @@ and personal data replaced with placeholders.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from nbkit.config import Config, field
 from nbkit.models import EMBEDDED_MODEL, load_tokenizer
-from nbkit.quality import near_duplicate_clusters, redact_pii, row_text, validate_threshold
+from nbkit.quality import near_duplicate_clusters, redact_pii, row_text, summary_stats, validate_threshold
 from nbkit.workspace import POSITION_KEYS, Workspace, describe_provenance, read_jsonl, write_json, write_jsonl
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy skips
@@ -193,8 +192,8 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
         "rows": len(out),
         "dropped_near_duplicates": len(dropped),
         "redacted_rows": redacted_rows,
-        "tokens": _stats(lengths),
-        "trained_tokens": _stats(trained),
+        "tokens": summary_stats(lengths),
+        "trained_tokens": summary_stats(trained),
         "over_max_seq_len": len(over),
         "over_max_examples": over[:20],
         "example": tokenizer.apply_chat_template(rows[0]["messages"], tokenize=False) if rows else "",
@@ -205,12 +204,3 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
     }
     write_json(ws.format_report, report)
     return report
-
-
-def _stats(values: list[int]) -> dict[str, float]:
-    if not values:
-        return {"min": 0, "mean": 0.0, "p95": 0, "max": 0, "total": 0}
-    ordered = sorted(values)
-    return {"min": ordered[0], "mean": round(statistics.fmean(ordered), 1),
-            "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1],
-            "total": sum(ordered)}

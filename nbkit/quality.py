@@ -605,13 +605,14 @@ def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
-def _stats(values: list[int]) -> dict[str, float]:
+def summary_stats(values: list[int]) -> dict[str, float]:
+    """count, min, mean, median, 95th percentile, max and total of a list of lengths."""
     if not values:
-        return {"count": 0, "min": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0}
+        return {"count": 0, "min": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0, "total": 0}
     ordered = sorted(values)
     p50, p95 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.95))
     return {"count": len(ordered), "min": ordered[0], "mean": round(statistics.fmean(ordered), 1), "p50": p50,
-            "p95": p95, "max": ordered[-1]}
+            "p95": p95, "max": ordered[-1], "total": sum(ordered)}
 
 
 def _histogram(per_role: dict[str, list[int]], bins: int = 30) -> dict[str, Any]:
@@ -632,7 +633,7 @@ def length_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for message in row["messages"]:
             per_role.setdefault(message["role"], []).append(len(message["content"]))
     chars = [sum(len(m["content"]) for m in row["messages"]) for row in rows]
-    return {"chars": _stats(chars), "per_role": {role: _stats(v) for role, v in per_role.items()},
+    return {"chars": summary_stats(chars), "per_role": {role: summary_stats(v) for role, v in per_role.items()},
             "histogram": _histogram(per_role),
             "empty_assistant": sum(len(m["content"].strip()) < 2 for r in rows for m in r["messages"]
                                    if m["role"] == "assistant")}
