@@ -37,6 +37,7 @@ test-fast: $(STAMP)
 benchmark: $(STAMP)
 	$(PY) tests/benchmarks/bench_data.py
 	$(PY) tests/benchmarks/bench_generation.py
+	$(PY) tests/benchmarks/bench_training.py
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
