@@ -1,16 +1,19 @@
-"""Command line: `nbkit run` executes the guided notebooks headlessly."""
+"""Command line: `nbkit run` executes the guided notebooks headlessly; `nbkit train` trains from a saved
+config, in one process or in each of the processes `accelerate launch` starts (see nbkit.launch)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from nbkit.errors import NbkitError
+from nbkit.errors import ConfigError, NbkitError
 
 
 def parse_value(text: str) -> Any:
@@ -36,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notebooks", default=None, help="folder with the notebooks (default: the kit's own)")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     run.add_argument("--quiet", action="store_true", help="do not stream cell output")
+    train = sub.add_parser("train", help="train from a saved config, e.g. runs/<run_id>/config.json "
+                                         "(also in each process of `accelerate launch`)")
+    train.add_argument("--config", required=True,
+                       help="a TrainConfig JSON file (04_train writes runs/<run_id>/config.json)")
+    train.add_argument("--max-steps", type=int, default=None, help="override max_steps, e.g. 2 for a quick check")
+    train.add_argument("--output-dir", default=None, help="folder for the run record, adapter and checkpoints "
+                                                          "(default: runs/<run_id>/ in the config's workspace)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint (sets resume=True)")
     return parser
 
 
@@ -61,18 +72,86 @@ def stream_cell_output() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            train_command(args.config, max_steps=args.max_steps, output_dir=args.output_dir, resume=args.resume)
+        else:
+            run_command(args)
+    except NbkitError as err:
+        print(f"nbkit: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> None:
     if not args.quiet:
         stream_cell_output()
     from nbkit.pipeline import run_notebooks
 
     params = {name: parse_value(value) for name, value in args.parameter}
+    run_notebooks(args.workspace, args.only, params, args.notebooks, args.kernel, log_output=not args.quiet)
+    print_summary(args.workspace)
+
+
+def load_train_config(path: str | Path, *, max_steps: int | None = None, resume: bool = False):
+    """The TrainConfig saved at `path`, with the command line's overrides applied (and validated)."""
+    from nbkit.train import TrainConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"`--config` {path} does not exist — pass the config.json of a run "
+                          "(runs/<run_id>/config.json, written by 04_train or nbkit.launch.launch_command).")
     try:
-        run_notebooks(args.workspace, args.only, params, args.notebooks, args.kernel, log_output=not args.quiet)
-        print_summary(args.workspace)
-    except NbkitError as err:
-        print(f"nbkit: error: {err}", file=sys.stderr)
-        return 1
-    return 0
+        config = TrainConfig.load(path)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"`--config` {path} is not valid JSON ({err}) — pass a config.json written by nbkit."
+                          ) from err
+    overrides: dict[str, Any] = {}
+    if max_steps is not None:
+        overrides["max_steps"] = max_steps
+    if resume:
+        if "resume" not in TrainConfig.help():
+            raise ConfigError("`--resume` needs a TrainConfig with a `resume` field — update nbkit.")
+        overrides["resume"] = True
+    return config.replace(**overrides) if overrides else config
+
+
+def is_main_process() -> bool:
+    """True in a plain run and in process 0 of a launched one (accelerate's launcher sets RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_command(config_path: str | Path, *, max_steps: int | None = None, output_dir: str | None = None,
+                  resume: bool = False) -> dict[str, Any]:
+    """`nbkit train`: one process, or one of N under `accelerate launch`; only process 0 prints and writes."""
+    from nbkit.train import print_log, train
+
+    config = load_train_config(config_path, max_steps=max_steps, resume=resume)
+    main_process = is_main_process()
+    run_dir = Path(output_dir).expanduser().resolve() if output_dir else None
+    try:
+        record = train(config, on_log=print_log if main_process else _no_log, run_dir=run_dir)
+    finally:
+        _leave_process_group()
+    if main_process:
+        print(f"Run {record.get('run_id')}: {record.get('steps')} steps on {record.get('world_size', 1)} "
+              f"process(es), effective batch {record.get('effective_batch_size')}; adapter in {record.get('adapter')}",
+              flush=True)
+    return record
+
+
+def _no_log(record: dict[str, Any]) -> None:
+    """Processes other than 0 stay silent (their logs repeat process 0's)."""
+
+
+def _leave_process_group() -> None:
+    """End the process group of a launched run: a gloo group left open can abort the process at exit."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def print_summary(workspace: str) -> None:
