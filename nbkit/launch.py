@@ -35,14 +35,13 @@ STRATEGIES = {
     "fsdp-qlora": "fsdp_qlora.yaml",  # 4-bit weights sharded across GPUs, for models too large for one
     "ddp-cpu": "ddp_cpu.yaml",  # data parallel on CPU processes (gloo): tests, many-core machines
 }
-FIX_STRATEGY = f"pass strategy= one of {', '.join(map(repr, STRATEGIES))}"
-
 
 def accelerate_config_path(strategy: str) -> Path:
     """The accelerate config file shipped with nbkit for a strategy."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"`strategy` must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r} — "
-                          f"{FIX_STRATEGY}.")
+                          "use 'ddp' on GPUs, 'fsdp-qlora' when the 4-bit model does not fit on one GPU, "
+                          "'ddp-cpu' without GPUs.")
     return Path(str(resources.files("nbkit") / "accelerate_configs" / STRATEGIES[strategy]))
 
 
@@ -152,7 +151,7 @@ def _report_process() -> dict:
                                if k.startswith(("FSDP_", "ACCELERATE_USE"))}}
     if os.environ.get("ACCELERATE_USE_FSDP") == "true":
         report["fsdp_plugin"] = _fsdp_plugin_report()
-    total = torch.ones(1)
+    total = torch.ones(1, device=state.device)  # nccl on GPUs reduces device tensors only
     torch.distributed.all_reduce(total)  # the processes really form one group
     report["all_reduce"] = total.item()
     state.destroy_process_group()
