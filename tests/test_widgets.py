@@ -78,8 +78,10 @@ def test_upload_saves_files_into_the_workspace_and_adds_them(tmp_path):
     if int(widgets.__version__.split(".")[0]) >= 8:
         panel.upload.value = ({"name": "../evil.jsonl", "type": "", "size": len(content), "content": memoryview(content),
                                "last_modified": datetime.datetime(2026, 1, 1)},)
-    else:
-        panel.upload.value = {"evil.jsonl": {"metadata": {"name": "evil.jsonl"}, "content": content}}
+    else:  # ipywidgets 7 (Colab): `value` is read-only; the browser sends metadata and data, then bumps _counter
+        panel.upload.set_trait("metadata", [{"name": "../evil.jsonl", "type": "", "size": len(content)}])
+        panel.upload.set_trait("data", [content])
+        panel.upload.set_trait("_counter", 1)
     saved = tmp_path / "uploads" / "evil.jsonl"
     assert saved.read_bytes() == content
     assert config.sources == [str(saved)]

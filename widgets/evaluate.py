@@ -9,7 +9,7 @@ from typing import Any
 from nbkit.evaluate import EvalConfig
 from nbkit.runs import list_runs
 from nbkit.widgets.pager import Pager
-from nbkit.widgets.panel import ConfigForm
+from nbkit.widgets.panel import ConfigForm, css
 
 
 def eval_panel(config: EvalConfig) -> ConfigForm:
@@ -17,8 +17,10 @@ def eval_panel(config: EvalConfig) -> ConfigForm:
     choices = {"task_metric": ("", "exact_match", "macro_f1", "accuracy", "rouge_l", "bleu", "field_accuracy")}
     if runs:
         choices["run_id"] = tuple([""] + runs[::-1])
-    return ConfigForm(config, ["run_id", "max_examples", "max_new_tokens", "batch_size", "task_metric"],
+    form = ConfigForm(config, ["run_id", "max_examples", "max_new_tokens", "batch_size", "task_metric"],
                       choices=choices, title="Which run to evaluate (empty = latest)")
+    css(form.box, "nbkit-eval-panel")
+    return form
 
 
 def diff_html(answer: str, reference: str) -> str:

@@ -7,11 +7,13 @@ from typing import Any
 
 from nbkit.formatting import FormatConfig, mask_segments
 from nbkit.widgets.pager import Pager
-from nbkit.widgets.panel import ConfigForm
+from nbkit.widgets.panel import ConfigForm, css
 
 
 def format_panel(config: FormatConfig) -> ConfigForm:
-    return ConfigForm(config, ["base_model", "max_seq_len"], title="Chat template and length")
+    form = ConfigForm(config, ["base_model", "max_seq_len"], title="Chat template and length")
+    css(form.box, "nbkit-format-panel")
+    return form
 
 
 def mask_html(segments: list[tuple[str, bool]]) -> str:
