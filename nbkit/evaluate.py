@@ -17,6 +17,7 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nbkit import metrics
@@ -113,10 +114,28 @@ def mean_loss(model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, ba
     return total / max(count, 1)
 
 
+def load_base_and_tuned(run: dict[str, Any], run_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """{"base"|"tuned": (model, context to answer in)}, both in eval mode.
+
+    For LoRA runs one loaded model serves both: the base answers with the adapter switched
+    off. A fully fine-tuned run (method "full") loads its own weights beside the base.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device()
+    if run["method"] == "full":
+        base, _ = load_model(run["base_model"], "lora", device)
+        tuned = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=device.dtype,
+                                                     device_map={"": 0} if device.type == "cuda" else {"": "cpu"})
+        return {"base": (base.eval(), contextlib.nullcontext()), "tuned": (tuned.eval(), contextlib.nullcontext())}
+    model, _ = load_model(run["base_model"], run["method"], device)
+    model = PeftModel.from_pretrained(model, run_dir / "adapter").eval()
+    return {"base": (model, model.disable_adapter()), "tuned": (model, contextlib.nullcontext())}
+
+
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Score base and tuned models on the test split; write eval/summary.json, predictions.jsonl and the report."""
-    from peft import PeftModel
-
     from nbkit.report import write_report
 
     ws = Workspace(config.workspace)
@@ -132,9 +151,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(run["base_model"])
     max_new = config.max_new_tokens or int(1.25 * max(len(tokenizer(r)["input_ids"]) for r in references)) + 8
     with quiet_library_notices():
-        model, method = load_model(run["base_model"], run["method"], pick_device())
-        model = PeftModel.from_pretrained(model, ws.run_dir(run_id) / "adapter")
-    model.eval()
+        models = load_base_and_tuned(run, ws.run_dir(run_id))
+    method = run["method"]
     max_seq_len = int(train_config.get("max_seq_len", 512))
 
     results: dict[str, dict[str, float]] = {}
@@ -142,8 +160,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     probe: dict[str, list[str]] = {}
     for name in ("base", "tuned"):
         print(f"Evaluating the {name} model on {len(rows)} test rows...", flush=True)
-        # One loaded model serves both: the base answers with the adapter switched off.
-        with model.disable_adapter() if name == "base" else contextlib.nullcontext():
+        model, switch = models[name]
+        with switch:
             answers[name] = generate(model, tokenizer, prompts, max_new, config.batch_size)
             loss = mean_loss(model, tokenizer, rows, max_seq_len, config.batch_size)
             if config.forgetting_probe:

@@ -192,16 +192,25 @@ def load_model(name: str, method: str = "qlora", device: Device | None = None):
                           "(more memory). Install bitsandbytes to get 4-bit.", stacklevel=2)
             method = "lora"
         else:
+            # FSDP shards float tensors only: under an FSDP launch the packed 4-bit weights are
+            # stored in the compute dtype (accelerate sets ACCELERATE_USE_FSDP for such launches).
+            fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=device.dtype,
+                **({"bnb_4bit_quant_storage": device.dtype} if fsdp else {}),
             )
-    kwargs["device_map"] = {"": 0} if device.type == "cuda" else {"": "cpu"}
+    # One GPU per process under accelerate/torchrun (LOCAL_RANK); 0 in a plain run.
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    kwargs["device_map"] = {"": local_rank} if device.type == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
     disable_cpu_repacking(model)
     model.config.use_cache = False
     if device.type == "cpu":
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        # A share of the cores per process: accelerate/torchrun start LOCAL_WORLD_SIZE processes per machine,
+        # and more threads than cores makes every step many times slower.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     return model, method

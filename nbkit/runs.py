@@ -39,11 +39,12 @@ def environment() -> dict[str, Any]:
 
 
 def list_runs(workspace: str | Path) -> list[str]:
-    """Run ids with a saved adapter, oldest first."""
+    """Run ids with a saved adapter (or fully fine-tuned model), oldest first."""
     runs = Workspace(workspace).runs
     if not runs.exists():
         return []
-    return sorted(p.name for p in runs.iterdir() if (p / "adapter" / "adapter_config.json").exists())
+    return sorted(p.name for p in runs.iterdir()
+                  if (p / "adapter" / "adapter_config.json").exists() or (p / "model" / "config.json").exists())
 
 
 def resolve_run(workspace: str | Path, run_id: str = "") -> str:

@@ -2,24 +2,35 @@
 
 QLoRA = the base model frozen in 4-bit NF4 (double-quantized) + small trainable LoRA
 matrices on every linear layer. Only assistant tokens carry loss (see formatting).
+
+A run checkpoints into runs/<run_id>/checkpoints/ (adapter, optimizer, scheduler, RNG and
+data position), so `resume=True` continues a run whose kernel died to the same final step.
+Validation loss is tracked during training; early stopping and best-checkpoint selection
+are on by default. The same code runs in a notebook, under papermill, from `nbkit train`
+and in every process of `accelerate launch` (only the main process writes files).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from nbkit.config import Config, field
+from nbkit.errors import NbkitError, WorkspaceError
 from nbkit.formatting import tokenize_chat
-from nbkit.models import (EMBEDDED_MODEL, METHODS, load_model, load_tokenizer,
-                          pick_device, quiet_library_notices)
+from nbkit.models import EMBEDDED_MODEL, load_model, load_tokenizer, pick_device, quiet_library_notices
 from nbkit.runs import environment, new_run_id
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
 
 LogFn = Callable[[dict[str, Any]], None]
+TRAIN_METHODS = ("qlora", "lora", "full")
+BATCHING = ("length-grouped", "padded", "padding-free", "packed")
+CHECKPOINTING = ("auto", "on", "off")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "none")
 
 
 @dataclass
@@ -27,34 +38,50 @@ class TrainConfig(Config):
     """Everything that decides a training run; saved as runs/<run_id>/config.json.
 
     Model:     base_model, method
-    Schedule:  max_steps, num_train_epochs, learning_rate, warmup_ratio, weight_decay
-    Batching:  batch_size, gradient_accumulation_steps, max_seq_len
+    Schedule:  max_steps, num_train_epochs, learning_rate, warmup_ratio, weight_decay, seed
+    Batching:  batch_size, gradient_accumulation_steps, max_seq_len, batching, gradient_checkpointing
     LoRA:      lora_r, lora_alpha, lora_dropout, target_modules
-    Tracking:  logging_steps, eval_steps, seed, run_id
+    Watching:  logging_steps, eval_steps, early_stopping_patience, load_best, report_to
+    Surviving: save_steps, resume, run_id
     """
 
-    workspace: str = field("workspace", "Folder that holds every stage's output.")
+    workspace: str = field("workspace", "Folder that holds every stage's output (on Colab: a Drive folder).")
     base_model: str = field(EMBEDDED_MODEL, "Model to fine-tune: the embedded SmolLM2, a Hub id or a local path.")
-    method: str = field("qlora", "qlora: 4-bit base + LoRA (least memory); lora: unquantized base + LoRA.")
-    run_id: str = field("", "Name of the run folder; empty = a new timestamped id.")
+    method: str = field("qlora", "qlora: 4-bit frozen base + LoRA (least memory); lora: 16/32-bit base + LoRA; "
+                                 "full: every weight trains (most memory, small models only).")
+    run_id: str = field("", "Name of the run folder; empty = a new timestamped id (or, with resume, the latest run).")
     max_steps: int = field(60, "Optimizer steps to train; 0 = use num_train_epochs instead.")
     num_train_epochs: float = field(1.0, "Passes over the training split (used when max_steps is 0).")
     learning_rate: float = field(1e-3, "Peak learning rate; LoRA on small models tolerates 1e-4..2e-3.")
     warmup_ratio: float = field(0.05, "Share of steps spent ramping the learning rate up from 0.")
-    weight_decay: float = field(0.0, "L2 penalty on the LoRA weights.")
-    batch_size: int = field(8, "Examples per forward pass.")
+    weight_decay: float = field(0.0, "L2 penalty on the trained weights.")
+    batch_size: int = field(8, "Examples per forward pass (per device).")
     gradient_accumulation_steps: int = field(1, "Passes summed per optimizer step (effective batch = product).")
     max_seq_len: int = field(512, "Examples are truncated to this many tokens.")
+    batching: str = field("length-grouped", "length-grouped: batches of similar length (little padding, fastest "
+                                            "here); padded: random batches padded to the longest; padding-free: "
+                                            "one flat sequence per batch; packed: rows packed into max_seq_len.")
+    gradient_checkpointing: str = field("auto", "Recompute activations in the backward pass to save memory "
+                                                "(~30% slower): auto = only when the fit estimate needs it.")
     lora_r: int = field(16, "LoRA rank: size of the low-rank update; 8-64 is typical.")
     lora_alpha: int = field(32, "LoRA scale (update is multiplied by alpha / r); often 2 x r.")
     lora_dropout: float = field(0.05, "Dropout on the LoRA input during training.")
     target_modules: str = field("all-linear", "Layers that get LoRA: 'all-linear' or a comma list like 'q_proj,v_proj'.")
     logging_steps: int = field(5, "Log train loss every this many steps.")
     eval_steps: int = field(20, "Evaluate on the validation split every this many steps (0 = only at the end).")
+    save_steps: int = field(20, "Checkpoint every this many steps (a multiple of eval_steps when early stopping).")
+    early_stopping_patience: int = field(3, "Stop after this many evaluations without a better validation loss "
+                                            "(0 = never stop early).")
+    load_best: bool = field(True, "At the end, keep the checkpoint with the lowest validation loss.")
+    resume: bool = field(False, "Continue the run from its last checkpoint (after a crash or a lost runtime).")
+    report_to: str = field("tensorboard", "Where metrics also go: tensorboard, wandb, mlflow or none "
+                                          "(comma list for several).")
     seed: int = field(42, "Random seed for LoRA init and data order.")
 
     def validate(self) -> None:
-        self.require_choice("method", METHODS)
+        self.require_choice("method", TRAIN_METHODS)
+        self.require_choice("batching", BATCHING)
+        self.require_choice("gradient_checkpointing", CHECKPOINTING)
         self.require(self.max_steps >= 0, "max_steps", f"must be >= 0, got {self.max_steps}")
         self.require(self.max_steps > 0 or self.num_train_epochs > 0, "num_train_epochs",
                      f"must be > 0 when max_steps is 0, got {self.num_train_epochs}")
@@ -62,18 +89,70 @@ class TrainConfig(Config):
         self.require(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         self.require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         for name in ("batch_size", "gradient_accumulation_steps", "max_seq_len", "lora_r", "lora_alpha",
-                     "logging_steps"):
+                     "logging_steps", "save_steps"):
             self.require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         self.require(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         self.require(self.eval_steps >= 0, "eval_steps", f"must be >= 0, got {self.eval_steps}")
+        self.require(self.early_stopping_patience >= 0, "early_stopping_patience",
+                     f"must be >= 0, got {self.early_stopping_patience}")
+        if self.selects_best:
+            self.require(self.save_steps % self.eval_steps == 0, "save_steps",
+                         f"must be a multiple of eval_steps ({self.eval_steps}) to keep the best checkpoint, "
+                         f"got {self.save_steps}", f"set save_steps={self.eval_steps}, or load_best=False and "
+                                                   "early_stopping_patience=0")
         self.require(bool(self.target_modules.strip()), "target_modules", "must not be empty",
                      "use 'all-linear' or a comma list such as 'q_proj,v_proj'")
+        unknown = set(self.trackers) - set(TRACKERS)
+        self.require(not unknown, "report_to", f"has unknown trackers {sorted(unknown)}",
+                     f"use a comma list of {', '.join(TRACKERS)}")
         self.require("/" not in self.run_id and ".." not in self.run_id, "run_id",
                      f"must be a plain folder name, got {self.run_id!r}")
 
     @property
     def effective_batch_size(self) -> int:
+        """Examples per optimizer step in one process; `accelerate launch` multiplies it by the process count."""
         return self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def selects_best(self) -> bool:
+        """Whether validation drives checkpoints (early stopping or best-checkpoint selection)."""
+        return self.eval_steps > 0 and (self.load_best or self.early_stopping_patience > 0)
+
+    @property
+    def trackers(self) -> list[str]:
+        return [t.strip() for t in self.report_to.split(",") if t.strip() and t.strip() != "none"]
+
+
+class RunControl:
+    """Buttons for a running training, as plain methods: a panel calls them, the trainer obeys.
+
+    `poll` (optional) is called between steps so a notebook can deliver button clicks while
+    the training cell runs; the core never knows what it does.
+    """
+
+    def __init__(self, poll: Callable[[], None] | None = None) -> None:
+        self.poll = poll
+        self.on_finish: Callable[[], None] | None = None  # called once training ends, however it ends
+        self.stop_requested = False
+        self.save_requested = False
+
+    def stop(self) -> None:
+        """Stop after the current step, saving a checkpoint and the adapter."""
+        self.stop_requested = True
+
+    def save_now(self) -> None:
+        """Write a checkpoint after the current step and go on training."""
+        self.save_requested = True
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0 of `accelerate launch` / torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(message: str) -> None:
+    if is_main_process():
+        print(message, flush=True)
 
 
 def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
@@ -82,38 +161,88 @@ def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
     return Dataset.from_list([tokenize_chat(tokenizer, r["messages"], max_seq_len) for r in rows])
 
 
-def make_callback(metrics_path: Path, on_log: LogFn | None):
-    """A TrainerCallback that appends every log to metrics.jsonl and hands it to `on_log`.
+def memory_gib() -> float:
+    """Peak memory of this process so far: GPU memory on CUDA, resident memory on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def make_callback(metrics_path: Path, on_log: LogFn | None, control: RunControl | None = None):
+    """A TrainerCallback that enriches every log (tokens/s, ETA, memory), appends it to
+    metrics.jsonl, hands it to `on_log`, and carries out the RunControl's requests.
 
     `on_log` is a plain function (a panel's update method, print, ...): the core does not
-    know widgets exist.
+    know widgets exist. The final step is always evaluated and checkpointed.
     """
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
         def __init__(self) -> None:
             self.started = time.monotonic()
+            self.first_step = 0
+            self.first_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+            self.first_step = state.global_step  # > 0 when resuming
+            self.first_tokens = state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control_obj is not None:
+                if control_obj.poll is not None:
+                    control_obj.poll()
+                if control_obj.save_requested or control_obj.stop_requested:
+                    control.should_save = True
+                    control_obj.save_requested = False
+                if control_obj.stop_requested:
+                    control.should_training_stop = True
+                    control.should_evaluate = args.eval_strategy != "no"
+            if state.global_step >= state.max_steps:
+                control.should_evaluate = args.eval_strategy != "no"
+                control.should_save = True
+            return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs:
+            if not logs or not state.is_world_process_zero:
                 return
+            elapsed = time.monotonic() - self.started
+            done = state.global_step - self.first_step
             record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0, 4),
-                      "elapsed_s": round(time.monotonic() - self.started, 2), **logs}
+                      "elapsed_s": round(elapsed, 2), **logs}
+            if done > 0 and "loss" in logs:
+                record["tokens_per_s"] = round((state.num_input_tokens_seen - self.first_tokens) / elapsed, 1)
+                record["eta_s"] = round((state.max_steps - state.global_step) * elapsed / done, 1)
+                record["memory_gib"] = round(memory_gib(), 3)
             with open(metrics_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
             if on_log is not None:
                 on_log(record)
 
+    control_obj = control
     return MetricsCallback()
 
 
 def format_log(record: dict[str, Any]) -> str:
-    """One line per log: step, losses, learning rate, grad norm, elapsed time."""
+    """One line per log: step, losses, learning rate, grad norm, speed, ETA, memory."""
+    if "train_loss" in record and "loss" not in record:  # the trainer's end-of-training summary
+        return (f"done: step {record['step']}/{record['max_steps']} in {record['train_runtime']:.0f}s, "
+                f"mean train loss {record.get('train_loss', float('nan')):.4g}")
     parts = [f"step {record['step']}/{record['max_steps']}"]
     for key, label in (("loss", "loss"), ("eval_loss", "val_loss"), ("learning_rate", "lr"), ("grad_norm", "grad")):
         if key in record:
             parts.append(f"{label} {record[key]:.4g}")
+    if "tokens_per_s" in record:
+        parts.append(f"{record['tokens_per_s']:.0f} tok/s")
     parts.append(f"{record['elapsed_s']:.0f}s")
+    if "eta_s" in record:
+        parts.append(f"ETA {record['eta_s']:.0f}s")
+    if "memory_gib" in record:
+        parts.append(f"mem {record['memory_gib']:.2f} GiB")
     return " | ".join(parts)
 
 
@@ -122,16 +251,48 @@ def print_log(record: dict[str, Any]) -> None:
     print(format_log(record), flush=True)
 
 
+def lora_config(config: TrainConfig):
+    from peft import LoraConfig
+
+    targets = config.target_modules.strip()
+    return LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+    )
+
+
+def batching_args(config: TrainConfig) -> dict[str, Any]:
+    """SFTConfig settings for each batching strategy (see `batching` in TrainConfig)."""
+    return {
+        "length-grouped": {"train_sampling_strategy": "group_by_length"},
+        "padded": {},
+        "padding-free": {"padding_free": True},
+        "packed": {"packing": True, "packing_strategy": "bfd"},
+    }[config.batching]
+
+
+def use_checkpointing(config: TrainConfig, lengths: list[int]) -> bool:
+    """Gradient checkpointing costs ~1/3 more compute: with "auto", only when the estimate says memory is short."""
+    if config.gradient_checkpointing != "auto":
+        return config.gradient_checkpointing == "on"
+    from nbkit.estimate import estimate_fit
+
+    try:
+        return estimate_fit(config, lengths, measure_speed=False).gradient_checkpointing
+    except Exception:  # a model whose shapes cannot be read offline: play safe
+        return True
+
+
 @quiet_library_notices()
-def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = print_log):
+def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = print_log,
+                  control: RunControl | None = None):
     """The SFTTrainer for a run: tokenized splits, the (4-bit) base model and the LoRA config.
 
     Returns (trainer, tokenizer, method actually used). `train()` is the usual entry point;
     tests use this to inspect weights before and after training.
     """
     import torch
-    from peft import LoraConfig
-    from transformers import PrinterCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     ws = Workspace(config.workspace)
@@ -139,20 +300,16 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
     train_rows = read_jsonl(ws.split("train"))
     val_rows = read_jsonl(ws.split("validation"))
     device = pick_device()
-    print(f"Device: {device.reason}.", flush=True)
+    say(f"Device: {device.reason}.")
     tokenizer = load_tokenizer(config.base_model)
     train_ds = tokenized_split(train_rows, tokenizer, config.max_seq_len)
     val_ds = tokenized_split(val_rows, tokenizer, config.max_seq_len) if val_rows else None
-    model, method = load_model(config.base_model, config.method, device)
-    print(f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights).",
-          flush=True)
+    checkpointing = use_checkpointing(config, [len(ids) for ids in train_ds["input_ids"]])
 
-    targets = config.target_modules.strip()
-    lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
-    )
     evaluate_during = bool(val_ds) and config.eval_steps > 0
+    selects_best = evaluate_during and config.selects_best
+    trackers = [t for t in config.trackers if t != "tensorboard"]
+    # Arguments first: under `accelerate launch` they set up the process group the model load relies on.
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         max_steps=config.max_steps if config.max_steps > 0 else -1,
@@ -164,81 +321,243 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_checkpointing=checkpointing,
         max_length=config.max_seq_len,
+        **batching_args(config),
         logging_steps=config.logging_steps,
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=config.eval_steps if evaluate_during else None,
-        save_strategy="no",
-        report_to="none",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,  # the latest and (with load_best) the best; adapters are small, optimizer state is not
+        load_best_model_at_end=selects_best and config.load_best,
+        metric_for_best_model="eval_loss" if selects_best else None,
+        greater_is_better=False if selects_best else None,
+        include_num_input_tokens_seen="non_padding",
+        report_to=trackers or "none",
         seed=config.seed,
+        data_seed=config.seed,
         bf16=device.dtype == torch.bfloat16,
         fp16=device.dtype == torch.float16,
         use_cpu=device.type == "cpu",
         disable_tqdm=on_log is not None,
         dataloader_pin_memory=device.type == "cuda",
+        ddp_find_unused_parameters=False,  # every LoRA matrix is used in every forward pass
     )
+    model, method = load_model(config.base_model, "lora" if config.method == "full" else config.method, device)
+    if config.method == "full":
+        method = "full"
+    say(f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights, "
+        f"gradient checkpointing {'on' if checkpointing else 'off'}, {config.batching} batches).")
+
+    callbacks = [make_callback(run_dir / "metrics.jsonl", on_log, control)]
+    if selects_best and config.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    if "tensorboard" in config.trackers:
+        callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds or None,
-                         processing_class=tokenizer, peft_config=lora,
-                         callbacks=[make_callback(run_dir / "metrics.jsonl", on_log)])
+                         processing_class=tokenizer, peft_config=None if method == "full" else lora_config(config),
+                         callbacks=callbacks)
     if on_log is not None:  # our callback reports progress; drop the trainer's raw dict printer
         trainer.remove_callback(PrinterCallback)
     return trainer, tokenizer, method
 
 
-def train(config: TrainConfig, on_log: LogFn | None = print_log) -> dict[str, Any]:
-    """Train LoRA adapters on data/splits/train.jsonl; return the run record (runs/<run_id>/run.json)."""
+def tensorboard_callback(log_dir: Path):
+    """TensorBoard event files in runs/<run_id>/tensorboard (view: tensorboard --logdir workspace/runs)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)) if is_main_process() else None)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (trainer_state.json is written last)."""
+    folder = run_dir / "checkpoints"
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()] if folder.exists() else []
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def run_to_resume(ws: Workspace, config: TrainConfig) -> str:
+    """With resume=True: the named run, or the latest run that has a checkpoint."""
+    if config.run_id:
+        return config.run_id
+    runs = sorted(p.name for p in ws.runs.glob("*") if last_checkpoint(p)) if ws.runs.exists() else []
+    if not runs:
+        raise WorkspaceError(f"`resume` is True but no run in {ws.runs} has a checkpoint — set resume=False "
+                             "to start a new run.")
+    return runs[-1]
+
+
+class OutOfMemory(NbkitError):
+    """Training ran out of memory; the message lists the settings to change."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def out_of_memory_advice(config: TrainConfig) -> str:
+    fixes = []
+    if config.batch_size > 1:
+        batch = max(1, config.batch_size // 2)
+        fixes.append(f"batch_size={batch} with gradient_accumulation_steps="
+                     f"{config.gradient_accumulation_steps * config.batch_size // batch} (same effective batch)")
+    if config.gradient_checkpointing != "on":
+        fixes.append("gradient_checkpointing='on'")
+    if config.max_seq_len > 256:
+        fixes.append(f"max_seq_len={config.max_seq_len // 2} (check in 02 how many rows are longer)")
+    if config.method != "qlora":
+        fixes.append("method='qlora' (4-bit base weights)")
+    fixes.append("a smaller base_model")
+    return (f"Training ran out of memory at batch_size={config.batch_size}, max_seq_len={config.max_seq_len}, "
+            f"method={config.method!r}. Change, in this order: " + "; ".join(fixes) +
+            ". Then run with resume=True to continue from the last checkpoint (estimate_fit shows what fits).")
+
+
+def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path | None = None,
+          control: RunControl | None = None) -> dict[str, Any]:
+    """Train on data/splits/train.jsonl; return the run record (runs/<run_id>/run.json).
+
+    `run_dir` overrides runs/<run_id>/ (the CLI's --output-dir); `control` lets a panel stop
+    the run or save a checkpoint while it trains.
+    """
     ws = Workspace(config.workspace)
     manifest = read_json(ws.require(ws.manifest, "03_split"))
-    run_id = config.run_id or new_run_id()
-    run_dir = ws.run_dir(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.replace(run_id=run_id).save(run_dir / "config.json")
-    write_json(run_dir / "env.json", environment())
+    run_id = run_to_resume(ws, config) if config.resume else (config.run_id or new_run_id())
+    run_dir = Path(run_dir) if run_dir is not None else ws.run_dir(run_id)
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    checkpoint = last_checkpoint(run_dir) if config.resume else None
+    if config.resume and checkpoint is None:
+        say(f"resume=True, but {run_dir} has no checkpoint yet: starting run {run_id} from step 0.")
+    main = is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.replace(run_id=run_id, resume=False).save(run_dir / "config.json")
+        write_json(run_dir / "env.json", environment())
+        if checkpoint is None:
+            metrics_path.unlink(missing_ok=True)
+        else:  # drop what was logged after the checkpoint: those steps run again
+            step = int(checkpoint.name.rsplit("-", 1)[1])
+            write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= step])
+            say(f"Resuming run {run_id} from {checkpoint.name}.")
 
     with quiet_library_notices():
-        trainer, tokenizer, method = build_trainer(config, run_dir, on_log)
+        trainer, tokenizer, method = build_trainer(config.replace(run_id=run_id), run_dir, on_log, control)
         trainable, total = _parameter_counts(trainer.model)
-        print(f"Training {trainable:,} LoRA parameters ({100 * trainable / total:.2f}% of {total:,}) on "
-              f"{len(trainer.train_dataset)} examples, effective batch {config.effective_batch_size}.", flush=True)
+        world = trainer.args.world_size
+        effective = config.effective_batch_size * world
+        say(f"Training {trainable:,} parameters ({100 * trainable / total:.2f}% of {total:,}) on "
+            f"{len(trainer.train_dataset)} examples, effective batch {effective}"
+            + (f" ({config.batch_size} x {config.gradient_accumulation_steps} accumulation x {world} processes)"
+               if world > 1 else "") + ".")
         started = time.monotonic()
-        result = trainer.train()
+        try:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as err:
+            if is_out_of_memory(err):
+                raise OutOfMemory(out_of_memory_advice(config)) from err
+            raise
+        finally:
+            if control is not None and control.on_finish is not None:
+                control.on_finish()
         seconds = time.monotonic() - started
-        logs = _read_metrics(metrics_path)
-        evals = [r for r in logs if "eval_loss" in r]
-        if trainer.eval_dataset is not None and (not evals or evals[-1]["step"] != result.global_step):
-            trainer.evaluate()  # the validation loss of the final weights, logged like the others
-            logs = _read_metrics(metrics_path)
-            evals = [r for r in logs if "eval_loss" in r]
-    trainer.model.save_pretrained(run_dir / "adapter")
-    tokenizer.save_pretrained(run_dir / "adapter")
+    # Collective under FSDP (gathers shards); writes on the main process only.
+    trainer.save_model(str(run_dir / "adapter" if method != "full" else run_dir / "model"))
+    if not main:
+        return {}
+    tokenizer.save_pretrained(run_dir / "adapter" if method != "full" else run_dir / "model")
 
+    logs = read_metrics(metrics_path)
     losses = [r["loss"] for r in logs if "loss" in r]
+    evals = [r for r in logs if "eval_loss" in r]
+    speeds = [r["tokens_per_s"] for r in logs if "tokens_per_s" in r]
+    state = trainer.state
+    status = ("stopped" if control is not None and control.stop_requested
+              else "early-stopped" if result.global_step < state.max_steps else "finished")
     record = {
         "run_id": run_id,
         "base_model": config.base_model,
         "method": method,
+        "status": status,
         "device": str(trainer.args.device),
+        "world_size": world,
+        "effective_batch_size": effective,
         "steps": result.global_step,
+        "max_steps": state.max_steps,
         "train_seconds": round(seconds, 1),
+        "resumed_from": checkpoint.name if checkpoint else None,
         "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
                        "mean": result.training_loss},
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best": {"step": _checkpoint_step(state.best_model_checkpoint), "eval_loss": state.best_metric,
+                 "loaded": bool(trainer.args.load_best_model_at_end and state.best_model_checkpoint)},
+        "tokens_per_s": speeds[-1] if speeds else None,
+        "peak_memory_gib": round(memory_gib(), 3),
         "trainable_parameters": trainable,
-        "dataset": {"fingerprints": manifest["fingerprints"], "sizes": manifest["sizes"]},
-        "adapter": str(run_dir / "adapter"),
+        "dataset": {"fingerprints": manifest["fingerprints"], "sizes": manifest["sizes"],
+                    "manifest": str(ws.manifest)},
+        "adapter": str(run_dir / "adapter") if method != "full" else None,
+        "model": str(run_dir / "model") if method == "full" else None,
+        "diagnosis": diagnose(logs),
     }
     write_json(run_dir / "run.json", record)
     return record
 
 
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def _checkpoint_step(path: str | None) -> int | None:
+    return int(path.rsplit("-", 1)[1]) if path else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def diagnose(logs: list[dict[str, Any]]) -> dict[str, str]:
+    """A plain-language reading of the curves: overfitting, underfitting, unstable, or healthy."""
+    losses = [r["loss"] for r in logs if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in logs if "eval_loss" in r]
+    if len(losses) < 3:
+        return {"verdict": "too short", "message": f"Only {len(losses)} training-loss logs: too few to judge.",
+                "advice": "Train for more steps (or lower logging_steps) to read the curves."}
+    if any(x != x or x == float("inf") for x in losses) or any(
+            b > 2 * min(losses[: i + 1]) and b > 0.5 for i, b in enumerate(losses[1:])):
+        return {"verdict": "unstable",
+                "message": "The training loss spiked (more than doubled, or became NaN) after it had fallen.",
+                "advice": "Lower learning_rate (e.g. halve it), raise warmup_ratio, or raise the effective batch."}
+    if len(evals) >= 3:
+        best_i = min(range(len(evals)), key=lambda i: evals[i][1])
+        best_step, best = evals[best_i]
+        last_step, last = evals[-1]
+        if best_i < len(evals) - 1 and last > 1.1 * best:
+            return {"verdict": "overfitting",
+                    "message": f"Validation loss was lowest at step {best_step} ({best:.3f}) and rose to {last:.3f} "
+                               f"by step {last_step} while training loss kept falling to {losses[-1]:.3f}.",
+                    "advice": "Keep the best checkpoint (load_best=True), train fewer steps, lower learning_rate "
+                              "or lora_r, or add more varied data."}
+    fell = 1 - losses[-1] / losses[0] if losses[0] else 0
+    if fell < 0.1 and losses[-1] > 1.0:
+        return {"verdict": "underfitting",
+                "message": f"Training loss barely moved ({losses[0]:.3f} -> {losses[-1]:.3f}) and stays high.",
+                "advice": "Raise learning_rate or max_steps; check in 02 that the loss mask covers the answers."}
+    trend = f"; validation loss {evals[0][1]:.3f} -> {evals[-1][1]:.3f}" if len(evals) >= 2 else ""
+    return {"verdict": "healthy",
+            "message": f"Training loss fell {100 * fell:.0f}% ({losses[0]:.3f} -> {losses[-1]:.3f}){trend}.",
+            "advice": "Check the answers themselves in 05: a low loss is not yet a good model."}
+
+
+def format_diagnosis(diagnosis: dict[str, str]) -> str:
+    return f"Diagnosis: {diagnosis['verdict'].upper()} — {diagnosis['message']}\nAdvice: {diagnosis['advice']}"
 
 
 def _parameter_counts(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-

@@ -132,7 +132,13 @@ def test_from_dict_non_strict_ignores_unknown_keys():
         (TrainConfig, dict(max_steps=-1), "max_steps"),
         (TrainConfig, dict(learning_rate=0), "learning_rate"),
         (TrainConfig, dict(learning_rate=1.5), "learning_rate"),
-        (TrainConfig, dict(method="full"), "method"),
+        (TrainConfig, dict(method="dora"), "method"),
+        (TrainConfig, dict(batching="sorted"), "batching"),
+        (TrainConfig, dict(gradient_checkpointing="yes"), "gradient_checkpointing"),
+        (TrainConfig, dict(save_steps=0), "save_steps"),
+        (TrainConfig, dict(eval_steps=20, save_steps=30), "save_steps"),
+        (TrainConfig, dict(early_stopping_patience=-1), "early_stopping_patience"),
+        (TrainConfig, dict(report_to="tensorboard,comet"), "report_to"),
         (TrainConfig, dict(max_steps=0, num_train_epochs=0), "num_train_epochs"),
         (TrainConfig, dict(warmup_ratio=1.0), "warmup_ratio"),
         (TrainConfig, dict(weight_decay=-0.1), "weight_decay"),
@@ -168,8 +174,15 @@ def test_error_message_gives_value_and_fix():
 
 
 def test_method_error_lists_choices():
-    message = raises_naming("method", TrainConfig, method="full")
-    assert "'qlora'" in message and "'lora'" in message and "'full'" in message
+    message = raises_naming("method", TrainConfig, method="dora")
+    assert "'qlora'" in message and "'lora'" in message and "'full'" in message and "'dora'" in message
+
+
+def test_save_steps_error_says_how_to_keep_the_best_checkpoint():
+    message = raises_naming("save_steps", TrainConfig, eval_steps=20, save_steps=30)
+    assert "multiple of eval_steps (20)" in message and "set save_steps=20" in message
+    # Without validation-driven checkpoints any interval is fine.
+    assert TrainConfig(eval_steps=20, save_steps=30, load_best=False, early_stopping_patience=0).save_steps == 30
 
 
 def test_fraction_sum_error_mentions_both_fields():

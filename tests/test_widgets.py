@@ -121,19 +121,41 @@ def test_live_monitor_throttles_redraws_but_never_skips_evaluations():
     if monitor.figure is None:
         pytest.skip("plotly FigureWidget unavailable here")
     for step in range(1, 21):
-        monitor({"step": step, "max_steps": 20, "elapsed_s": step, "loss": 2.0 / step})
+        monitor({"step": step, "max_steps": 30, "elapsed_s": step, "loss": 2.0 / step})
     assert monitor.draws == 1  # only the first log drew; the rest were throttled
-    monitor({"step": 20, "max_steps": 20, "elapsed_s": 21, "eval_loss": 0.5})
-    assert monitor.draws == 2
-    train_trace, val_trace = monitor.figure.data
-    assert len(train_trace.x) == 20 and list(val_trace.y) == [0.5]
-    assert "val_loss 0.5" in monitor.text.value
+    monitor({"step": 20, "max_steps": 30, "elapsed_s": 21, "eval_loss": 0.5})
+    assert monitor.draws == 2 and "val_loss 0.5" in monitor.text.value
+    monitor({"step": 30, "max_steps": 30, "elapsed_s": 31, "loss": 0.05})  # the last step always draws
+    assert monitor.draws == 3
+    train_trace, val_trace, lr_trace, grad_trace = monitor.figure.data
+    assert len(train_trace.x) == 21 and list(val_trace.y) == [0.5]
+    assert monitor.ui_share < 0.5  # measured, reported at the end of training
+
+
+def test_live_monitor_buttons_drive_the_run_control():
+    monitor = nw.LiveMonitor(mode="redraw")
+    monitor.save_button.click()
+    assert monitor.control.save_requested and not monitor.control.stop_requested
+    monitor.stop_button.click()
+    assert monitor.control.stop_requested and monitor.stop_button.disabled
+    assert "nbkit-train-stop" in monitor.stop_button._dom_classes
+    assert "nbkit-train-save" in monitor.save_button._dom_classes
+
+
+def test_live_monitor_shows_speed_eta_and_memory_as_text():
+    monitor = nw.LiveMonitor(mode="redraw")
+    monitor.history.append({"step": 5, "max_steps": 60, "elapsed_s": 30.0, "loss": 1.5, "learning_rate": 1e-3,
+                            "grad_norm": 0.8, "tokens_per_s": 95.2, "eta_s": 330.0, "memory_gib": 1.75})
+    text = monitor.status_html()
+    for part in ("step 5/60", "loss 1.5", "lr 0.001", "grad 0.8", "95 tok/s", "ETA 330s", "mem 1.75 GiB"):
+        assert part in text
 
 
 def test_training_progress_is_plain_printing_when_not_interactive(capsys):
     log = nw.training_progress(False)
     log({"step": 3, "max_steps": 10, "elapsed_s": 4.0, "loss": 1.25})
     assert "step 3/10 | loss 1.25" in capsys.readouterr().out
+    assert not log.control.stop_requested
 
 
 # -- notebook 01: mappings, the example editor and the rejected-row fixer --------------------

@@ -12,9 +12,9 @@ from nbkit.widgets.playground import ChatPlayground
 from nbkit.widgets.quality import QualityPanel, quality_figures, quality_panel, show_quality, verdict_html
 from nbkit.widgets.rating import RatingPanel
 from nbkit.widgets.split import split_panel
-from nbkit.widgets.train import LiveMonitor, TrainPanel, training_progress
+from nbkit.widgets.train import LiveMonitor, TrainPanel, loss_curves_figure, show_runs, training_progress
 
 __all__ = ["ChatPlayground", "CollectPanel", "ConfigForm", "ExampleEditor", "LiveMonitor", "Pager", "Panel",
            "QualityPanel", "RatingPanel", "RejectedFixer", "TrainPanel", "chat_preview", "collect_results",
            "comparison_viewer", "eval_panel", "format_panel", "mask_viewer", "quality_figures", "quality_panel",
-           "runs_figure", "show_quality", "split_panel", "training_progress", "verdict_html"]
+           "loss_curves_figure", "runs_figure", "show_quality", "show_runs", "split_panel", "training_progress", "verdict_html"]

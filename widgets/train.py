@@ -1,37 +1,48 @@
-"""Panels for notebook 04: the training form with presets, and a live monitor of the run.
+"""Panels for notebook 04: the training form with presets, the live monitor, and the runs table.
 
 The live plot picks what renders where it runs: on Colab (ipywidgets 7, where plotly's
 FigureWidget and plotly-in-Output are unreliable) the training cell's output is cleared
 and a fresh figure drawn, at most once a second; elsewhere a FigureWidget updates in place.
-The numbers are always printed as text too.
+The numbers are always shown as text too.
+
+Stop and Save-now work while the training cell runs: between steps the monitor lets the
+kernel handle pending widget events (jupyter-ui-poll), and the buttons only set flags on
+nbkit's RunControl, which the trainer obeys after the current step.
 """
 
 from __future__ import annotations
 
+import html
 import sys
 import time
 from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.train import TrainConfig, format_log, print_log
+from nbkit.train import RunControl, TrainConfig, format_log, print_log
 from nbkit.widgets.panel import ConfigForm, Panel, css
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick look": {"max_steps": 30, "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16, "eval_steps": 10},
-    "balanced": {"max_steps": 60, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 20},
+    "quick look": {"max_steps": 30, "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16, "eval_steps": 10,
+                   "save_steps": 10},
+    "balanced": {"max_steps": 60, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 20,
+                 "save_steps": 20},
     "thorough": {"max_steps": 0, "num_train_epochs": 3.0, "learning_rate": 5e-4, "lora_r": 32, "lora_alpha": 64,
-                 "eval_steps": 50},
+                 "eval_steps": 50, "save_steps": 50},
 }
 FIELDS = ["base_model", "method", "max_steps", "num_train_epochs", "learning_rate", "batch_size",
-          "gradient_accumulation_steps", "max_seq_len", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
-          "warmup_ratio", "weight_decay", "eval_steps", "seed", "run_id"]
+          "gradient_accumulation_steps", "max_seq_len", "batching", "gradient_checkpointing", "lora_r", "lora_alpha",
+          "lora_dropout", "target_modules", "warmup_ratio", "weight_decay", "eval_steps", "save_steps",
+          "early_stopping_patience", "load_best", "report_to", "seed", "resume", "run_id"]
+CHOICES = {"method": ("qlora", "lora", "full"),
+           "batching": ("length-grouped", "padded", "padding-free", "packed"),
+           "gradient_checkpointing": ("auto", "on", "off")}
 
 
 class TrainPanel(Panel):
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.form = ConfigForm(config, FIELDS, choices={"method": ("qlora", "lora")}, title="Training settings")
+        self.form = ConfigForm(config, FIELDS, choices=CHOICES, title="Training settings")
         self.preset = css(widgets.Dropdown(options=["(custom)"] + list(PRESETS), value="(custom)",
                                            description="preset"), "nbkit-preset")
         self.preset.observe(lambda change: self.apply_preset(change["new"]), names="value")
@@ -44,10 +55,23 @@ class TrainPanel(Panel):
             self.form.refresh()
 
 
+class TextProgress:
+    """Headless progress (papermill, scripts): every log printed as one line."""
+
+    def __init__(self) -> None:
+        self.control = RunControl()
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        print_log(record)
+
+
 def training_progress(interactive: bool):
-    """What receives the training logs: a live monitor in a notebook, printed lines under papermill."""
+    """What receives the training logs: a live monitor in a notebook, printed lines under papermill.
+
+    Pass it as `on_log` and its `.control` as `control` to `nbkit.train.train`.
+    """
     if not interactive:
-        return print_log
+        return TextProgress()
     monitor = LiveMonitor()
     monitor.show()
     return monitor
@@ -57,70 +81,182 @@ def on_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+def kernel_poller():
+    """A function that handles pending widget events in a running cell, or None outside a kernel."""
+    try:
+        from IPython import get_ipython
+        from jupyter_ui_poll import ui_events
+    except ImportError:
+        return None, None
+    shell = get_ipython()
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None, None
+    events = ui_events()
+    return events, events.__enter__()
+
+
+SERIES = (("loss", "train loss", 1), ("eval_loss", "validation loss", 1), ("learning_rate", "learning rate", 2),
+          ("grad_norm", "grad norm", 3))
+
+
 class LiveMonitor(Panel):
-    """Receives every training log (a plain function for nbkit.train) and draws loss curves.
+    """Receives every training log (a plain function for nbkit.train) and draws the curves.
 
     Redraws are throttled to one per `min_interval` seconds so the UI costs little next to
-    training; the final state is always drawn by `close()`.
+    training (`ui_share` measures it); evaluations and the last log always draw.
     """
 
-    def __init__(self, min_interval: float = 1.0, mode: str | None = None) -> None:
+    def __init__(self, min_interval: float = 1.0, mode: str | None = None, poll_interval: float = 0.5) -> None:
         self.history: list[dict[str, Any]] = []
         self.min_interval = min_interval
-        self.last_draw = float("-inf")
+        self.poll_interval = poll_interval
+        self.last_draw = self.last_poll = float("-inf")
         self.draws = 0
+        self.ui_seconds = 0.0
+        self.started = time.monotonic()
         self.mode = mode or ("redraw" if on_colab() else "widget")
+        self.control = RunControl(poll=self.poll)
+        self.control.on_finish = self.close
+        self._events = self._poll = None
         self.text = css(widgets.HTML(""), "nbkit-train-status")
+        self.stop_button = css(widgets.Button(description="Stop", icon="stop", button_style="danger",
+                                              tooltip="Stop after this step; saves a checkpoint and the adapter"),
+                               "nbkit-train-stop")
+        self.save_button = css(widgets.Button(description="Save now", icon="save",
+                                              tooltip="Write a checkpoint after this step and keep training"),
+                               "nbkit-train-save")
+        self.stop_button.on_click(lambda _b: self.request("stop"))
+        self.save_button.on_click(lambda _b: self.request("save"))
+        self.buttons = widgets.HBox([self.stop_button, self.save_button])
         self.figure = None
         if self.mode == "widget":
             try:
                 import plotly.graph_objects as go
 
-                self.figure = go.FigureWidget(self._figure())
+                self.figure = css(go.FigureWidget(self._figure()), "nbkit-train-plot")
             except Exception:  # FigureWidget needs anywidget on plotly >= 6; fall back to redraws
                 self.mode = "redraw"
-        children = [self.text] + ([self.figure] if self.figure is not None else [])
+        children = [self.buttons, self.text] + ([self.figure] if self.figure is not None else [])
         self.box = css(widgets.VBox(children), "nbkit-train-monitor")
 
+    def request(self, what: str) -> None:
+        if what == "stop":
+            self.control.stop()
+            self.stop_button.disabled = True
+            self.stop_button.description = "Stopping..."
+        else:
+            self.control.save_now()
+            self.save_button.description = "Saving..."
+
+    def poll(self) -> None:
+        """Called by the trainer between steps: deliver button clicks to this kernel."""
+        now = time.monotonic()
+        if now - self.last_poll < self.poll_interval:
+            return
+        self.last_poll = now
+        if self._events is None:
+            self._events, self._poll = kernel_poller()
+        if self._poll is not None:
+            self._poll(20)
+        self.ui_seconds += time.monotonic() - now
+
     def __call__(self, record: dict[str, Any]) -> None:
+        started = time.monotonic()
         self.history.append(record)
+        if self.save_button.description == "Saving..." and not self.control.save_requested:
+            self.save_button.description = "Save now"
         # Evaluations and the end-of-training summary are rare and matter: never skip them.
-        important = "eval_loss" in record or "train_runtime" in record
-        if important or time.monotonic() - self.last_draw >= self.min_interval:
+        important = "eval_loss" in record or "train_loss" in record or record["step"] >= record["max_steps"]
+        if important or started - self.last_draw >= self.min_interval:
             self.draw()
+        self.ui_seconds += time.monotonic() - started
+
+    @property
+    def ui_share(self) -> float:
+        """Share of the wall time spent drawing and polling the UI."""
+        return self.ui_seconds / max(time.monotonic() - self.started, 1e-9)
 
     def close(self) -> None:
+        """Final draw; hand the kernel's event handling back (nbkit.train calls this when training ends)."""
         self.draw()
+        self.stop_button.disabled = self.save_button.disabled = True
+        if self._events is not None:
+            self._events.__exit__(None, None, None)
+            self._events = self._poll = None
+        print(f"Live monitor: {self.draws} redraws, {100 * self.ui_share:.2f}% of the training time.")
 
     def series(self) -> dict[str, tuple[list[int], list[float]]]:
         out: dict[str, tuple[list[int], list[float]]] = {}
-        for key, label in (("loss", "train loss"), ("eval_loss", "validation loss")):
+        for key, label, _row in SERIES:
             points = [(r["step"], r[key]) for r in self.history if key in r]
             out[label] = ([p[0] for p in points], [p[1] for p in points])
         return out
 
     def _figure(self):
-        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
-        fig = go.Figure()
-        for label, (x, y) in self.series().items():
-            fig.add_scatter(x=x, y=y, mode="lines+markers", name=label)
-        fig.update_layout(height=320, margin=dict(l=40, r=10, t=30, b=40), xaxis_title="step", yaxis_title="loss",
-                          title="Loss")
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "learning rate", "grad norm"),
+                            column_widths=[0.5, 0.25, 0.25])
+        for (key, label, col), (x, y) in zip(SERIES, self.series().values()):
+            fig.add_scatter(x=x, y=y, mode="lines+markers", name=label, row=1, col=col,
+                            showlegend=col == 1)
+        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=40),
+                          legend=dict(orientation="h", y=-0.2))
+        fig.update_xaxes(title_text="step")
         return fig
+
+    def status_html(self) -> str:
+        if not self.history:
+            return "<pre>waiting for the first log...</pre>"
+        lines = [format_log(r) for r in self.history[-8:]] if self.mode == "redraw" else [format_log(self.history[-1])]
+        return "<pre>" + html.escape("\n".join(lines)) + "</pre>"
 
     def draw(self) -> None:
         self.last_draw = time.monotonic()
         self.draws += 1
-        last = self.history[-1] if self.history else None
-        self.text.value = f"<pre>{format_log(last)}</pre>" if last else ""
+        self.text.value = self.status_html()
         if self.mode == "widget":
             with self.figure.batch_update():
                 for trace, (x, y) in zip(self.figure.data, self.series().values()):
                     trace.x, trace.y = x, y
+            if self.history:
+                print(format_log(self.history[-1]), flush=True)  # the numbers as text, kept in the output
         else:
             from IPython.display import clear_output, display
 
             clear_output(wait=True)
-            display(self.text)
+            display(self.box)
             display(self._figure())
+
+
+def show_runs(workspace: str, interactive: bool = True) -> None:
+    """Every run of the workspace: a comparison table and their loss curves overlaid."""
+    from IPython.display import HTML, display
+
+    from nbkit.runs import compare_runs
+
+    table = compare_runs(workspace)
+    if table.empty:
+        print("No finished runs yet.")
+        return
+    display(HTML(f'<div class="nbkit-runs-table">{table.to_html(float_format=lambda v: f"{v:.4g}")}</div>'))
+    display(loss_curves_figure(workspace, list(table.index)))
+
+
+def loss_curves_figure(workspace: str, run_ids: list[str]):
+    """Training (dotted) and validation (solid) loss of several runs on one chart."""
+    import plotly.graph_objects as go
+
+    from nbkit.train import read_metrics
+    from nbkit.workspace import Workspace
+
+    fig = go.Figure()
+    for run_id in run_ids:
+        logs = read_metrics(Workspace(workspace).run_dir(run_id) / "metrics.jsonl")
+        for key, dash, suffix in (("loss", "dot", "train"), ("eval_loss", "solid", "val")):
+            points = [(r["step"], r[key]) for r in logs if key in r]
+            if points:
+                fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines",
+                                name=f"{run_id} {suffix}", line=dict(dash=dash))
+    fig.update_layout(title="Loss of every run", xaxis_title="step", yaxis_title="loss", height=360)
+    return fig

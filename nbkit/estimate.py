@@ -1,0 +1,267 @@
+"""Will this run fit, and how long will it take? Answered before any weights load.
+
+The model's shapes come from its config alone (the model is built on torch's "meta"
+device: no memory, no download beyond config.json). Memory is the sum of
+
+  weights     4-bit NF4 linear layers (~0.52 bytes/param with double quantization) for
+              QLoRA; everything else at the compute precision
+  trainable   LoRA (or all) parameters in float32 + their gradients + AdamW's two moments
+  activations what the backward pass keeps per token, per layer; gradient checkpointing
+              keeps only each layer's input and recomputes the rest
+  logits      batch x sequence x vocabulary in float32, several copies (softmax, grads):
+              the biggest single item for small models with large vocabularies
+  runtime     the framework itself (CUDA context, or the Python process on CPU)
+
+The constants were calibrated against measured peaks on this kit's test machines; the
+README states the error. Time comes from counted FLOPs and the device's measured matmul
+speed at a calibrated utilisation; the live monitor's ETA replaces it once steps run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GIB = 2**30
+NF4_BYTES_PER_PARAM = 0.5 + 0.127 / 8 + 0.005  # 4 bits + double-quantized absmax + quant-state overhead
+# Values the backward pass keeps per token and layer, in units of hidden and intermediate size
+# (normed inputs, q/k/v/o, rotary copies, MLP gate/up/act, LoRA dropout copies); calibrated.
+ACTIVATION_HIDDEN_FACTOR = 14
+ACTIVATION_INTERMEDIATE_FACTOR = 5
+CHECKPOINTED_HIDDEN_FACTOR = 8  # with checkpointing: layer inputs and what LoRA keeps, per layer
+LOGIT_COPIES = 5  # logits, shifted copy, log-softmax, their gradients
+RUNTIME_GIB = {"cpu": 1.1, "cuda": 0.6, "mps": 1.1}  # Python + torch + libraries / CUDA context
+UTILISATION = {"cpu": 0.12, "cuda": 0.30, "mps": 0.15}  # achieved share of peak matmul speed, calibrated
+TIGHT, FITS = 1.0, 0.85  # share of available memory
+
+
+@dataclass
+class ModelShape:
+    """Parameter counts and sizes that memory and compute depend on."""
+
+    total: int
+    linear: int  # in nn.Linear layers other than the output head: what 4-bit quantizes
+    embedding: int
+    lora: int  # trainable parameters LoRA adds for the given rank and targets
+    hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+
+
+def model_shape(base_model: str, lora_r: int = 16, target_modules: str = "all-linear") -> ModelShape:
+    """Shapes of `base_model` from its config only (instantiated on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from nbkit.models import resolve_model, quiet_library_notices
+
+    with quiet_library_notices():
+        cfg = AutoConfig.from_pretrained(resolve_model(base_model))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+    head = model.get_output_embeddings()
+    targets = None if target_modules.strip() == "all-linear" else {t.strip() for t in target_modules.split(",")}
+    total = sum(p.numel() for p in model.parameters())
+    linear = lora = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            linear += module.weight.numel()
+            if targets is None or name.rsplit(".", 1)[-1] in targets:
+                lora += lora_r * (module.in_features + module.out_features)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return ModelShape(total=total, linear=linear, embedding=total - linear, lora=lora, hidden=text.hidden_size,
+                      intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+                      layers=text.num_hidden_layers, vocab=text.vocab_size)
+
+
+@dataclass
+class FitEstimate:
+    method: str
+    device: str
+    batch_tokens: int  # tokens in the largest forward pass (batch x longest example)
+    gradient_checkpointing: bool
+    parts_gib: dict[str, float]
+    total_gib: float
+    available_gib: float
+    verdict: str  # "fits", "tight" or "will not fit"
+    advice: list[str] = field(default_factory=list)
+    step_seconds: float | None = None
+    total_seconds: float | None = None
+    steps: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointing: bool,
+                 device: str = "cpu", half: bool = False) -> dict[str, float]:
+    """Peak memory by part, in GiB."""
+    compute_bytes = 2 if half else 4
+    if method == "qlora":
+        weights = shape.linear * NF4_BYTES_PER_PARAM + shape.embedding * compute_bytes
+    else:
+        weights = shape.total * (4 if method == "full" else compute_bytes)
+    trainable = shape.total if method == "full" else shape.lora
+    optimizer = trainable * (4 + 4 + 8)  # float32 weights (LoRA) or grads + AdamW moments
+    if method == "full":
+        optimizer = trainable * (4 + 8)  # weights counted above
+    per_token_layer = (ACTIVATION_HIDDEN_FACTOR * shape.hidden + ACTIVATION_INTERMEDIATE_FACTOR * shape.intermediate)
+    if checkpointing:  # keep each layer's input; recompute one layer at a time
+        activations = batch_tokens * (CHECKPOINTED_HIDDEN_FACTOR * shape.layers * shape.hidden
+                                      + per_token_layer) * compute_bytes
+    else:
+        activations = batch_tokens * shape.layers * per_token_layer * compute_bytes
+    logits = batch_tokens * shape.vocab * 4 * LOGIT_COPIES
+    parts = {"weights": weights, "trainable + optimizer": optimizer, "activations": activations, "logits": logits}
+    parts = {k: v / GIB for k, v in parts.items()}
+    parts["runtime"] = RUNTIME_GIB.get(device, 1.1)
+    return parts
+
+
+def available_memory_gib(device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(0)
+        return free / GIB
+    import psutil
+
+    return psutil.virtual_memory().available / GIB
+
+
+def matmul_flops(device: str = "cpu", half: bool = False, seconds: float = 0.3) -> float:
+    """Measured matmul speed of this device (FLOP/s) over a fraction of a second."""
+    import torch
+
+    dtype = torch.bfloat16 if half else torch.float32
+    n = 1024 if device == "cpu" else 4096
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b  # warm-up
+    reps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        reps += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - started)
+
+
+def flops_per_token(shape: ModelShape, method: str, checkpointing: bool) -> float:
+    """Forward 2N; backward 2N for input gradients (+2N weight gradients when all weights train);
+    +2N when checkpointing recomputes the forward pass."""
+    n = shape.linear + shape.vocab * shape.hidden  # matmul parameters, output head included
+    passes = 2 + 2 + (2 if method == "full" else 0) + (2 if checkpointing else 0)
+    return passes * n
+
+
+def estimate_fit(config, lengths: list[int], *, device: str | None = None, half: bool | None = None,
+                 available_gib: float | None = None, shape: ModelShape | None = None,
+                 measure_speed: bool = True) -> FitEstimate:
+    """Memory and time for `config` (a TrainConfig) on `lengths` (token counts of the training rows)."""
+    from nbkit.models import pick_device
+
+    if device is None or half is None:
+        picked = pick_device()
+        device = device or picked.type
+        half = picked.dtype is not None and "float32" not in str(picked.dtype) if half is None else half
+    shape = shape or model_shape(config.base_model, config.lora_r, config.target_modules)
+    longest = min(max(lengths, default=config.max_seq_len), config.max_seq_len)
+    batch_tokens = config.batch_size * longest
+    checkpointing = config.gradient_checkpointing == "on"
+    available = available_gib if available_gib is not None else available_memory_gib(device)
+
+    def total(method=config.method, tokens=batch_tokens, ckpt=checkpointing) -> float:
+        return sum(memory_parts(shape, method, tokens, ckpt, device, half).values())
+
+    if config.gradient_checkpointing == "auto":  # checkpoint only when needed: it costs ~1/3 more compute
+        checkpointing = total(ckpt=False) > FITS * available
+    parts = memory_parts(shape, config.method, batch_tokens, checkpointing, device, half)
+    need = sum(parts.values())
+    verdict = "fits" if need <= FITS * available else "tight" if need <= TIGHT * available else "will not fit"
+    advice = [] if verdict == "fits" else fixes(config, shape, longest, available, total)
+
+    est = FitEstimate(method=config.method, device=device, batch_tokens=batch_tokens,
+                      gradient_checkpointing=checkpointing, parts_gib={k: round(v, 3) for k, v in parts.items()},
+                      total_gib=round(need, 3), available_gib=round(available, 2), verdict=verdict, advice=advice)
+    if measure_speed and lengths:
+        steps = planned_steps(config, len(lengths))
+        mean = sum(min(n, config.max_seq_len) for n in lengths) / len(lengths)
+        tokens_per_step = config.effective_batch_size * mean
+        speed = matmul_flops(device, half) * UTILISATION.get(device, 0.2)
+        est.step_seconds = round(tokens_per_step * flops_per_token(shape, config.method, checkpointing) / speed, 2)
+        est.steps = steps
+        est.total_seconds = round(est.step_seconds * steps, 1)
+    return est
+
+
+def planned_steps(config, n_rows: int) -> int:
+    if config.max_steps > 0:
+        return config.max_steps
+    per_epoch = -(-n_rows // config.effective_batch_size)
+    return max(1, round(per_epoch * config.num_train_epochs))
+
+
+def fixes(config, shape: ModelShape, longest: int, available: float, total) -> list[str]:
+    """The smallest changes that bring the run under the available memory, in the order to try them."""
+    out = []
+    if config.gradient_checkpointing != "on" and total(ckpt=True) <= FITS * available:
+        out.append("set gradient_checkpointing='on' (keeps only each layer's input; ~30% slower steps)")
+    batch = config.batch_size
+    while batch > 1:
+        batch //= 2
+        if total(tokens=batch * longest, ckpt=True) <= FITS * available:
+            accumulation = config.gradient_accumulation_steps * config.batch_size // batch
+            out.append(f"set batch_size={batch} and gradient_accumulation_steps={accumulation} "
+                       f"(same effective batch of {config.effective_batch_size})")
+            break
+    for seq in (1024, 512, 256, 128):
+        if seq < longest and total(tokens=config.batch_size * seq, ckpt=True) <= FITS * available:
+            out.append(f"set max_seq_len={seq} (longer examples are truncated; check how many in 02)")
+            break
+    if config.method != "qlora" and total(method="qlora", ckpt=True) <= FITS * available:
+        out.append("set method='qlora' (4-bit base weights: ~1/4 of 16-bit memory)")
+    if not out:
+        out.append(f"pick a smaller base model: {shape.total / 1e9:.2f}B parameters need more than the "
+                   f"{available:.1f} GiB available even with 4-bit weights, batch 1 and checkpointing")
+    return out
+
+
+def format_estimate(est: FitEstimate) -> str:
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in est.parts_gib.items())
+    lines = [f"Memory estimate ({est.method} on {est.device}, {est.batch_tokens} tokens per forward pass, "
+             f"gradient checkpointing {'on' if est.gradient_checkpointing else 'off'}): {est.total_gib:.2f} GiB "
+             f"of {est.available_gib:.1f} GiB available — {est.verdict.upper()}",
+             f"  GiB by part: {parts}"]
+    lines += [f"  fix: {a}" for a in est.advice]
+    if est.total_seconds is not None:
+        lines.append(f"Time estimate: ~{est.step_seconds:.1f} s/step x {est.steps} steps = "
+                     f"{_duration(est.total_seconds)} (the live monitor's ETA is more precise once steps run)")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def train_lengths(config) -> list[int]:
+    """Token counts of the training split's rows (tokenizer only: fast, no weights)."""
+    from nbkit.formatting import tokenize_chat
+    from nbkit.models import load_tokenizer
+    from nbkit.workspace import Workspace, read_jsonl
+
+    ws = Workspace(config.workspace)
+    tokenizer = load_tokenizer(config.base_model)
+    rows = read_jsonl(ws.require(ws.split("train"), "03_split"))
+    return [len(tokenize_chat(tokenizer, r["messages"], config.max_seq_len)["input_ids"]) for r in rows]
+
+
+def estimate_run(config, **kwargs) -> FitEstimate:
+    """`estimate_fit` on the workspace's training split: what notebook 04 prints before loading the model."""
+    return estimate_fit(config, train_lengths(config), **kwargs)
