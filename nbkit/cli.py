@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -110,21 +109,14 @@ def load_train_config(path: str | Path, *, max_steps: int | None = None, resume:
     if max_steps is not None:
         overrides["max_steps"] = max_steps
     if resume:
-        if "resume" not in TrainConfig.help():
-            raise ConfigError("`--resume` needs a TrainConfig with a `resume` field — update nbkit.")
         overrides["resume"] = True
     return config.replace(**overrides) if overrides else config
-
-
-def is_main_process() -> bool:
-    """True in a plain run and in process 0 of a launched one (accelerate's launcher sets RANK)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def train_command(config_path: str | Path, *, max_steps: int | None = None, output_dir: str | None = None,
                   resume: bool = False) -> dict[str, Any]:
     """`nbkit train`: one process, or one of N under `accelerate launch`; only process 0 prints and writes."""
-    from nbkit.train import print_log, train
+    from nbkit.train import is_main_process, print_log, train
 
     config = load_train_config(config_path, max_steps=max_steps, resume=resume)
     main_process = is_main_process()

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,10 +129,10 @@ def dry_start(strategy: str, num_processes: int = 2, timeout: float = 120) -> li
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     argv = [accelerate if os.path.exists(accelerate) else "accelerate", "launch", "--config_file", str(config),
             "--num_processes", str(num_processes), "-m", "nbkit.launch"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "NBKIT_DRY_START": "1"})
-    reports = [json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines()
-               if line.startswith("NBKIT_DRY_START ")]
+    with tempfile.TemporaryDirectory(prefix="nbkit-dry-start-") as folder:  # one report file per process
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "NBKIT_DRY_START": folder})
+        reports = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("rank-*.json"))]
     if done.returncode != 0 or len(reports) != num_processes:
         raise RuntimeError(f"dry start of {config.name} with {num_processes} processes failed "
                            f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -189,5 +190,6 @@ def _fsdp_plugin_report() -> dict:
             "built_without": sorted(overrides)}
 
 
-if __name__ == "__main__" and os.environ.get("NBKIT_DRY_START") == "1":
-    print("NBKIT_DRY_START " + json.dumps(_report_process()), flush=True)
+if __name__ == "__main__" and os.environ.get("NBKIT_DRY_START"):
+    _report = _report_process()
+    Path(os.environ["NBKIT_DRY_START"], f"rank-{_report['rank']}.json").write_text(json.dumps(_report))

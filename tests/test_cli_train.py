@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +84,109 @@ def test_only_process_zero_prints(tmp_path, fake_train, monkeypatch, capsys):
     train_command(path)
     assert capsys.readouterr().out == ""
     assert fake_train[0]["run_dir"] is None, "without --output-dir the run goes to runs/<run_id>/"
+
+
+# -- the real thing: two CPU processes through `accelerate launch` ------------------------------------------
+# One flow, shared by the tests below to keep the suite short: a 2-process run is killed (every process,
+# SIGKILL, like a lost runtime) after its first checkpoint, then resumed with the same command plus --resume.
+TINY = dict(max_steps=3, save_steps=1, batch_size=2, gradient_accumulation_steps=2, max_seq_len=128,
+            logging_steps=1, eval_steps=0, lora_r=8, lora_alpha=16, run_id="ddp2")
+
+
+def accelerate_argv(command: str) -> list[str]:
+    """launch_command's line, run with this interpreter's accelerate."""
+    argv = shlex.split(command)
+    return [str(Path(sys.executable).with_name("accelerate")), *argv[1:]]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the launcher and every process it started (torchrun puts each worker in its own session)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for p in [psutil.Process(proc.pid), *family] if proc.poll() is None else family:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+    psutil.wait_procs(family, timeout=30)
+
+
+def wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float) -> list[Path]:
+    """Paths matching `pattern` under `folder` as soon as one exists, while `proc` runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found
+        time.sleep(0.5)
+    return []
+
+
+@pytest.fixture(scope="module")
+def two_process_run(prepared_workspace, tmp_path_factory):
+    from nbkit.launch import launch_command
+
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    config = TrainConfig(workspace=str(prepared_workspace), **TINY)
+    command = launch_command(config, 2, strategy="ddp-cpu", output_dir=out)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = out.parent / "first_run.log"
+    with open(log, "w") as sink:
+        first = subprocess.Popen(accelerate_argv(command), env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            saved = wait_for(out, "checkpoints/checkpoint-*/trainer_state.json", first, timeout=240)
+        finally:
+            kill_tree(first)
+    assert saved, f"the first run saved no checkpoint before it was killed:\n{log.read_text()[-3000:]}"
+    before_kill = metrics(out)
+    killed_at = max(int(p.parent.name.split("-")[1]) for p in saved)
+    second = subprocess.run(accelerate_argv(command) + ["--resume"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return {"out": out, "config": config, "killed_at": killed_at, "stdout": second.stdout, "before_kill": before_kill,
+            "record": json.loads((out / "run.json").read_text())}
+
+
+@pytest.mark.model
+def test_killed_two_process_run_resumes_to_the_same_final_step(two_process_run):
+    record = two_process_run["record"]
+    assert two_process_run["killed_at"] < TINY["max_steps"], "killed too late to test resuming"
+    assert record["steps"] == TINY["max_steps"] and record["status"] == "finished"
+    assert record["resumed_from"] == f"checkpoint-{two_process_run['killed_at']}"
+    steps = [r["step"] for r in metrics(two_process_run["out"]) if "loss" in r and "train_loss" not in r]
+    assert steps[-1] == TINY["max_steps"]
+    assert (two_process_run["out"] / "checkpoints" / f"checkpoint-{TINY['max_steps']}").is_dir()
+
+
+@pytest.mark.model
+def test_two_processes_make_one_adapter_and_one_record(two_process_run, prepared_workspace):
+    out, record = two_process_run["out"], two_process_run["record"]
+    assert record["world_size"] == 2
+    assert record["effective_batch_size"] == TINY["batch_size"] * TINY["gradient_accumulation_steps"] * 2 == 8
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == TINY["lora_r"]
+    assert not (prepared_workspace / "runs" / TINY["run_id"]).exists(), "--output-dir received the whole run"
+
+
+@pytest.mark.model
+def test_only_the_main_process_writes_and_prints(two_process_run):
+    """Two writers would log every step twice (measured before train() wrote on the main process only)."""
+    def train_steps(records):
+        return [r["step"] for r in records if "loss" in r and "train_loss" not in r]
+
+    first = train_steps(two_process_run["before_kill"])
+    assert first and len(first) == len(set(first)), f"a step was logged twice in the first run: {first}"
+    resumed = [s for s in train_steps(metrics(two_process_run["out"])) if s > max(first)]
+    assert resumed and len(resumed) == len(set(resumed)), f"a step was logged twice after resuming: {resumed}"
+    assert two_process_run["stdout"].count("Run ddp2:") == 1
+    assert "on 2 process(es), effective batch 8" in two_process_run["stdout"]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
