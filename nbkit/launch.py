@@ -73,13 +73,17 @@ def resolve_processes(num_processes: int | None = None, strategy: str | None = N
 def write_launch_files(config: TrainConfig, strategy: str, run_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write the run's config.json and a copy of the accelerate config into the run folder.
 
-    The workspace is made absolute so the command works from any folder; an empty run_id gets a new
-    timestamped id (the run the command will create). Returns (config.json, accelerate.yaml).
+    The workspace is made absolute so the command works from any folder; an empty run_id becomes the
+    run the command will train: a new timestamped id, or with resume=True the latest run with a checkpoint
+    (as train() picks it). Returns (config.json, accelerate.yaml).
     """
     from nbkit.runs import new_run_id
+    from nbkit.train import run_to_resume
 
-    config = config.replace(workspace=str(Path(config.workspace).expanduser().resolve()),
-                            run_id=config.run_id or new_run_id())
+    config = config.replace(workspace=str(Path(config.workspace).expanduser().resolve()))
+    if not config.run_id:
+        run_id = run_to_resume(Workspace(config.workspace), config) if config.resume else new_run_id()
+        config = config.replace(run_id=run_id)
     run_dir = Path(run_dir) if run_dir is not None else Workspace(config.workspace).run_dir(config.run_id)
     run_dir = run_dir.expanduser().resolve()
     config_path = config.save(run_dir / "config.json")

@@ -110,6 +110,17 @@ def test_launch_command_gives_a_new_run_an_id_and_an_absolute_workspace(tmp_path
     assert saved["workspace"] == str(tmp_path / "ws") and saved["run_id"], "absolute, so any folder can launch it"
 
 
+def test_resuming_without_a_run_id_points_at_the_latest_run_with_a_checkpoint(tmp_path):
+    ws = tmp_path / "ws"
+    for run_id, step in (("20260101-000000-aaaa", 4), ("20260102-000000-bbbb", 2)):
+        (ws / "runs" / run_id / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+        (ws / "runs" / run_id / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (ws / "runs" / "20260103-000000-cccc").mkdir()  # newer, but nothing to resume from
+    command = launch_command(TrainConfig(workspace=str(ws), resume=True), 1, strategy="ddp-cpu")
+    loaded = load_train_config(build_parser().parse_args(train_args(command)).config)
+    assert loaded.run_id == "20260102-000000-bbbb" and loaded.resume is True
+
+
 def notebook_parameters(name: str) -> dict:
     """The parameters cell's defaults, as papermill sees them."""
     return {p: ast.literal_eval(info["default"]) for p, info in papermill.inspect_notebook(
