@@ -64,6 +64,9 @@ def resolve_processes(num_processes: int | None = None, strategy: str | None = N
     if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
         raise ConfigError(f"`num_processes` must be a whole number >= 1, got {num_processes!r} — "
                           "pass the number of GPUs (or CPU processes) to use.")
+    if strategy == "fsdp-qlora" and not gpus:
+        raise ConfigError("`strategy` 'fsdp-qlora' needs GPUs (accelerate builds FSDP only on GPUs) and this "
+                          "machine has none — use strategy='ddp-cpu' here, or build the command on the GPU machine.")
     if strategy != "ddp-cpu" and gpus and num_processes > gpus:
         raise ConfigError(f"`num_processes` is {num_processes} but this machine has {gpus} GPU(s) — "
                           f"pass num_processes={gpus} or fewer (one process per GPU).")

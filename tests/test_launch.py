@@ -78,6 +78,9 @@ def test_launch_errors_name_the_field(monkeypatch):
         resolve_processes(0)
     with pytest.raises(ConfigError, match="`strategy` must be one of .*got 'deepspeed'"):
         resolve_processes(2, "deepspeed")
+    monkeypatch.setattr(launch, "gpu_count", lambda: 0)
+    with pytest.raises(ConfigError, match="`strategy` 'fsdp-qlora' needs GPUs .* use strategy='ddp-cpu' here"):
+        resolve_processes(2, "fsdp-qlora")
 
 
 def train_args(command: str) -> list[str]:
@@ -140,6 +143,20 @@ def test_notebook_parameters_round_trip_through_file_and_cli(tmp_path, monkeypat
     loaded = load_train_config(args.config)
     assert loaded == config and loaded.to_dict() == config.to_dict()
     assert load_train_config(args.config, max_steps=2) == config.replace(max_steps=2)
+
+
+@pytest.mark.model
+def test_fsdp_launch_stores_4bit_weights_in_a_dtype_fsdp_can_shard(monkeypatch):
+    """Under an FSDP launch (accelerate sets ACCELERATE_USE_FSDP) the packed 4-bit weights use the compute dtype
+    (bnb_4bit_quant_storage), as PEFT's FSDP + QLoRA guide requires; FSDP shards floating-point tensors only."""
+    from nbkit.models import EMBEDDED_MODEL, load_model, pick_device
+
+    device = pick_device()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    model, method = load_model(EMBEDDED_MODEL, "qlora", device)
+    packed = [p for p in model.parameters() if type(p).__name__ == "Params4bit"]
+    assert method == "qlora" and packed
+    assert {p.dtype for p in packed} == {device.dtype}
 
 
 @pytest.mark.model
