@@ -160,9 +160,9 @@ def test_fsdp_launch_stores_4bit_weights_in_a_dtype_fsdp_can_shard(monkeypatch):
 
 
 @pytest.mark.model
-@pytest.mark.parametrize("strategy", ["ddp-cpu", "fsdp-qlora"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp-qlora"])  # ddp-cpu: the real 2-process run
 def test_dry_start_launches_two_processes_in_one_group(strategy):
-    """accelerate's launcher starts 2 processes from the shipped file; they join one gloo group (no model)."""
+    """accelerate's launcher starts 2 processes from the shipped file; without GPUs they join one gloo group."""
     reports = dry_start(strategy, 2)
     assert [r["rank"] for r in reports] == [0, 1]
     assert all(r["world_size"] == 2 and r["all_reduce"] == 2.0 and r["backend"] == "gloo" for r in reports)
