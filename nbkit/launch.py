@@ -2,13 +2,13 @@
 
 nbkit does no distributed work of its own. Hugging Face accelerate starts the processes (its torchrun
 launcher) from one of the config files shipped in `nbkit/accelerate_configs/`, and TRL's trainer runs
-DDP or FSDP inside them. Each process runs `nbkit train --config runs/<run_id>/config.json`; only the
-main process writes the run folder.
+DDP or FSDP inside them. Each process runs `nbkit train --config ...`; only the main process writes the
+run folder runs/<run_id>/.
 
     from nbkit.launch import launch_command
     print(launch_command(config, num_processes=4))
-    # accelerate launch --config_file WS/runs/<run_id>/accelerate.yaml --num_processes 4 \
-    #     -m nbkit.cli train --config WS/runs/<run_id>/config.json
+    # accelerate launch --config_file WS/launch/<run_id>/accelerate.yaml --num_processes 4 \
+    #     -m nbkit.cli train --config WS/launch/<run_id>/config.json
 """
 
 from __future__ import annotations
@@ -73,8 +73,12 @@ def resolve_processes(num_processes: int | None = None, strategy: str | None = N
     return num_processes, strategy
 
 
-def write_launch_files(config: TrainConfig, strategy: str, run_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Write the run's config.json and a copy of the accelerate config into the run folder.
+def write_launch_files(config: TrainConfig, strategy: str) -> tuple[Path, Path]:
+    """Write the run's config.json and a copy of the accelerate config for the launch command.
+
+    They go to WS/launch/<run_id>/, not into the run folder: only a started run creates runs/<run_id>/ (a
+    command printed in notebook 04 and never run leaves no half-made run behind), and the file every process
+    reads at start is never the one the main process rewrites while the others read it.
 
     The workspace is made absolute so the command works from any folder; an empty run_id becomes the
     run the command will train: a new timestamped id, or with resume=True the latest run with a checkpoint
@@ -87,10 +91,9 @@ def write_launch_files(config: TrainConfig, strategy: str, run_dir: str | Path |
     if not config.run_id:
         run_id = run_to_resume(Workspace(config.workspace), config) if config.resume else new_run_id()
         config = config.replace(run_id=run_id)
-    run_dir = Path(run_dir) if run_dir is not None else Workspace(config.workspace).run_dir(config.run_id)
-    run_dir = run_dir.expanduser().resolve()
-    config_path = config.save(run_dir / "config.json")
-    accelerate_path = run_dir / "accelerate.yaml"
+    folder = Workspace(config.workspace).root / "launch" / config.run_id
+    config_path = config.save(folder / "config.json")
+    accelerate_path = folder / "accelerate.yaml"
     shutil.copyfile(accelerate_config_path(strategy), accelerate_path)
     return config_path, accelerate_path
 
@@ -112,13 +115,14 @@ def launch_command(config: TrainConfig, num_processes: int | None = None, *, str
                    output_dir: str | Path | None = None, max_steps: int | None = None) -> str:
     """The exact shell command that trains `config` on `num_processes` processes with accelerate.
 
-    Writes the files it points at into the run folder (runs/<run_id>/, or `output_dir`): the resolved
-    config.json and accelerate.yaml, a copy of the strategy's accelerate config. `num_processes`
+    Writes the files it points at into WS/launch/<run_id>/: the resolved config.json and accelerate.yaml,
+    a copy of the strategy's accelerate config. `output_dir` (passed on as --output-dir) receives the run
+    instead of runs/<run_id>/. `num_processes`
     defaults to the number of GPUs (1 on a CPU-only machine); `strategy` to "ddp" with GPUs and
     "ddp-cpu" without. Use "fsdp-qlora" when the 4-bit model does not fit on one GPU.
     """
     num_processes, strategy = resolve_processes(num_processes, strategy)
-    config_path, accelerate_path = write_launch_files(config, strategy, output_dir)
+    config_path, accelerate_path = write_launch_files(config, strategy)
     return shlex.join(launch_argv(config_path, num_processes, accelerate_path, output_dir=output_dir,
                                   max_steps=max_steps))
 

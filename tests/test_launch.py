@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import papermill
 import pytest
@@ -96,11 +97,12 @@ def test_launch_command_writes_the_files_it_points_at(tmp_path, monkeypatch):
     command = launch_command(config, 2)
     argv = shlex.split(command)
     assert argv[argv.index("--num_processes") + 1] == "2" and argv[argv.index("-m") + 1] == "nbkit.cli"
-    run_dir = tmp_path / "ws" / "runs" / "r1"
-    assert argv[argv.index("--config_file") + 1] == str(run_dir / "accelerate.yaml")
-    assert filecmp.cmp(run_dir / "accelerate.yaml", accelerate_config_path("ddp-cpu"), shallow=False)
+    folder = tmp_path / "ws" / "launch" / "r1"
+    assert argv[argv.index("--config_file") + 1] == str(folder / "accelerate.yaml")
+    assert filecmp.cmp(folder / "accelerate.yaml", accelerate_config_path("ddp-cpu"), shallow=False)
     args = build_parser().parse_args(train_args(command))
-    assert args.command == "train" and args.config == str(run_dir / "config.json")
+    assert args.command == "train" and args.config == str(folder / "config.json")
+    assert not (tmp_path / "ws" / "runs").exists(), "only a started run creates runs/<run_id>/"
     assert load_train_config(args.config) == config
 
 
@@ -109,8 +111,10 @@ def test_launch_command_gives_a_new_run_an_id_and_an_absolute_workspace(tmp_path
     command = launch_command(TrainConfig(workspace="ws"), 1, strategy="ddp-cpu", max_steps=2, output_dir="out")
     args = build_parser().parse_args(train_args(command))
     assert args.max_steps == 2 and args.output_dir == str(tmp_path / "out")
-    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    saved = json.loads(Path(args.config).read_text())
     assert saved["workspace"] == str(tmp_path / "ws") and saved["run_id"], "absolute, so any folder can launch it"
+    assert Path(args.config).parent == tmp_path / "ws" / "launch" / saved["run_id"]
+    assert not (tmp_path / "out").exists(), "the run folder is made by the run, not by the command"
 
 
 def test_resuming_without_a_run_id_points_at_the_latest_run_with_a_checkpoint(tmp_path):
