@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,7 +87,10 @@ class Config:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        # Written aside and renamed: another process (accelerate launch) may be reading the file.
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(self.to_json() + "\n", encoding="utf-8")
+        os.replace(partial, path)
         return path
 
     @classmethod

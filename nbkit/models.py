@@ -208,7 +208,7 @@ def load_model(name: str, method: str = "qlora", device: Device | None = None):
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
     disable_cpu_repacking(model)
     model.config.use_cache = False
-    if device.type == "cpu":
+    if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # a user's thread setting wins
         # A share of the cores per process: accelerate/torchrun start LOCAL_WORLD_SIZE processes per machine,
         # and more threads than cores makes every step many times slower.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -98,7 +98,8 @@ def test_stop_from_the_panel_saves_a_checkpoint_and_the_adapter(prepared_workspa
     # The panel was fed by the trainer: loss points, a validation point, speed and memory as text.
     loss_trace, val_trace = monitor.figure.data[:2]
     assert list(loss_trace.x)[:2] == [1, 2] and len(val_trace.y) >= 1
-    assert "tok/s" in "".join(f"{r}" for r in monitor.history) and monitor.stop_button.disabled
+    assert any("tokens_per_s" in r and "eta_s" in r and "memory_gib" in r for r in monitor.history)
+    assert monitor.stop_button.disabled
     assert monitor.ui_share < 0.03, f"the live panel took {100 * monitor.ui_share:.1f}% of the training time"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard log missing"
 
