@@ -279,3 +279,14 @@ def test_rejected_fixer_accepts_a_text_block_and_handles_no_rows(tmp_path):
 
     empty = nw.RejectedFixer(str(tmp_path / "nothing-collected"))
     assert empty.position.value == "0 / 0" and empty.save.disabled
+
+
+def test_train_panel_estimates_the_fit_of_its_settings(prepared_workspace):
+    panel = nw.TrainPanel(TrainConfig(workspace=str(prepared_workspace)))
+    panel.form.inputs["batch_size"].value = 4
+    panel.estimate_button.click()
+    text = panel.estimate_view.value
+    assert "Memory estimate (qlora on" in text and "FITS" in text and "Time estimate" in text
+    empty = nw.TrainPanel(TrainConfig(workspace="/nonexistent-workspace"))
+    empty.estimate_button.click()
+    assert "cannot estimate yet" in empty.estimate_view.value and "03_split" in empty.estimate_view.value

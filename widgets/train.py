@@ -46,7 +46,25 @@ class TrainPanel(Panel):
         self.preset = css(widgets.Dropdown(options=["(custom)"] + list(PRESETS), value="(custom)",
                                            description="preset"), "nbkit-preset")
         self.preset.observe(lambda change: self.apply_preset(change["new"]), names="value")
-        self.box = css(widgets.VBox([self.preset, self.form.box]), "nbkit-train-panel")
+        self.estimate_button = css(widgets.Button(description="Will it fit?", icon="calculator",
+                                                  tooltip="Estimate memory and time for these settings"),
+                                   "nbkit-train-estimate")
+        self.estimate_button.on_click(lambda _b: self.estimate())
+        self.estimate_view = css(widgets.HTML(""), "nbkit-train-estimate-result")
+        self.box = css(widgets.VBox([self.preset, self.form.box, self.estimate_button, self.estimate_view]),
+                       "nbkit-train-panel")
+
+    def estimate(self) -> None:
+        """Show the fit and time estimate of the current settings (no weights load)."""
+        from nbkit.errors import NbkitError
+        from nbkit.estimate import estimate_run, format_estimate
+
+        self.estimate_view.value = "<pre>estimating...</pre>"
+        try:
+            text = format_estimate(estimate_run(self.config))
+        except NbkitError as err:
+            text = f"cannot estimate yet: {err}"
+        self.estimate_view.value = f"<pre>{html.escape(text)}</pre>"
 
     def apply_preset(self, name: str) -> None:
         if name in PRESETS:
