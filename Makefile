@@ -13,6 +13,7 @@ COLAB_VENV ?= .venv-colab
 COLAB_PY := $(COLAB_VENV)/bin/python
 COLAB_STAMP := $(COLAB_VENV)/.nbkit-installed
 CHROMIUM ?= /usr/bin/chromium
+export NBKIT_CHROMIUM ?= $(CHROMIUM)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -42,8 +43,8 @@ browser-deps:
 	@if [ -x "$(CHROMIUM)" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing chromium for the browser tests"; \
-		(apt-get install -y -q chromium >/dev/null 2>&1 || \
-		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null)) || \
 		echo "could not install chromium: the browser tests will be skipped"; \
 	else echo "no $(CHROMIUM) and not root: the browser tests will be skipped (apt-get install chromium)"; fi
 
