@@ -252,6 +252,24 @@ def test_04_train_panel_then_live_plot_grows(page, lab):
     (run_dir,) = [p for p in (lab.workspace / "runs").iterdir() if p.is_dir()]
     assert json.loads((run_dir / "config.json").read_text())["max_steps"] == TRAIN_STEPS  # the panel's value
 
+    # Stop from the page while the cell runs: a long run, stopped once its first points are drawn.
+    type_into(page, ".nbkit-train-panel .nbkit-field-max_steps input", "200")
+    after = notebook.highest_count()
+    notebook.command("notebook:run-cell", train_cell)
+    stop = page.locator(".nbkit-train-monitor .nbkit-train-stop:enabled")  # the last run's button is disabled
+    deadline = time.monotonic() + 300
+    while not (stop.count() and plot_points(page) >= 1):
+        assert time.monotonic() < deadline, f"no live points to stop at; seen {plot_points(page)}"
+        time.sleep(0.5)
+    stop.click()
+    notebook.wait_until_done(train_cell, after, timeout=300)
+    assert not notebook.errors(), notebook.errors()
+    stopped = max((p for p in (lab.workspace / "runs").iterdir() if p.is_dir()), key=lambda p: p.name)
+    record = json.loads((stopped / "run.json").read_text())
+    assert record["status"] == "stopped" and record["steps"] < 200, record
+    assert (stopped / "adapter").is_dir()
+    expect_text(page, ".nbkit-train-status", rf"step {record['steps']}/200")
+
 
 def test_05_evaluate_viewer_rating_and_playground(page, lab):
     open_and_run(page, lab, "05_evaluate")
