@@ -124,7 +124,11 @@ def _choices(report: EnvironmentReport) -> list[str]:
         choices.append("Apple MPS found, but bitsandbytes' 4-bit kernels do not run there: training on the CPU "
                        "in float32 (use method='lora' on MPS-sized models).")
     else:
-        choices.append(f"No GPU: training on the CPU ({acc.count} cores, {acc.memory_gib:.0f} GiB RAM) in float32 "
+        from nbkit.models import cpu_supports_bf16
+
+        precision = ("float32 weights with bf16 autocast (this CPU has bf16 matmuls)" if cpu_supports_bf16()
+                     else "float32")
+        choices.append(f"No GPU: training on the CPU ({acc.count} cores, {acc.memory_gib:.0f} GiB RAM) in {precision} "
                        "— real but slow; fine for the embedded 135M model, use a GPU for anything bigger.")
     if report.bitsandbytes:
         choices.append(f"QLoRA unavailable ({report.bitsandbytes}): method='qlora' falls back to plain LoRA.")

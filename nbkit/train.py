@@ -22,7 +22,8 @@ from typing import Any, Callable
 from nbkit.config import Config, field
 from nbkit.errors import NbkitError, WorkspaceError
 from nbkit.formatting import tokenize_chat
-from nbkit.models import EMBEDDED_MODEL, load_model, load_tokenizer, pick_device, quiet_library_notices
+from nbkit.models import (EMBEDDED_MODEL, cpu_supports_bf16, load_model, load_tokenizer, pick_device,
+                          quiet_library_notices)
 from nbkit.runs import environment, new_run_id
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
 
@@ -337,7 +338,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
         report_to=trackers or "none",
         seed=config.seed,
         data_seed=config.seed,
-        bf16=device.dtype == torch.bfloat16,
+        bf16=device.dtype == torch.bfloat16 or (device.type == "cpu" and cpu_supports_bf16()),
         fp16=device.dtype == torch.float16,
         use_cpu=device.type == "cpu",
         disable_tqdm=on_log is not None,
@@ -348,7 +349,8 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
     if config.method == "full":
         method = "full"
     say(f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights, "
-        f"gradient checkpointing {'on' if checkpointing else 'off'}, {config.batching} batches).")
+        f"gradient checkpointing {'on' if checkpointing else 'off'}, {config.batching} batches"
+        + (", bf16 autocast" if args.bf16 and device.type == "cpu" else "") + ").")
 
     callbacks = [make_callback(run_dir / "metrics.jsonl", on_log, control)]
     if selects_best and config.early_stopping_patience > 0:

@@ -114,13 +114,23 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: all cores); 1 keeps ratios steady while other jobs load the machine")
     args = parser.parse_args()
+    if args.threads:
+        import os
+
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # load_model leaves a user's setting alone
+        import torch
+
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp, quiet_library_notices():
         ws = prepare(Path(tmp), args.rows)
         tokenizer = load_tokenizer(EMBEDDED_MODEL)
         encoded = tokenized_split(read_jsonl(ws.split("train")), tokenizer, 512)
         tokens = sum(len(ids) for ids in encoded["input_ids"])
-        print(f"{args.rows} rows, {tokens} non-padding tokens, batch {args.batch_size}, {args.rounds} rounds\n",
+        print(f"{args.rows} rows, {tokens} non-padding tokens, batch {args.batch_size}, {args.rounds} rounds, "
+              f"{args.threads or 'all'} threads\n",
               flush=True)
         seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for round_ in range(args.rounds):
