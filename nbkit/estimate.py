@@ -104,9 +104,8 @@ def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointin
     else:
         weights = shape.total * (4 if method == "full" else compute_bytes)
     trainable = shape.total if method == "full" else shape.lora
-    optimizer = trainable * (4 + 4 + 8)  # float32 weights (LoRA) or grads + AdamW moments
-    if method == "full":
-        optimizer = trainable * (4 + 8)  # weights counted above
+    # float32 gradients + AdamW's two moments, plus the float32 LoRA weights (full weights are counted above)
+    optimizer = trainable * (4 + 8 + (0 if method == "full" else 4))
     per_token_layer = (ACTIVATION_HIDDEN_FACTOR * shape.hidden + ACTIVATION_INTERMEDIATE_FACTOR * shape.intermediate)
     if checkpointing:  # keep each layer's input; recompute one layer at a time
         activations = batch_tokens * (CHECKPOINTED_HIDDEN_FACTOR * shape.layers * shape.hidden
@@ -161,12 +160,14 @@ def estimate_fit(config, lengths: list[int], *, device: str | None = None, half:
                  available_gib: float | None = None, shape: ModelShape | None = None,
                  measure_speed: bool = True) -> FitEstimate:
     """Memory and time for `config` (a TrainConfig) on `lengths` (token counts of the training rows)."""
+    import torch
+
     from nbkit.models import pick_device
 
     if device is None or half is None:
         picked = pick_device()
         device = device or picked.type
-        half = picked.dtype is not None and "float32" not in str(picked.dtype) if half is None else half
+        half = picked.dtype != torch.float32 if half is None else half
     shape = shape or model_shape(config.base_model, config.lora_r, config.target_modules)
     longest = min(max(lengths, default=config.max_seq_len), config.max_seq_len)
     batch_tokens = config.batch_size * longest

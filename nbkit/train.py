@@ -173,7 +173,7 @@ def memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def make_callback(metrics_path: Path, on_log: LogFn | None, control: RunControl | None = None):
+def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunControl | None = None):
     """A TrainerCallback that enriches every log (tokens/s, ETA, memory), appends it to
     metrics.jsonl, hands it to `on_log`, and carries out the RunControl's requests.
 
@@ -194,13 +194,13 @@ def make_callback(metrics_path: Path, on_log: LogFn | None, control: RunControl 
             self.first_tokens = state.num_input_tokens_seen
 
         def on_step_end(self, args, state, control, **kwargs):
-            if control_obj is not None:
-                if control_obj.poll is not None:
-                    control_obj.poll()
-                if control_obj.save_requested or control_obj.stop_requested:
+            if run_control is not None:
+                if run_control.poll is not None:
+                    run_control.poll()
+                if run_control.save_requested or run_control.stop_requested:
                     control.should_save = True
-                    control_obj.save_requested = False
-                if control_obj.stop_requested:
+                    run_control.save_requested = False
+                if run_control.stop_requested:
                     control.should_training_stop = True
                     control.should_evaluate = args.eval_strategy != "no"
             if state.global_step >= state.max_steps:
@@ -224,8 +224,13 @@ def make_callback(metrics_path: Path, on_log: LogFn | None, control: RunControl 
             if on_log is not None:
                 on_log(record)
 
-    control_obj = control
     return MetricsCallback()
+
+
+def metric_series(logs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of one logged metric ("loss", "eval_loss", ...), in log order."""
+    points = [(r["step"], r[key]) for r in logs if key in r]
+    return [step for step, _ in points], [value for _, value in points]
 
 
 def format_log(record: dict[str, Any]) -> str:
@@ -373,11 +378,16 @@ def tensorboard_callback(log_dir: Path):
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)) if is_main_process() else None)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a trainer checkpoint folder: checkpoints/checkpoint-40 -> 40."""
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run (trainer_state.json is written last)."""
     folder = run_dir / "checkpoints"
     done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()] if folder.exists() else []
-    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+    return max(done, key=checkpoint_step, default=None)
 
 
 def run_to_resume(ws: Workspace, config: TrainConfig) -> str:
@@ -443,7 +453,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         if checkpoint is None:
             metrics_path.unlink(missing_ok=True)
         else:  # drop what was logged after the checkpoint: those steps run again
-            step = int(checkpoint.name.rsplit("-", 1)[1])
+            step = checkpoint_step(checkpoint)
             write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= step])
             say(f"Resuming run {run_id} from {checkpoint.name}.")
 
@@ -467,16 +477,18 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
             if control is not None and control.on_finish is not None:
                 control.on_finish()
         seconds = time.monotonic() - started
+    # LoRA runs produce an adapter; full fine-tuning a whole model.
+    weights_dir = run_dir / ("model" if method == "full" else "adapter")
     # Collective under FSDP (gathers shards); writes on the main process only.
-    trainer.save_model(str(run_dir / "adapter" if method != "full" else run_dir / "model"))
+    trainer.save_model(str(weights_dir))
     if not main:
         return {}
-    tokenizer.save_pretrained(run_dir / "adapter" if method != "full" else run_dir / "model")
+    tokenizer.save_pretrained(weights_dir)
 
     logs = read_metrics(metrics_path)
-    losses = [r["loss"] for r in logs if "loss" in r]
-    evals = [r for r in logs if "eval_loss" in r]
-    speeds = [r["tokens_per_s"] for r in logs if "tokens_per_s" in r]
+    _, losses = metric_series(logs, "loss")
+    _, eval_losses = metric_series(logs, "eval_loss")
+    _, speeds = metric_series(logs, "tokens_per_s")
     state = trainer.state
     status = ("stopped" if control is not None and control.stop_requested
               else "early-stopped" if result.global_step < state.max_steps else "finished")
@@ -494,24 +506,21 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         "resumed_from": checkpoint.name if checkpoint else None,
         "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
                        "mean": result.training_loss},
-        "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "best": {"step": _checkpoint_step(state.best_model_checkpoint), "eval_loss": state.best_metric,
+        "eval_loss": eval_losses[-1] if eval_losses else None,
+        "best": {"step": checkpoint_step(state.best_model_checkpoint) if state.best_model_checkpoint else None,
+                 "eval_loss": state.best_metric,
                  "loaded": bool(trainer.args.load_best_model_at_end and state.best_model_checkpoint)},
         "tokens_per_s": speeds[-1] if speeds else None,
         "peak_memory_gib": round(memory_gib(), 3),
         "trainable_parameters": trainable,
         "dataset": {"fingerprints": manifest["fingerprints"], "sizes": manifest["sizes"],
                     "manifest": str(ws.manifest)},
-        "adapter": str(run_dir / "adapter") if method != "full" else None,
-        "model": str(run_dir / "model") if method == "full" else None,
+        "adapter": str(weights_dir) if method != "full" else None,
+        "model": str(weights_dir) if method == "full" else None,
         "diagnosis": diagnose(logs),
     }
     write_json(run_dir / "run.json", record)
     return record
-
-
-def _checkpoint_step(path: str | None) -> int | None:
-    return int(path.rsplit("-", 1)[1]) if path else None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -524,8 +533,8 @@ def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
 
 def diagnose(logs: list[dict[str, Any]]) -> dict[str, str]:
     """A plain-language reading of the curves: overfitting, underfitting, unstable, or healthy."""
-    losses = [r["loss"] for r in logs if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in logs if "eval_loss" in r]
+    _, losses = metric_series(logs, "loss")
+    evals = list(zip(*metric_series(logs, "eval_loss")))
     if len(losses) < 3:
         return {"verdict": "too short", "message": f"Only {len(losses)} training-loss logs: too few to judge.",
                 "advice": "Train for more steps (or lower logging_steps) to read the curves."}

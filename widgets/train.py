@@ -19,7 +19,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.train import RunControl, TrainConfig, format_log, print_log
+from nbkit.train import RunControl, TrainConfig, format_log, metric_series, print_log
 from nbkit.widgets.panel import ConfigForm, Panel, css
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -181,7 +181,7 @@ class LiveMonitor(Panel):
     def __call__(self, record: dict[str, Any]) -> None:
         started = time.monotonic()
         self.history.append(record)
-        if self.save_button.description == "Saving..." and not self.control.save_requested:
+        if not self.control.save_requested:  # the trainer took the request: the checkpoint is written
             self.save_button.description = "Save now"
         # Evaluations and the end-of-training summary are rare and matter: never skip them.
         important = "eval_loss" in record or "train_loss" in record or record["step"] >= record["max_steps"]
@@ -204,11 +204,7 @@ class LiveMonitor(Panel):
         print(f"Live monitor: {self.draws} redraws, {100 * self.ui_share:.2f}% of the training time.")
 
     def series(self) -> dict[str, tuple[list[int], list[float]]]:
-        out: dict[str, tuple[list[int], list[float]]] = {}
-        for key, label, _row in SERIES:
-            points = [(r["step"], r[key]) for r in self.history if key in r]
-            out[label] = ([p[0] for p in points], [p[1] for p in points])
-        return out
+        return {label: metric_series(self.history, key) for key, label, _col in SERIES}
 
     def _figure(self):
         from plotly.subplots import make_subplots
@@ -272,9 +268,8 @@ def loss_curves_figure(workspace: str, run_ids: list[str]):
     for run_id in run_ids:
         logs = read_metrics(Workspace(workspace).run_dir(run_id) / "metrics.jsonl")
         for key, dash, suffix in (("loss", "dot", "train"), ("eval_loss", "solid", "val")):
-            points = [(r["step"], r[key]) for r in logs if key in r]
-            if points:
-                fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines",
-                                name=f"{run_id} {suffix}", line=dict(dash=dash))
+            steps, values = metric_series(logs, key)
+            if steps:
+                fig.add_scatter(x=steps, y=values, mode="lines", name=f"{run_id} {suffix}", line=dict(dash=dash))
     fig.update_layout(title="Loss of every run", xaxis_title="step", yaxis_title="loss", height=360)
     return fig
