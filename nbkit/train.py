@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,15 +163,36 @@ def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
     return Dataset.from_list([tokenize_chat(tokenizer, r["messages"], max_seq_len) for r in rows])
 
 
+def reset_peak_memory() -> None:
+    """Start a new peak-memory window, so a run reports its own peak rather than whatever the
+    process (a notebook kernel, the program that spawned it) reached before."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux: "5" resets VmHWM to the current resident size
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # other systems keep the process-lifetime peak
+
+
 def memory_gib() -> float:
-    """Peak memory of this process so far: GPU memory on CUDA, resident memory on CPU."""
+    """Peak memory since `reset_peak_memory`: GPU memory on CUDA, resident memory on CPU."""
     import torch
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
+    try:  # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
 
 
 def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunControl | None = None):
@@ -457,6 +479,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
             write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= step])
             say(f"Resuming run {run_id} from {checkpoint.name}.")
 
+    reset_peak_memory()
     with quiet_library_notices():
         trainer, tokenizer, method = build_trainer(config.replace(run_id=run_id), run_dir, on_log, control)
         trainable, total = _parameter_counts(trainer.model)

@@ -159,6 +159,24 @@ def test_the_fit_estimate_is_close_to_the_measured_peak(prepared_workspace, tmp_
 
 # -- without training ------------------------------------------------------------------------------
 
+PEAK_PROBE = "from nbkit.train import memory_gib; print(memory_gib())"
+
+
+def test_a_run_reports_its_own_peak_memory_not_its_parents():
+    """Linux carries ru_maxrss across fork + exec, so a process spawned by a big notebook kernel (or
+    pytest) would report the kernel's peak as its own; and a run in a kernel reports from its start."""
+    from nbkit.train import memory_gib, reset_peak_memory
+
+    ballast = bytearray(1536 * 2**20)
+    ballast[::4096] = b"\1" * len(ballast[::4096])  # touch every page: 1.5 GiB resident
+    parent_peak = memory_gib()
+    child = subprocess.run([sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True, check=True)
+    assert float(child.stdout) < parent_peak - 1.2, (child.stdout, parent_peak)
+    del ballast
+    reset_peak_memory()
+    assert memory_gib() < parent_peak - 1.2
+
+
 @pytest.fixture(scope="module")
 def shape():
     return model_shape(EMBEDDED_MODEL, lora_r=16)

@@ -93,12 +93,12 @@ VARIANTS = {
 }
 
 MEMORY_PROBE = """
-import json, resource, sys
+import json, sys
 from nbkit.train import TrainConfig, train
 config = TrainConfig(workspace=sys.argv[1], method=sys.argv[2], run_id="memory-" + sys.argv[2], max_steps=2,
                      batch_size=8, eval_steps=0, early_stopping_patience=0, load_best=False, report_to="none")
 record = train(config, on_log=None)
-print(json.dumps({"peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+print(json.dumps({"peak_gib": record["peak_memory_gib"]}))
 """
 
 
