@@ -23,7 +23,7 @@ from typing import Any
 from nbkit import metrics
 from nbkit.config import Config, field
 from nbkit.formatting import IGNORE_INDEX, prompt_messages, reference_answer, tokenize_chat
-from nbkit.models import load_model, load_tokenizer, pick_device, quiet_library_notices
+from nbkit.models import load_model, load_tokenizer, load_trained_model, pick_device, quiet_library_notices
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
 
@@ -120,18 +120,12 @@ def load_base_and_tuned(run: dict[str, Any], run_dir: Path) -> dict[str, tuple[A
     For LoRA runs one loaded model serves both: the base answers with the adapter switched
     off. A fully fine-tuned run (method "full") loads its own weights beside the base.
     """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     device = pick_device()
+    tuned = load_trained_model(run, run_dir, device)
     if run["method"] == "full":
         base, _ = load_model(run["base_model"], "lora", device)
-        tuned = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=device.dtype,
-                                                     device_map={"": 0} if device.type == "cuda" else {"": "cpu"})
-        return {"base": (base.eval(), contextlib.nullcontext()), "tuned": (tuned.eval(), contextlib.nullcontext())}
-    model, _ = load_model(run["base_model"], run["method"], device)
-    model = PeftModel.from_pretrained(model, run_dir / "adapter").eval()
-    return {"base": (model, model.disable_adapter()), "tuned": (model, contextlib.nullcontext())}
+        return {"base": (base.eval(), contextlib.nullcontext()), "tuned": (tuned, contextlib.nullcontext())}
+    return {"base": (tuned, tuned.disable_adapter()), "tuned": (tuned, contextlib.nullcontext())}
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:

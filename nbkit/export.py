@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from nbkit.errors import ConfigError, NbkitError
 from nbkit.evaluate import generate
 from nbkit.formatting import prompt_messages, reference_answer
-from nbkit.models import load_model, load_tokenizer, pick_device, quiet_library_notices
+from nbkit.models import load_model, load_saved_model, load_tokenizer, pick_device, quiet_library_notices
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_jsonl, write_json
 
@@ -35,14 +35,19 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
 
     Writes runs/<run_id>/merged/ (or `out_dir`) and parity.json inside it:
     {"prompts": N, "identical": k, "mismatches": [{"prompt", "adapter", "merged"}...]}.
-    Returns the parity record plus "run_id" and "path".
+    Returns the parity record plus "run_id", "path" and "merged": True. A fully fine-tuned run has no
+    adapter: its model/ folder is returned as it is, with "merged": False.
     """
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     ws = Workspace(workspace)
     run_id = resolve_run(ws.root, run_id)
     run = load_run(ws.root, run_id)
+    if run["method"] == "full":
+        path = ws.run_dir(run_id) / "model"
+        print(f"Run {run_id} was fully fine-tuned: {path} is already a standalone model, nothing to merge "
+              "(push_to_hub uploads it as it is).", flush=True)
+        return {"run_id": run_id, "path": str(path), "merged": False}
     out = Path(out_dir) if out_dir else ws.run_dir(run_id) / "merged"
     rows = read_jsonl(ws.require(ws.split("test"), "03_split"))[:n_prompts]
     prompts = [prompt_messages(r["messages"]) for r in rows]
@@ -55,8 +60,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
           flush=True)
     with quiet_library_notices():
         base, _ = load_model(run["base_model"], "lora", device)
-        model = PeftModel.from_pretrained(base, ws.run_dir(run_id) / "adapter")
-        model.eval()
+        model = PeftModel.from_pretrained(base, ws.run_dir(run_id) / "adapter").eval()
         adapter_answers = generate(model, tokenizer, prompts, max_new)
         merged = model.merge_and_unload()
         merged.config.use_cache = True  # load_model turns the cache off for training; generation wants it
@@ -66,9 +70,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         tokenizer.save_pretrained(out)
         del model, merged, base
         print(f"Saved the merged model to {out}; reloading it to check parity...", flush=True)
-        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=device.dtype,
-                                                       device_map={"": 0} if device.type == "cuda" else {"": "cpu"})
-        reloaded.eval()
+        reloaded = load_saved_model(out, device)
         merged_answers = generate(reloaded, tokenizer, prompts, max_new)
 
     mismatches = [{"prompt": p[-1]["content"], "adapter": a, "merged": m}
@@ -77,7 +79,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
               "max_new_tokens": max_new, "dtype": str(device.dtype).removeprefix("torch.")}
     write_json(out / "parity.json", parity)
     print(f"Parity: {parity['identical']} of {parity['prompts']} greedy answers identical.", flush=True)
-    return {"run_id": run_id, "path": str(out), **parity}
+    return {"run_id": run_id, "path": str(out), "merged": True, **parity}
 
 
 def merge_if_requested(config, summary: dict[str, Any]) -> dict[str, Any] | None:

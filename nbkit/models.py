@@ -225,3 +225,25 @@ def load_model(name: str, method: str = "qlora", device: Device | None = None):
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     return model, method
+
+
+def load_saved_model(path: str | Path, device: Device | None = None):
+    """An ordinary saved checkpoint (a merged or fully fine-tuned model) on the device, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=device.dtype,
+                                                 device_map={"": 0} if device.type == "cuda" else {"": "cpu"})
+    return model.eval()
+
+
+def load_trained_model(run: dict[str, Any], run_dir: str | Path, device: Device | None = None):
+    """A run's trained model in eval mode: the base (4-bit for QLoRA runs) with its LoRA adapter as a
+    PeftModel, or for a fully fine-tuned run (method "full") the weights it saved in model/."""
+    from peft import PeftModel
+
+    device = device or pick_device()
+    if run["method"] == "full":
+        return load_saved_model(Path(run_dir) / "model", device)
+    model, _ = load_model(run["base_model"], run["method"], device)
+    return PeftModel.from_pretrained(model, Path(run_dir) / "adapter").eval()

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from nbkit.collect import add_manual_example, manual_path
 from nbkit.config import Config, field
-from nbkit.models import load_model, load_tokenizer, pick_device, quiet_library_notices
+from nbkit.models import load_tokenizer, load_trained_model, pick_device, quiet_library_notices
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace
 
@@ -35,17 +35,14 @@ class SamplingSettings(Config):
 
 
 def load_chat_model(workspace: str | Path, run_id: str = ""):
-    """(model, tokenizer): the run's base model (4-bit for QLoRA runs) with its LoRA adapter, in eval mode."""
-    from peft import PeftModel
-
+    """(model, tokenizer): the run's trained model in eval mode — the base (4-bit for QLoRA runs) with its
+    LoRA adapter, or a fully fine-tuned run's own weights."""
     ws = Workspace(workspace)
     run_id = resolve_run(ws.root, run_id)
     run = load_run(ws.root, run_id)
     tokenizer = load_tokenizer(run["base_model"])
     with quiet_library_notices():
-        model, _method = load_model(run["base_model"], run["method"], pick_device())
-        model = PeftModel.from_pretrained(model, ws.run_dir(run_id) / "adapter")
-    model.eval()
+        model = load_trained_model(run, ws.run_dir(run_id), pick_device())
     return model, tokenizer
 
 

@@ -502,6 +502,8 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         seconds = time.monotonic() - started
     # LoRA runs produce an adapter; full fine-tuning a whole model.
     weights_dir = run_dir / ("model" if method == "full" else "adapter")
+    if method == "full":  # a standalone model: generation wants the cache that training turned off
+        trainer.model.config.use_cache = True
     # Collective under FSDP (gathers shards); writes on the main process only.
     trainer.save_model(str(weights_dir))
     if not main:

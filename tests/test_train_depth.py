@@ -143,6 +143,38 @@ def test_early_stopping_keeps_the_best_checkpoint(diverging_workspace):
 
 
 @pytest.mark.model
+def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared_workspace, tmp_path):
+    """method="full": no adapter, every layer's weights move, the loss falls, and the saved model/ folder
+    serves the playground and export (which has nothing to merge) like any trained run."""
+    from safetensors.torch import load_file
+
+    from nbkit.export import merge_adapter
+    from nbkit.models import resolve_model
+    from nbkit.playground import load_chat_model, stream_reply
+
+    shutil.copytree(prepared_workspace / "data", tmp_path / "data")  # a workspace of its own: no other runs
+    config = TrainConfig(workspace=str(tmp_path), run_id="full", method="full", max_steps=4,
+                         **{**TINY, "learning_rate": 1e-4, "eval_steps": 0, "save_steps": 4})
+    record = train(config, on_log=None)
+    run_dir = Workspace(tmp_path).run_dir("full")
+    assert record["method"] == "full" and record["adapter"] is None and record["model"] == str(run_dir / "model")
+    assert not (run_dir / "adapter").exists()
+    assert record["train_loss"]["last"] < record["train_loss"]["first"]
+    base = load_file(Path(resolve_model(EMBEDDED_MODEL)) / "model.safetensors")
+    tuned = load_file(run_dir / "model" / "model.safetensors")
+    layers = {f"model.layers.{i}.mlp.down_proj.weight" for i in range(30)}
+    assert all(not tuned[name].float().equal(base[name].float()) for name in layers), "a layer did not train"
+
+    model, tokenizer = load_chat_model(tmp_path, "full")
+    assert not hasattr(model, "peft_config") and model.config.use_cache
+    reply = "".join(stream_reply(model, tokenizer, [{"role": "user", "content": "My invoice is wrong."}],
+                                 max_new_tokens=8, temperature=0))
+    assert reply.strip()
+    assert merge_adapter(tmp_path, "full") == {"run_id": "full", "path": str(run_dir / "model"),
+                                                          "merged": False}
+
+
+@pytest.mark.model
 def test_the_fit_estimate_is_close_to_the_measured_peak(prepared_workspace, tmp_path):
     """A fresh process (nothing else in its memory) trains 2 steps; its peak RSS against the estimate."""
     config = TrainConfig(workspace=str(prepared_workspace), run_id="memory", max_steps=2, batch_size=6,
