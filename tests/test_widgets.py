@@ -290,3 +290,31 @@ def test_train_panel_estimates_the_fit_of_its_settings(prepared_workspace):
     empty = nw.TrainPanel(TrainConfig(workspace="/nonexistent-workspace"))
     empty.estimate_button.click()
     assert "cannot estimate yet" in empty.estimate_view.value and "03_split" in empty.estimate_view.value
+
+
+def test_resume_button_loads_the_interrupted_runs_settings(tmp_path):
+    """After a lost runtime the panel's Resume sets the latest run with a checkpoint, with the settings it
+    started with (not the panel's current ones), so the Train cell continues the same trajectory."""
+    runs = tmp_path / "runs"
+    TrainConfig(workspace="elsewhere", run_id="a", max_steps=8).save(runs / "a" / "config.json")
+    (runs / "a" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
+    (runs / "a" / "checkpoints" / "checkpoint-8" / "trainer_state.json").write_text("{}")
+    TrainConfig(workspace="elsewhere", run_id="b", max_steps=12, batch_size=4, learning_rate=5e-4,
+                eval_steps=6, save_steps=6).save(runs / "b" / "config.json")
+    for step in (6, 12):  # checkpoint-12 is incomplete: its trainer_state.json was never written
+        (runs / "b" / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    (runs / "b" / "checkpoints" / "checkpoint-6" / "trainer_state.json").write_text("{}")
+
+    config = TrainConfig(workspace=str(tmp_path), batch_size=8, max_steps=60)
+    panel = nw.TrainPanel(config)
+    panel.resume_button.click()
+    assert (config.run_id, config.resume, config.batch_size, config.max_steps, config.learning_rate) == \
+        ("b", True, 4, 12, 5e-4)
+    assert config.workspace == str(tmp_path), "the workspace stays the one this notebook uses"
+    assert panel.form.inputs["batch_size"].value == 4 and panel.form.inputs["resume"].value is True
+    assert "continue run b from step 6 of 12" in panel.resume_view.value
+
+    nothing = nw.TrainPanel(TrainConfig(workspace=str(tmp_path / "new")))
+    nothing.resume_button.click()
+    assert "Nothing to resume" in nothing.resume_view.value and "resume=False" in nothing.resume_view.value
+    assert nothing.config.resume is False

@@ -103,6 +103,13 @@ class ConfigForm(Panel):
         self.error.value = ""
         return True
 
+    def load(self, other: Any) -> None:
+        """Take every field of `other` (a valid config of the same type) and show it."""
+        for f in dataclasses.fields(self.config):
+            setattr(self.config, f.name, getattr(other, f.name))
+        self.error.value = ""
+        self.refresh()
+
     def refresh(self) -> None:
         """Put the config's current values back into the inputs (after a preset, say)."""
         for name, control in self.inputs.items():

@@ -19,8 +19,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.train import RunControl, TrainConfig, format_log, metric_series, print_log
-from nbkit.widgets.panel import ConfigForm, Panel, css
+from nbkit.train import (RunControl, TrainConfig, checkpoint_step, format_log, last_checkpoint, metric_series,
+                         print_log, run_to_resume)
+from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick look": {"max_steps": 30, "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16, "eval_steps": 10,
@@ -51,8 +52,15 @@ class TrainPanel(Panel):
                                    "nbkit-train-estimate")
         self.estimate_button.on_click(lambda _b: self.estimate())
         self.estimate_view = css(widgets.HTML(""), "nbkit-train-estimate-result")
-        self.box = css(widgets.VBox([self.preset, self.form.box, self.estimate_button, self.estimate_view]),
-                       "nbkit-train-panel")
+        self.resume_button = css(widgets.Button(description="Resume last run", icon="play",
+                                                tooltip="Continue the latest run that has a checkpoint, "
+                                                        "with the settings it was started with"),
+                                 "nbkit-train-resume")
+        self.resume_button.on_click(lambda _b: self.resume_latest())
+        self.resume_view = css(widgets.HTML(""), "nbkit-train-resume-result")
+        self.box = css(widgets.VBox([self.preset, self.form.box,
+                                     widgets.HBox([self.estimate_button, self.resume_button]),
+                                     self.estimate_view, self.resume_view]), "nbkit-train-panel")
 
     def estimate(self) -> None:
         """Show the fit and time estimate of the current settings (no weights load)."""
@@ -65,6 +73,30 @@ class TrainPanel(Panel):
         except NbkitError as err:
             text = f"cannot estimate yet: {err}"
         self.estimate_view.value = f"<pre>{html.escape(text)}</pre>"
+
+    def resume_latest(self) -> None:
+        """Set the form to continue the latest run with a checkpoint: its saved settings, resume=True.
+
+        The run folder's config.json is what the run started with; resuming with other settings
+        (batch size, steps, learning rate) would not continue the same loss trajectory.
+        """
+        from nbkit.errors import NbkitError
+        from nbkit.workspace import Workspace
+
+        ws = Workspace(self.config.workspace)
+        try:
+            run_id = run_to_resume(ws, self.config.replace(run_id=""))
+            saved = TrainConfig.load(ws.run_dir(run_id) / "config.json")
+        except (NbkitError, OSError) as err:
+            self.resume_view.value = message_html(f"Nothing to resume: {err}", "error")
+            return
+        self.preset.value = "(custom)"
+        self.form.load(saved.replace(workspace=self.config.workspace, run_id=run_id, resume=True))
+        step = checkpoint_step(last_checkpoint(ws.run_dir(run_id)))
+        of = f" of {saved.max_steps}" if saved.max_steps else ""
+        self.resume_view.value = message_html(
+            f"Run the Train cell below to continue run {run_id} from step {step}{of} with the settings it "
+            "started with.", "ok")
 
     def apply_preset(self, name: str) -> None:
         if name in PRESETS:
