@@ -142,7 +142,7 @@ def pick_device() -> Device:
         if torch.cuda.is_bf16_supported():
             return Device("cuda", torch.bfloat16, f"CUDA GPU {name} with bf16")
         return Device("cuda", torch.float16, f"CUDA GPU {name} (no bf16: fp16)")
-    return Device("cpu", torch.float32, "no GPU found: CPU in float32 (slow but real)")
+    return Device("cpu", torch.float32, "no GPU found: CPU with float32 weights (slow but real)")
 
 
 def cpu_supports_bf16() -> bool:
