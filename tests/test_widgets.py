@@ -316,5 +316,5 @@ def test_resume_button_loads_the_interrupted_runs_settings(tmp_path):
 
     nothing = nw.TrainPanel(TrainConfig(workspace=str(tmp_path / "new")))
     nothing.resume_button.click()
-    assert "Nothing to resume" in nothing.resume_view.value and "resume=False" in nothing.resume_view.value
+    assert "Nothing to resume: no run in" in nothing.resume_view.value and "starts a new run" in nothing.resume_view.value
     assert nothing.config.resume is False

@@ -86,9 +86,14 @@ class TrainPanel(Panel):
         ws = Workspace(self.config.workspace)
         try:
             run_id = run_to_resume(ws, self.config.replace(run_id=""))
+        except NbkitError:
+            self.resume_view.value = message_html(f"Nothing to resume: no run in {ws.runs} has a checkpoint yet; "
+                                                  "the Train cell starts a new run.", "error")
+            return
+        try:
             saved = TrainConfig.load(ws.run_dir(run_id) / "config.json")
         except (NbkitError, OSError) as err:
-            self.resume_view.value = message_html(f"Nothing to resume: {err}", "error")
+            self.resume_view.value = message_html(f"Cannot resume run {run_id}: {err}", "error")
             return
         self.preset.value = "(custom)"
         self.form.load(saved.replace(workspace=self.config.workspace, run_id=run_id, resume=True))
