@@ -412,15 +412,21 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(done, key=checkpoint_step, default=None)
 
 
+def latest_checkpointed_run(ws: Workspace) -> str | None:
+    """The latest run (run ids sort by start time) that has a complete checkpoint, or None."""
+    runs = sorted(p.name for p in ws.runs.glob("*") if last_checkpoint(p)) if ws.runs.exists() else []
+    return runs[-1] if runs else None
+
+
 def run_to_resume(ws: Workspace, config: TrainConfig) -> str:
     """With resume=True: the named run, or the latest run that has a checkpoint."""
     if config.run_id:
         return config.run_id
-    runs = sorted(p.name for p in ws.runs.glob("*") if last_checkpoint(p)) if ws.runs.exists() else []
-    if not runs:
+    run_id = latest_checkpointed_run(ws)
+    if run_id is None:
         raise WorkspaceError(f"`resume` is True but no run in {ws.runs} has a checkpoint — set resume=False "
                              "to start a new run.")
-    return runs[-1]
+    return run_id
 
 
 class OutOfMemory(NbkitError):

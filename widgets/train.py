@@ -19,8 +19,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.train import (RunControl, TrainConfig, checkpoint_step, format_log, last_checkpoint, metric_series,
-                         print_log, run_to_resume)
+from nbkit.train import (RunControl, TrainConfig, checkpoint_step, format_log, last_checkpoint,
+                         latest_checkpointed_run, metric_series, print_log)
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -84,9 +84,8 @@ class TrainPanel(Panel):
         from nbkit.workspace import Workspace
 
         ws = Workspace(self.config.workspace)
-        try:
-            run_id = run_to_resume(ws, self.config.replace(run_id=""))
-        except NbkitError:
+        run_id = latest_checkpointed_run(ws)
+        if run_id is None:
             self.resume_view.value = message_html(f"Nothing to resume: no run in {ws.runs} has a checkpoint yet; "
                                                   "the Train cell starts a new run.", "error")
             return
