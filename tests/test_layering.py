@@ -5,7 +5,7 @@ import sys
 
 CORE = ["nbkit", "nbkit.collect", "nbkit.formatting", "nbkit.split", "nbkit.train", "nbkit.evaluate",
         "nbkit.models", "nbkit.runs", "nbkit.metrics", "nbkit.pipeline", "nbkit.cli", "nbkit.quality",
-        "nbkit.ratings", "nbkit.playground", "nbkit.report", "nbkit.export"]
+        "nbkit.ratings", "nbkit.playground", "nbkit.report", "nbkit.export", "nbkit.colab_setup"]
 
 
 def test_core_imports_with_ipywidgets_blocked():
