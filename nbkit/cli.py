@@ -15,8 +15,17 @@ import yaml
 from nbkit.errors import ConfigError, NbkitError
 
 
+# YAML 1.1 reads these as booleans, but several are documented values of string parameters
+# (gradient_checkpointing on/off), so they reach the config as the text typed; a boolean parameter
+# then says it wants true or false.
+YAML_BOOLEAN_WORDS = {"on", "off", "yes", "no", "y", "n"}
+
+
 def parse_value(text: str) -> Any:
-    """-p values: JSON first (10, 1e-3, true, ["a.jsonl"]), then YAML ([a, b], yes), else the text."""
+    """-p values: JSON first (10, 1e-3, true, ["a.jsonl"]), then YAML ([a, b]), else the text.
+    on/off/yes/no stay text: the config decides what they mean for its field."""
+    if text.strip().lower() in YAML_BOOLEAN_WORDS:
+        return text.strip()
     for load in (json.loads, yaml.safe_load):
         try:
             value = load(text)

@@ -29,8 +29,16 @@ NF4_BYTES_PER_PARAM = 0.5 + 0.127 / 8 + 0.005  # 4 bits + double-quantized absma
 # (normed inputs, q/k/v/o, rotary copies, MLP gate/up/act, LoRA dropout copies); calibrated.
 ACTIVATION_HIDDEN_FACTOR = 14
 ACTIVATION_INTERMEDIATE_FACTOR = 5
-CHECKPOINTED_HIDDEN_FACTOR = 8  # with checkpointing: layer inputs and what LoRA keeps, per layer
+CHECKPOINTED_HIDDEN_FACTOR = 8  # with checkpointing: layer inputs and what LoRA keeps, per layer (CPU, calibrated)
+# On CUDA, reentrant checkpointing of whole decoder layers keeps each layer's input only (1 x hidden, at the
+# compute precision) plus one layer being recomputed; 2 leaves room for the LoRA input copies. From the
+# checkpointing scheme; `make gpu-check` compares the estimate with the measured peak.
+CHECKPOINTED_HIDDEN_FACTOR_CUDA = 2
 LOGIT_COPIES = 5  # logits, shifted copy, log-softmax, their gradients
+# TRL's loss runs the output head in tiles over the trained positions only (its fused LM head) and never
+# holds batch x sequence x vocabulary logits. The CPU constants above were calibrated against peaks that
+# include the allocator's cached blocks, with this term in; on CUDA the term is one tile of float32 logits.
+FUSED_HEAD_TILE_TOKENS = 1024
 RUNTIME_GIB = {"cpu": 1.1, "cuda": 0.6, "mps": 1.1}  # Python + torch + libraries / CUDA context
 UTILISATION = {"cpu": 0.12, "cuda": 0.30, "mps": 0.15}  # achieved share of peak matmul speed, calibrated
 TIGHT, FITS = 1.0, 0.85  # share of available memory
@@ -108,11 +116,14 @@ def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointin
     optimizer = trainable * (4 + 8 + (0 if method == "full" else 4))
     per_token_layer = (ACTIVATION_HIDDEN_FACTOR * shape.hidden + ACTIVATION_INTERMEDIATE_FACTOR * shape.intermediate)
     if checkpointing:  # keep each layer's input; recompute one layer at a time
-        activations = batch_tokens * (CHECKPOINTED_HIDDEN_FACTOR * shape.layers * shape.hidden
-                                      + per_token_layer) * compute_bytes
+        kept = CHECKPOINTED_HIDDEN_FACTOR_CUDA if device == "cuda" else CHECKPOINTED_HIDDEN_FACTOR
+        activations = batch_tokens * (kept * shape.layers * shape.hidden + per_token_layer) * compute_bytes
     else:
         activations = batch_tokens * shape.layers * per_token_layer * compute_bytes
-    logits = batch_tokens * shape.vocab * 4 * LOGIT_COPIES
+    if device == "cuda":
+        logits = min(batch_tokens, FUSED_HEAD_TILE_TOKENS) * shape.vocab * 4 * LOGIT_COPIES
+    else:
+        logits = batch_tokens * shape.vocab * 4 * LOGIT_COPIES
     parts = {"weights": weights, "trainable + optimizer": optimizer, "activations": activations, "logits": logits}
     parts = {k: v / GIB for k, v in parts.items()}
     parts["runtime"] = RUNTIME_GIB.get(device, 1.1)
@@ -120,21 +131,37 @@ def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointin
 
 
 def available_memory_gib(device: str) -> float:
+    """Memory this process can plan with: its own GPU's free memory (LOCAL_RANK, never every rank's GPU 0).
+
+    In a launch of several processes every rank must make the same "auto" choices (gradient checkpointing
+    changes what the processes exchange), and free memory differs a little from GPU to GPU and moment to
+    moment; so they all plan with the same figure: one GPU's total, or on a CPU the machine's memory shared
+    by the processes on it.
+    """
+    import os
+
+    from nbkit.devices import local_rank
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if device == "cuda":
         import torch
 
-        free, _total = torch.cuda.mem_get_info(0)
-        return free / GIB
+        free, total = torch.cuda.mem_get_info(local_rank())
+        return (total if several else free) / GIB
     import psutil
 
-    return psutil.virtual_memory().available / GIB
+    memory = psutil.virtual_memory()
+    if several:
+        return memory.total / GIB / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return memory.available / GIB
 
 
-def matmul_flops(device: str = "cpu", half: bool = False, seconds: float = 0.3) -> float:
-    """Measured matmul speed of this device (FLOP/s) over a fraction of a second."""
+def matmul_flops(device: str = "cpu", half: bool = False, seconds: float = 0.3, dtype_name: str = "") -> float:
+    """Measured matmul speed of this device (FLOP/s) over a fraction of a second, in the dtype training
+    computes in (`dtype_name`; else bf16 when `half`): a T4 is timed in fp16, where bf16 is emulated."""
     import torch
 
-    dtype = torch.bfloat16 if half else torch.float32
+    dtype = getattr(torch, dtype_name) if dtype_name else torch.bfloat16 if half else torch.float32
     n = 1024 if device == "cpu" else 4096
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
@@ -160,14 +187,15 @@ def estimate_fit(config, lengths: list[int], *, device: str | None = None, half:
                  available_gib: float | None = None, shape: ModelShape | None = None,
                  measure_speed: bool = True) -> FitEstimate:
     """Memory and time for `config` (a TrainConfig) on `lengths` (token counts of the training rows)."""
-    import torch
-
     from nbkit.models import pick_device
 
+    timing_dtype = ""
     if device is None or half is None:
-        picked = pick_device()
-        device = device or picked.type
-        half = picked.dtype != torch.float32 if half is None else half
+        plan = pick_device(config.method)
+        device = device or plan.device
+        half = plan.compute_dtype != "float32" if half is None else half
+        if plan.device == "cuda":  # CPU speeds were calibrated with float32 timings
+            timing_dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(plan.autocast, "float32")
     shape = shape or model_shape(config.base_model, config.lora_r, config.target_modules)
     longest = min(max(lengths, default=config.max_seq_len), config.max_seq_len)
     batch_tokens = config.batch_size * longest
@@ -191,7 +219,7 @@ def estimate_fit(config, lengths: list[int], *, device: str | None = None, half:
         steps = planned_steps(config, len(lengths))
         mean = sum(min(n, config.max_seq_len) for n in lengths) / len(lengths)
         tokens_per_step = config.effective_batch_size * mean
-        speed = matmul_flops(device, half) * UTILISATION.get(device, 0.2)
+        speed = matmul_flops(device, half, dtype_name=timing_dtype) * UTILISATION.get(device, 0.2)
         est.step_seconds = round(tokens_per_step * flops_per_token(shape, config.method, checkpointing) / speed, 2)
         est.steps = steps
         est.total_seconds = round(est.step_seconds * steps, 1)

@@ -23,6 +23,7 @@ from typing import Any
 from nbkit import metrics
 from nbkit.config import Config, field
 from nbkit.formatting import IGNORE_INDEX, prompt_messages, reference_answer, tokenize_chat
+from nbkit.memory import release_memory
 from nbkit.models import load_model, load_tokenizer, load_trained_model, pick_device, quiet_library_notices
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
@@ -55,7 +56,8 @@ class EvalConfig(Config):
     run_id: str = field("", "Run to evaluate; empty = the latest run with an adapter.")
     max_examples: int = field(0, "Evaluate only the first N test rows (0 = all).")
     max_new_tokens: int = field(0, "Longest generated answer; 0 = 1.25 x the longest reference + 8.")
-    batch_size: int = field(32, "Prompts generated together (left-padded); larger is faster until memory runs out.")
+    batch_size: int = field(0, "Prompts generated together (left-padded); 0 = sized to the device (32 on a CPU, "
+                               "16 on a T4, more on larger GPUs).")
     task_metric: str = field("", "Headline metric; empty = chosen from the references (JSON: exact_match, "
                                  "labels: macro_f1, free text: rouge_l).")
     forgetting_probe: bool = field(True, "Also ask both models a few general questions (capital of France, "
@@ -66,7 +68,7 @@ class EvalConfig(Config):
     def validate(self) -> None:
         for name in ("max_examples", "max_new_tokens"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        self.require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        self.require(self.batch_size >= 0, "batch_size", f"must be >= 0 (0 = sized to the device), got {self.batch_size}")
         known = ("", "exact_match", "json_valid", "field_accuracy", "accuracy", "macro_f1", "rouge_l", "bleu",
                  "perplexity")
         self.require_choice("task_metric", known)
@@ -91,39 +93,75 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
     return answers
 
 
-def mean_loss(model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, batch_size: int = 16) -> float:
-    """Mean cross-entropy per assistant token (the trained positions), over all rows."""
+def mean_loss(model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, batch_size: int = 16,
+              max_entries: int = 2**26) -> float:
+    """Mean cross-entropy per assistant token (the trained positions), over all rows.
+
+    Only the positions that predict an assistant token get logits: rows are left-padded (with position ids
+    that ignore the padding) so every row's answers end at the right edge, and the model is asked for the
+    logits of the last positions only (`logits_to_keep`). Batches are cut so that positions x vocabulary stays
+    under `max_entries` float32 values (2^26: 256 MiB) — full logits of 32 rows x 512 tokens x a 152k
+    vocabulary would be 10 GB, more than a T4 has left beside the model.
+    """
     import torch
 
     total, count = 0.0, 0
+    vocab = model.get_output_embeddings().weight.shape[0]
     encoded = [tokenize_chat(tokenizer, r["messages"], max_seq_len) for r in rows]
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start:start + batch_size]
+    encoded = [e for e in encoded if any(label != IGNORE_INDEX for label in e["labels"][1:])]
+    for batch in loss_batches(encoded, vocab, batch_size, max_entries):
         width = max(len(e["input_ids"]) for e in batch)
+        keep = max(answer_span(e["labels"]) for e in batch) + 1  # +1: the position before the first answer token
         pad = tokenizer.pad_token_id
-        ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in batch])
-        labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in batch])
-        mask = (torch.arange(width)[None, :] < torch.tensor([len(e["input_ids"]) for e in batch])[:, None]).long()
+        ids = torch.tensor([[pad] * (width - len(e["input_ids"])) + e["input_ids"] for e in batch])
+        labels = torch.tensor([[IGNORE_INDEX] * (width - len(e["labels"])) + e["labels"] for e in batch])
+        padding = torch.tensor([width - len(e["input_ids"]) for e in batch])
+        mask = (torch.arange(width)[None, :] >= padding[:, None]).long()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(logits.device)
-        loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                 shift_labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                           position_ids=positions.to(model.device), logits_to_keep=keep, use_cache=False).logits
+        targets = labels[:, width - keep + 1:].to(logits.device)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                                 targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
         total += loss.item()
-        count += int((shift_labels != IGNORE_INDEX).sum())
+        count += int((targets != IGNORE_INDEX).sum())
+        del logits, loss
     return total / max(count, 1)
 
 
-def load_base_and_tuned(run: dict[str, Any], run_dir: Path) -> dict[str, tuple[Any, Any]]:
+def answer_span(labels: list[int]) -> int:
+    """Positions from a row's first trained token to its end (what `logits_to_keep` must cover)."""
+    first = next(i for i, label in enumerate(labels) if i > 0 and label != IGNORE_INDEX)
+    return len(labels) - first
+
+
+def loss_batches(encoded: list[dict[str, list[int]]], vocab: int, batch_size: int, max_entries: int):
+    """Rows in order, grouped so each batch holds at most `batch_size` rows and rows x span x vocabulary
+    logits stay under `max_entries` (a row whose answer alone exceeds it goes alone)."""
+    batch: list[dict[str, list[int]]] = []
+    span = 0
+    for e in encoded:
+        wider = max(span, answer_span(e["labels"]) + 1)
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * wider * vocab > max_entries):
+            yield batch
+            batch, wider = [], answer_span(e["labels"]) + 1
+        batch.append(e)
+        span = wider
+    if batch:
+        yield batch
+
+
+def load_base_and_tuned(run: dict[str, Any], run_dir: Path, plan=None) -> dict[str, tuple[Any, Any]]:
     """{"base"|"tuned": (model, context to answer in)}, both in eval mode.
 
     For LoRA runs one loaded model serves both: the base answers with the adapter switched
     off. A fully fine-tuned run (method "full") loads its own weights beside the base.
     """
-    device = pick_device()
-    tuned = load_trained_model(run, run_dir, device)
+    plan = plan or pick_device()
+    tuned = load_trained_model(run, run_dir, plan)
     if run["method"] == "full":
-        base, _ = load_model(run["base_model"], "lora", device)
+        base, _ = load_model(run["base_model"], "lora", plan)
         return {"base": (base.eval(), contextlib.nullcontext()), "tuned": (tuned, contextlib.nullcontext())}
     return {"base": (tuned, tuned.disable_adapter()), "tuned": (tuned, contextlib.nullcontext())}
 
@@ -144,8 +182,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(run["base_model"])
     max_new = config.max_new_tokens or int(1.25 * max(len(tokenizer(r)["input_ids"]) for r in references)) + 8
+    plan = pick_device()
+    batch_size = config.batch_size or plan.eval_batch_size
     with quiet_library_notices():
-        models = load_base_and_tuned(run, ws.run_dir(run_id))
+        models = load_base_and_tuned(run, ws.run_dir(run_id), plan)
     method = run["method"]
     max_seq_len = int(train_config.get("max_seq_len", 512))
 
@@ -156,13 +196,15 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         print(f"Evaluating the {name} model on {len(rows)} test rows...", flush=True)
         model, switch = models[name]
         with switch:
-            answers[name] = generate(model, tokenizer, prompts, max_new, config.batch_size)
-            loss = mean_loss(model, tokenizer, rows, max_seq_len, config.batch_size)
+            answers[name] = generate(model, tokenizer, prompts, max_new, batch_size)
+            loss = mean_loss(model, tokenizer, rows, max_seq_len, batch_size, plan.loss_tokens)
             if config.forgetting_probe:
                 probe[name] = generate(model, tokenizer, [[{"role": "user", "content": q}] for q, _ in FORGETTING_PROBE],
-                                       PROBE_MAX_NEW_TOKENS, config.batch_size)
+                                       PROBE_MAX_NEW_TOKENS, batch_size)
         results[name] = {**metrics.score(answers[name], references), "loss": loss,
                          "perplexity": math.exp(min(loss, 50))}
+    del models, model, switch
+    release_memory()  # both models are done: give their memory back before the report and a merge
 
     task_metric = config.task_metric or metrics.task_metric(references)
     kind = metrics.kind_of(references)
@@ -182,6 +224,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "task_metric": task_metric,
         "row_score": ROW_SCORE_NAMES[kind],
         "max_new_tokens": max_new,
+        "batch_size": batch_size,
+        "precision": plan.reason,
         "base": results["base"],
         "tuned": results["tuned"],
         "dataset": run.get("dataset", {}),

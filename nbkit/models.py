@@ -14,15 +14,15 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbkit.devices import PrecisionPlan, local_rank, plan_for, read_device
 from nbkit.errors import ConfigError, NbkitError
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-METHODS = ("qlora", "lora")
+METHODS = ("qlora", "lora", "full")
 
 # bitsandbytes logs at import that an optional fused CPU kernel package is missing; it falls
 # back to its own kernels, so the notice only worries users. Set before anything imports it.
@@ -125,24 +125,9 @@ def load_tokenizer(name: str, *, padding_side: str = "right"):
     return tokenizer
 
 
-@dataclass
-class Device:
-    """What the model runs on and in which precision; `reason` is printed for the user."""
-
-    type: str
-    dtype: Any
-    reason: str
-
-
-def pick_device() -> Device:
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name(0)
-        if torch.cuda.is_bf16_supported():
-            return Device("cuda", torch.bfloat16, f"CUDA GPU {name} with bf16")
-        return Device("cuda", torch.float16, f"CUDA GPU {name} (no bf16: fp16)")
-    return Device("cpu", torch.float32, "no GPU found: CPU with float32 weights (slow but real)")
+def pick_device(method: str = "lora") -> PrecisionPlan:
+    """The precision plan for `method` on this process's device (see nbkit.devices for the rules)."""
+    return plan_for(read_device(), method)
 
 
 def cpu_supports_bf16() -> bool:
@@ -182,20 +167,21 @@ def disable_cpu_repacking(model) -> int:
     return switched
 
 
-def load_model(name: str, method: str = "qlora", device: Device | None = None):
-    """The base model for training or evaluation.
+def load_model(name: str, method: str = "qlora", plan: PrecisionPlan | None = None):
+    """The base model for training or evaluation, placed and typed as `plan` says (default: this device's plan).
 
-    method "qlora": 4-bit NF4 with double quantization (bitsandbytes), the compute in the
-    device's dtype. Falls back to "lora" (unquantized) with a warning when bitsandbytes is
-    unusable. Returns (model, method actually used).
+    method "qlora": 4-bit NF4 with double quantization (bitsandbytes), computing in the plan's compute dtype;
+    falls back to "lora" with a warning when bitsandbytes is unusable. "lora": unquantized, in the compute
+    dtype. "full": unquantized, in the plan's weights dtype (float32 on fp16 GPUs: the gradient scaler refuses
+    half-precision trainable weights). Returns (model, method actually used).
     """
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if method not in METHODS:
         raise ConfigError(f"`method` must be one of {METHODS}, got {method!r} — set it in the parameters cell.")
-    device = device or pick_device()
-    kwargs: dict[str, Any] = {"dtype": device.dtype}
+    plan = plan or pick_device(method)
+    kwargs: dict[str, Any] = {"dtype": plan.torch_dtype(plan.weights_dtype if method == "full" else None)}
     if method == "qlora":
         problem = bitsandbytes_problem()
         if problem:
@@ -203,23 +189,26 @@ def load_model(name: str, method: str = "qlora", device: Device | None = None):
                           "(more memory). Install bitsandbytes to get 4-bit.", stacklevel=2)
             method = "lora"
         else:
-            # FSDP shards float tensors only: under an FSDP launch the packed 4-bit weights are
-            # stored in the compute dtype (accelerate sets ACCELERATE_USE_FSDP for such launches).
-            fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type="nf4",
                 bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=device.dtype,
-                **({"bnb_4bit_quant_storage": device.dtype} if fsdp else {}),
+                bnb_4bit_compute_dtype=plan.torch_dtype(),
+                # FSDP shards float tensors only: under an FSDP launch the packed 4-bit weights are stored in the
+                # compute dtype, the same as the LoRA weights (PEFT's FSDP + QLoRA guide).
+                **({"bnb_4bit_quant_storage": plan.torch_dtype(plan.quant_storage)} if plan.quant_storage else {}),
             )
-    # One GPU per process under accelerate/torchrun (LOCAL_RANK); 0 in a plain run.
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    kwargs["device_map"] = {"": local_rank} if device.type == "cuda" else {"": "cpu"}
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and plan.device == "cuda":
+        # No device_map under FSDP: with cpu_ram_efficient_loading only rank 0 reads the weights (the others
+        # build the model empty) and FSDP shards them onto each GPU; a device_map would load the whole model
+        # on every rank.
+        kwargs["low_cpu_mem_usage"] = True
+    else:  # one GPU per process under accelerate/torchrun (LOCAL_RANK); 0 in a plain run
+        kwargs["device_map"] = {"": local_rank()} if plan.device == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(resolve_model(name), **kwargs)
     disable_cpu_repacking(model)
     model.config.use_cache = False
-    if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # a user's thread setting wins
+    if plan.device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # a user's thread setting wins
         # A share of the cores per process: accelerate/torchrun start LOCAL_WORLD_SIZE processes per machine,
         # and more threads than cores makes every step many times slower.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -227,23 +216,23 @@ def load_model(name: str, method: str = "qlora", device: Device | None = None):
     return model, method
 
 
-def load_saved_model(path: str | Path, device: Device | None = None):
+def load_saved_model(path: str | Path, plan: PrecisionPlan | None = None):
     """An ordinary saved checkpoint (a merged or fully fine-tuned model) on the device, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    device = device or pick_device()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=device.dtype,
-                                                 device_map={"": 0} if device.type == "cuda" else {"": "cpu"})
+    plan = plan or pick_device()
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=plan.torch_dtype(), device_map={"": local_rank()} if plan.device == "cuda" else {"": "cpu"})
     return model.eval()
 
 
-def load_trained_model(run: dict[str, Any], run_dir: str | Path, device: Device | None = None):
+def load_trained_model(run: dict[str, Any], run_dir: str | Path, plan: PrecisionPlan | None = None):
     """A run's trained model in eval mode: the base (4-bit for QLoRA runs) with its LoRA adapter as a
     PeftModel, or for a fully fine-tuned run (method "full") the weights it saved in model/."""
     from peft import PeftModel
 
-    device = device or pick_device()
+    plan = plan or pick_device()
     if run["method"] == "full":
-        return load_saved_model(Path(run_dir) / "model", device)
-    model, _ = load_model(run["base_model"], run["method"], device)
+        return load_saved_model(Path(run_dir) / "model", plan)
+    model, _ = load_model(run["base_model"], run["method"], plan)
     return PeftModel.from_pretrained(model, Path(run_dir) / "adapter").eval()

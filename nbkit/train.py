@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any, Callable
 from nbkit.config import Config, field
 from nbkit.errors import NbkitError, WorkspaceError
 from nbkit.formatting import tokenize_chat
-from nbkit.models import (EMBEDDED_MODEL, cpu_supports_bf16, load_model, load_tokenizer, pick_device,
-                          quiet_library_notices)
+from nbkit.devices import PrecisionPlan
+from nbkit.memory import memory_gib, release_memory, reset_peak_memory
+from nbkit.models import EMBEDDED_MODEL, load_model, load_tokenizer, pick_device, quiet_library_notices
 from nbkit.runs import environment, new_run_id
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
 
@@ -163,38 +163,6 @@ def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
     return Dataset.from_list([tokenize_chat(tokenizer, r["messages"], max_seq_len) for r in rows])
 
 
-def reset_peak_memory() -> None:
-    """Start a new peak-memory window, so a run reports its own peak rather than whatever the
-    process (a notebook kernel, the program that spawned it) reached before."""
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:  # Linux: "5" resets VmHWM to the current resident size
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # other systems keep the process-lifetime peak
-
-
-def memory_gib() -> float:
-    """Peak memory since `reset_peak_memory`: GPU memory on CUDA, resident memory on CPU."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    try:  # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
-
-
 def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunControl | None = None):
     """A TrainerCallback that enriches every log (tokens/s, ETA, memory), appends it to
     metrics.jsonl, hands it to `on_log`, and carries out the RunControl's requests.
@@ -290,36 +258,45 @@ def lora_config(config: TrainConfig):
 
 
 def batching_args(config: TrainConfig) -> dict[str, Any]:
-    """SFTConfig settings for each batching strategy (see `batching` in TrainConfig)."""
+    """SFTConfig settings for each batching strategy (see `batching` in TrainConfig).
+
+    Rows arrive already truncated to max_seq_len (tokenized_split). Padding-free without packing cannot
+    enforce a max_length, and TRL refuses one, so it gets None; packing needs it to size its bins.
+    """
     return {
-        "length-grouped": {"train_sampling_strategy": "group_by_length"},
-        "padded": {},
-        "padding-free": {"padding_free": True},
-        "packed": {"packing": True, "packing_strategy": "bfd"},
+        "length-grouped": {"train_sampling_strategy": "group_by_length", "max_length": config.max_seq_len},
+        "padded": {"max_length": config.max_seq_len},
+        "padding-free": {"padding_free": True, "max_length": None},
+        "packed": {"packing": True, "packing_strategy": "bfd", "max_length": config.max_seq_len},
     }[config.batching]
 
 
-def use_checkpointing(config: TrainConfig, lengths: list[int]) -> bool:
-    """Gradient checkpointing costs ~1/3 more compute: with "auto", only when the estimate says memory is short."""
+def use_checkpointing(config: TrainConfig, lengths: list[int], plan: PrecisionPlan | None = None) -> bool:
+    """Gradient checkpointing costs ~1/3 more compute: with "auto", only when the estimate says memory is short.
+
+    Every process of a launch decides alike: they see the same rows, and the estimate plans with the same
+    memory figure on each of them (estimate.available_memory_gib)."""
     if config.gradient_checkpointing != "auto":
         return config.gradient_checkpointing == "on"
     from nbkit.estimate import estimate_fit
 
+    plan = plan or pick_device(config.method)
     try:
-        return estimate_fit(config, lengths, measure_speed=False).gradient_checkpointing
+        return estimate_fit(config, lengths, device=plan.device, half=plan.compute_dtype != "float32",
+                            measure_speed=False).gradient_checkpointing
     except Exception:  # a model whose shapes cannot be read offline: play safe
         return True
 
 
 @quiet_library_notices()
 def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = print_log,
-                  control: RunControl | None = None):
+                  control: RunControl | None = None, plan: PrecisionPlan | None = None):
     """The SFTTrainer for a run: tokenized splits, the (4-bit) base model and the LoRA config.
 
+    `plan` overrides this device's precision plan (nbkit.devices), e.g. a T4's fp16 plan on another device.
     Returns (trainer, tokenizer, method actually used). `train()` is the usual entry point;
     tests use this to inspect weights before and after training.
     """
-    import torch
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -327,12 +304,12 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
     ws.require(ws.manifest, "03_split")
     train_rows = read_jsonl(ws.split("train"))
     val_rows = read_jsonl(ws.split("validation"))
-    device = pick_device()
-    say(f"Device: {device.reason}.")
+    plan = plan or pick_device(config.method)
+    say(f"Device: {plan.reason}.")
     tokenizer = load_tokenizer(config.base_model)
     train_ds = tokenized_split(train_rows, tokenizer, config.max_seq_len)
     val_ds = tokenized_split(val_rows, tokenizer, config.max_seq_len) if val_rows else None
-    checkpointing = use_checkpointing(config, [len(ids) for ids in train_ds["input_ids"]])
+    checkpointing = use_checkpointing(config, [len(ids) for ids in train_ds["input_ids"]], plan)
 
     evaluate_during = bool(val_ds) and config.eval_steps > 0
     selects_best = evaluate_during and config.selects_best
@@ -350,7 +327,6 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         gradient_checkpointing=checkpointing,
-        max_length=config.max_seq_len,
         **batching_args(config),
         logging_steps=config.logging_steps,
         eval_strategy="steps" if evaluate_during else "no",
@@ -365,19 +341,18 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
         report_to=trackers or "none",
         seed=config.seed,
         data_seed=config.seed,
-        bf16=device.dtype == torch.bfloat16 or (device.type == "cpu" and cpu_supports_bf16()),
-        fp16=device.dtype == torch.float16,
-        use_cpu=device.type == "cpu",
+        bf16=plan.autocast == "bf16",
+        fp16=plan.autocast == "fp16",
+        optim=plan.optimizer,
+        use_cpu=plan.device == "cpu",
         disable_tqdm=on_log is not None,
-        dataloader_pin_memory=device.type == "cuda",
+        dataloader_pin_memory=plan.device == "cuda",
         ddp_find_unused_parameters=False,  # every LoRA matrix is used in every forward pass
     )
-    model, method = load_model(config.base_model, "lora" if config.method == "full" else config.method, device)
-    if config.method == "full":
-        method = "full"
+    model, method = load_model(config.base_model, config.method, plan)
     say(f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights, "
-        f"gradient checkpointing {'on' if checkpointing else 'off'}, {config.batching} batches"
-        + (", bf16 autocast" if args.bf16 and device.type == "cpu" else "") + ").")
+        f"gradient checkpointing {'on' if checkpointing else 'off'}, {config.batching} batches, "
+        f"{plan.autocast if plan.autocast != 'none' else 'no'} autocast, {plan.optimizer}).")
 
     callbacks = [make_callback(run_dir / "metrics.jsonl", on_log, control)]
     if selects_best and config.early_stopping_patience > 0:
@@ -389,7 +364,24 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
                          callbacks=callbacks)
     if on_log is not None:  # our callback reports progress; drop the trainer's raw dict printer
         trainer.remove_callback(PrinterCallback)
+    cast_trainable(trainer.model, plan.torch_dtype(plan.trainable_dtype))
     return trainer, tokenizer, method
+
+
+def cast_trainable(model, dtype) -> int:
+    """Put every trainable weight in `dtype`; returns how many tensors changed.
+
+    SFTTrainer casts a quantized model's LoRA weights to bf16 as it is built (the QLoRA paper's choice). Under
+    fp16 autocast the gradient scaler refuses half-precision trainable weights, and on fp16-only GPUs bf16 is
+    emulated, so the plan's trainable dtype (float32, or the FSDP storage dtype) is restored here, before the
+    optimizer is created at the start of train().
+    """
+    changed = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            changed += 1
+    return changed
 
 
 def tensorboard_callback(log_dir: Path):
@@ -459,11 +451,13 @@ def out_of_memory_advice(config: TrainConfig) -> str:
 
 
 def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path | None = None,
-          control: RunControl | None = None) -> dict[str, Any]:
+          control: RunControl | None = None, plan: PrecisionPlan | None = None) -> dict[str, Any]:
     """Train on data/splits/train.jsonl; return the run record (runs/<run_id>/run.json).
 
     `run_dir` overrides runs/<run_id>/ (the CLI's --output-dir); `control` lets a panel stop
-    the run or save a checkpoint while it trains.
+    the run or save a checkpoint while it trains; `plan` overrides the device's precision plan.
+    The model, optimizer and their GPU memory are released before this returns, so running the
+    cell again on a small GPU starts from empty memory.
     """
     ws = Workspace(config.workspace)
     manifest = read_json(ws.require(ws.manifest, "03_split"))
@@ -487,7 +481,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
 
     reset_peak_memory()
     with quiet_library_notices():
-        trainer, tokenizer, method = build_trainer(config.replace(run_id=run_id), run_dir, on_log, control)
+        trainer, tokenizer, method = build_trainer(config.replace(run_id=run_id), run_dir, on_log, control, plan)
         trainable, total = _parameter_counts(trainer.model)
         world = trainer.args.world_size
         effective = config.effective_batch_size * world
@@ -500,7 +494,14 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as err:
             if is_out_of_memory(err):
-                raise OutOfMemory(out_of_memory_advice(config)) from err
+                # The traceback's frames hold the trainer: drop them with it, so the memory is free again
+                # for the smaller settings the message proposes (the original error is quoted in the message).
+                trainer.accelerator.free_memory()
+                trainer = None
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+                err.__traceback__ = None
+                release_memory()
+                raise OutOfMemory(out_of_memory_advice(config) + f" ({reason})") from None
             raise
         finally:
             if control is not None and control.on_finish is not None:
@@ -512,6 +513,10 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         trainer.model.config.use_cache = True
     # Collective under FSDP (gathers shards); writes on the main process only.
     trainer.save_model(str(weights_dir))
+    state, args = trainer.state, trainer.args
+    trainer.accelerator.free_memory()  # drops the accelerator's references to the model and optimizer
+    del trainer
+    release_memory()
     if not main:
         return {}
     tokenizer.save_pretrained(weights_dir)
@@ -520,7 +525,6 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
     _, losses = metric_series(logs, "loss")
     _, eval_losses = metric_series(logs, "eval_loss")
     _, speeds = metric_series(logs, "tokens_per_s")
-    state = trainer.state
     status = ("stopped" if control is not None and control.stop_requested
               else "early-stopped" if result.global_step < state.max_steps else "finished")
     record = {
@@ -528,7 +532,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         "base_model": config.base_model,
         "method": method,
         "status": status,
-        "device": str(trainer.args.device),
+        "device": str(args.device),
         "world_size": world,
         "effective_batch_size": effective,
         "steps": result.global_step,
@@ -540,7 +544,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         "eval_loss": eval_losses[-1] if eval_losses else None,
         "best": {"step": checkpoint_step(state.best_model_checkpoint) if state.best_model_checkpoint else None,
                  "eval_loss": state.best_metric,
-                 "loaded": bool(trainer.args.load_best_model_at_end and state.best_model_checkpoint)},
+                 "loaded": bool(args.load_best_model_at_end and state.best_model_checkpoint)},
         "tokens_per_s": speeds[-1] if speeds else None,
         "peak_memory_gib": round(memory_gib(), 3),
         "trainable_parameters": trainable,

@@ -15,9 +15,21 @@ from nbkit.pipeline import NotebookFailed, plan, run_notebooks, select
 
 @pytest.mark.parametrize("text, value", [("10", 10), ("1e-3", 0.001), ("true", True), ("[a, b]", ["a", "b"]),
                                           ('["x.jsonl"]', ["x.jsonl"]), ("embedded:SmolLM2-135M-Instruct",
-                                                                        "embedded:SmolLM2-135M-Instruct"), ("", "")])
+                                                                        "embedded:SmolLM2-135M-Instruct"), ("", ""),
+                                          ("on", "on"), ("off", "off"), ("yes", "yes"), ("No", "No")])
 def test_parameter_values_are_typed(text, value):
     assert parse_value(text) == value
+
+
+def test_documented_string_values_pass_the_command_line_unchanged():
+    """YAML 1.1 would read `on` as True, which gradient_checkpointing refuses."""
+    from nbkit.train import CHECKPOINTING, TrainConfig
+
+    for value in CHECKPOINTING:
+        assert TrainConfig(gradient_checkpointing=parse_value(value)).gradient_checkpointing == value
+    with pytest.raises(ConfigError, match="`load_best` must be True or False"):
+        TrainConfig(load_best=parse_value("off"))
+    assert TrainConfig(load_best=parse_value("false")).load_best is False
 
 
 def test_select_accepts_numbers_and_names():

@@ -158,7 +158,7 @@ def test_from_dict_non_strict_ignores_unknown_keys():
         (FormatConfig, dict(max_seq_len=-1), "max_seq_len"),
         (EvalConfig, dict(max_examples=-1), "max_examples"),
         (EvalConfig, dict(max_new_tokens=-1), "max_new_tokens"),
-        (EvalConfig, dict(batch_size=0), "batch_size"),
+        (EvalConfig, dict(batch_size=-1), "batch_size"),
         (CollectConfig, dict(workspace=""), "workspace"),
         (CollectConfig, dict(sources="data/*.jsonl"), "sources"),
     ],

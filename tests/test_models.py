@@ -42,7 +42,7 @@ def test_qlora_loads_4bit_nf4_and_answers(tokenizer, qlora):
 
 def test_unknown_method_is_refused():
     with pytest.raises(ConfigError, match="`method`"):
-        load_model(EMBEDDED_MODEL, "full")
+        load_model(EMBEDDED_MODEL, "adapter")
 
 
 def test_loss_mask_trains_only_assistant_turns_and_their_end_token(tokenizer):
@@ -71,3 +71,39 @@ def test_batched_generation_gives_the_same_greedy_answers_as_one_by_one(tokenize
     batched = generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=6)
     assert batched == serial
     assert len(set(serial)) > 1
+
+
+def full_logits_loss(model, tokenizer, rows, max_seq_len=160) -> float:
+    """The plain way: right padding, logits for every position, one cross-entropy."""
+    import torch
+
+    encoded = [tokenize_chat(tokenizer, r["messages"], max_seq_len) for r in rows]
+    width = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (width - len(e["input_ids"])) for e in encoded])
+    labels = torch.tensor([e["labels"] + [IGNORE_INDEX] * (width - len(e["labels"])) for e in encoded])
+    mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in encoded])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
+                                             ignore_index=IGNORE_INDEX).item()
+
+
+def test_the_loss_pass_scores_answer_positions_only_and_agrees_with_full_logits(tokenizer, qlora):
+    """Evaluation's loss keeps logits for the answer span only, in memory-bounded chunks: the same number as
+    full logits, whether the rows go together or one by one (a budget smaller than one row)."""
+    import json
+
+    from nbkit.collect import SAMPLE_DATA
+    from nbkit.evaluate import loss_batches, mean_loss
+
+    model, _ = qlora
+    model.eval()
+    rows = [json.loads(line) for line in SAMPLE_DATA.read_text(encoding="utf-8").splitlines()[:6]]
+    reference = full_logits_loss(model, tokenizer, rows)
+    together = mean_loss(model, tokenizer, rows, 160, batch_size=6)
+    one_by_one = mean_loss(model, tokenizer, rows, 160, batch_size=6, max_entries=1)
+    assert together == pytest.approx(reference, rel=2e-3) and one_by_one == pytest.approx(reference, rel=2e-3)
+    encoded = [tokenize_chat(tokenizer, r["messages"], 160) for r in rows]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    assert [len(b) for b in loss_batches(encoded, vocab, 4, 2**26)] == [4, 2]
+    assert [len(b) for b in loss_batches(encoded, vocab, 6, 1)] == [1] * 6
