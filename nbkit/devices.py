@@ -153,3 +153,9 @@ def forced(plan: PrecisionPlan, autocast: str) -> PrecisionPlan:
     return replace(plan, autocast=autocast, compute_dtype=half,
                    weights_dtype=half if plan.weights_dtype != "float32" else "float32",
                    reason=plan.reason + f", {autocast} forced")
+
+
+def replace_device(plan: PrecisionPlan, device: str, dtype: str) -> PrecisionPlan:
+    """The plan moved to another device and dtype: a merge that does not fit the GPU runs on the CPU."""
+    return replace(plan, device=device, compute_dtype=dtype, weights_dtype=dtype,
+                   autocast="none" if device == "cpu" else plan.autocast)

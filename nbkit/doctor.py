@@ -14,6 +14,10 @@ from importlib import metadata
 from typing import Any
 
 # Versions the kit is tested with (lower bound inclusive, upper bound exclusive).
+# Written once: lower bounds equal pyproject.toml's floors, upper bounds sit just above the newest releases
+# `make test` runs on, and Colab's versions (tests/colab_pins.txt, which `make test-colab` runs on: the oldest
+# releases actually tested) must lie inside; tests/test_colab_stack.py checks both. When Colab moves, update
+# the pins, run `make test-colab`, and change a bound here together with pyproject.toml's floor.
 TESTED_RANGES: dict[str, str] = {
     "torch": ">=2.4,<2.14",
     "transformers": ">=4.56,<5.24",
@@ -63,8 +67,12 @@ def detect_accelerator() -> Accelerator:
     import torch
 
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return Accelerator("cuda", props.name, props.total_memory / 2**30, torch.cuda.is_bf16_supported(),
+        from nbkit.devices import local_rank
+
+        props = torch.cuda.get_device_properties(local_rank())
+        # Native bf16 only (compute capability >= 8.0): is_bf16_supported() alone also counts emulated bf16
+        # and says True on a T4.
+        return Accelerator("cuda", props.name, props.total_memory / 2**30, props.major >= 8,
                            torch.cuda.device_count())
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         import psutil
@@ -118,8 +126,10 @@ def _choices(report: EnvironmentReport) -> list[str]:
     acc = report.accelerator
     choices = []
     if acc.kind == "cuda":
-        precision = "bf16" if acc.bf16 else "fp16 (this GPU has no bf16)"
-        choices.append(f"Training on {acc.name} ({acc.memory_gib:.0f} GiB) in {precision}.")
+        precision = ("bf16 (native on this GPU)" if acc.bf16 else
+                     "fp16 with a gradient scaler and float32 LoRA weights (this GPU has no native bf16)")
+        choices.append(f"Training on {acc.name} ({acc.memory_gib:.0f} GiB) in {precision}, with paged AdamW "
+                       "(optimizer state pages to CPU memory instead of running out).")
     elif acc.kind == "mps":
         choices.append("Apple MPS found, but bitsandbytes' 4-bit kernels do not run there: training on the CPU "
                        "in float32 (use method='lora' on MPS-sized models).")

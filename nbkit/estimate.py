@@ -35,10 +35,13 @@ CHECKPOINTED_HIDDEN_FACTOR = 8  # with checkpointing: layer inputs and what LoRA
 # checkpointing scheme; `make gpu-check` compares the estimate with the measured peak.
 CHECKPOINTED_HIDDEN_FACTOR_CUDA = 2
 LOGIT_COPIES = 5  # logits, shifted copy, log-softmax, their gradients
-# TRL's loss runs the output head in tiles over the trained positions only (its fused LM head) and never
-# holds batch x sequence x vocabulary logits. The CPU constants above were calibrated against peaks that
-# include the allocator's cached blocks, with this term in; on CUDA the term is one tile of float32 logits.
-FUSED_HEAD_TILE_TOKENS = 1024
+# TRL (1.x) runs the output head in tiles over the trained positions only (its fused LM head) and never
+# holds batch x sequence x vocabulary logits: one tile is 4096 tokens x 32768 vocabulary entries, projected
+# in the compute dtype and folded in float32 (6 bytes an entry). The CPU constants above were calibrated
+# against peaks that include the allocator's cached blocks, with the full-logits term in; on CUDA the term
+# is one tile.
+FUSED_HEAD_TILE = (4096, 32768)
+FUSED_HEAD_BYTES = 2 + 4
 RUNTIME_GIB = {"cpu": 1.1, "cuda": 0.6, "mps": 1.1}  # Python + torch + libraries / CUDA context
 UTILISATION = {"cpu": 0.12, "cuda": 0.30, "mps": 0.15}  # achieved share of peak matmul speed, calibrated
 TIGHT, FITS = 1.0, 0.85  # share of available memory
@@ -121,7 +124,7 @@ def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointin
     else:
         activations = batch_tokens * shape.layers * per_token_layer * compute_bytes
     if device == "cuda":
-        logits = min(batch_tokens, FUSED_HEAD_TILE_TOKENS) * shape.vocab * 4 * LOGIT_COPIES
+        logits = min(batch_tokens, FUSED_HEAD_TILE[0]) * min(shape.vocab, FUSED_HEAD_TILE[1]) * FUSED_HEAD_BYTES
     else:
         logits = batch_tokens * shape.vocab * 4 * LOGIT_COPIES
     parts = {"weights": weights, "trainable + optimizer": optimizer, "activations": activations, "logits": logits}

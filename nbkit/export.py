@@ -1,8 +1,10 @@
 """Export a run: merge its LoRA adapter into the base model, check parity, push to the Hub.
 
 Why merge: a merged model is one ordinary checkpoint — it loads without peft and serves at
-base-model speed (no adapter matmuls). The merge is done into an UNQUANTIZED base (method
-"lora" of load_model): folding the update into 4-bit weights would round it away.
+base-model speed (no adapter matmuls). The merge is done into an UNQUANTIZED base: folding the
+update into 4-bit weights would round it away. For a QLoRA run that base is the 4-bit base the
+adapter was trained on, dequantized: the adapter learned to correct those weights, not the
+original 16-bit ones.
 
 Why check parity: merging is arithmetic (W + B·A·alpha/r) and should change nothing, but a
 wrong base model, dtype or tokenizer would. So the merged folder is reloaded from disk and its
@@ -26,17 +28,18 @@ from nbkit.evaluate import generate
 from nbkit.formatting import prompt_messages, reference_answer
 from nbkit.devices import local_rank
 from nbkit.memory import release_memory
-from nbkit.models import (load_saved_model, load_tokenizer, load_trained_model, pick_device, quiet_library_notices,
-                          resolve_model)
+from nbkit.models import (load_model, load_saved_model, load_tokenizer, load_trained_model, pick_device,
+                          quiet_library_notices, resolve_model)
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_jsonl, write_json
 
 PARITY_PROMPTS = 8
 
 
-# Greedy answers of the merged model that must equal those of the model evaluation scored. The merged
-# model is unquantized: against a 4-bit (QLoRA) or 16-bit evaluation, rounding may flip a near-tie token and
-# change the rest of one answer, so a share is allowed to differ; against a float32 LoRA evaluation, none.
+# Share of greedy answers of the merged model that must equal those of the model evaluation scored. All of
+# them when both compute in float32 (the merged weights are then the evaluated ones: dequantized 4-bit base
+# + the LoRA update); in 16-bit the merged weights are rounded once more, which may flip a near-tie token
+# and change the rest of one answer.
 PARITY_TOLERANCE = {"exact": 1.0, "rounded": 0.75}
 MERGE_HEADROOM = 1.3  # merging briefly holds a layer's update beside its weights; loading has its own buffers
 
@@ -56,7 +59,6 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
     adapter: its model/ folder is returned as it is, with "merged": False.
     """
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     ws = Workspace(workspace)
     run_id = resolve_run(ws.root, run_id)
@@ -74,8 +76,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
     longest = max((len(tokenizer(reference_answer(r["messages"]))["input_ids"]) for r in rows), default=16)
     max_new = int(1.25 * longest) + 8
     plan = pick_device()
-    base_path = resolve_model(run["base_model"])
-    dtype = saved_dtype(base_path)
+    dtype = saved_dtype(resolve_model(run["base_model"]))
     where = merge_device(plan, run["base_model"], dtype)
     evaluated = f"{'4-bit' if run['method'] == 'qlora' else plan.compute_dtype} base + adapter"
     with quiet_library_notices():
@@ -83,11 +84,11 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         evaluated_answers = generate(model, tokenizer, prompts, max_new)
         del model
         release_memory()
-        print(f"Merging the adapter of run {run_id} into {run['base_model']} in {dtype} on the {where} "
+        print(f"Merging the adapter of run {run_id} into {run['base_model']} on the {where}, saved in {dtype} "
               f"(answers compared with the evaluated {evaluated}, {plan.reason})...", flush=True)
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch_module(), dtype),
-                                                    device_map={"": local_rank() if where == "cuda" else "cpu"})
+        base = merge_base(run, dtype, where)
         merged = PeftModel.from_pretrained(base, ws.run_dir(run_id) / "adapter").merge_and_unload()
+        merged.to(getattr(torch_module(), dtype))
         merged.config.use_cache = True  # training turned the cache off; generation wants it
         if out.exists():
             shutil.rmtree(out)
@@ -103,7 +104,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
 
     mismatches = [{"prompt": p[-1]["content"], "adapter": a, "merged": m}
                   for p, a, m in zip(prompts, evaluated_answers, merged_answers) if a != m]
-    exact = run["method"] == "lora" and plan.compute_dtype == "float32" and dtype == "float32"
+    exact = plan.compute_dtype == "float32" and dtype == "float32"
     tolerance = PARITY_TOLERANCE["exact" if exact else "rounded"]
     agreement = (len(prompts) - len(mismatches)) / max(len(prompts), 1)
     parity = {"prompts": len(prompts), "identical": len(prompts) - len(mismatches), "agreement": round(agreement, 3),
@@ -120,6 +121,20 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
                       "model, the dtype and the tokenizer before using it (mismatches are in parity.json).",
                       stacklevel=2)
     return {"run_id": run_id, "path": str(out), "merged": True, **parity}
+
+
+def merge_base(run: dict[str, Any], dtype: str, where: str):
+    """The base the adapter is merged into, on `where`, in `dtype`: for a QLoRA run the 4-bit base it was trained
+    and evaluated with, dequantized — so the merged model answers like the evaluated one (merging into the
+    original 16-bit weights instead gave 1 of 8 identical greedy answers on the embedded model, against 8 of 8);
+    for a LoRA run the unquantized base."""
+    from nbkit.devices import replace_device
+
+    plan = replace_device(pick_device(), where, dtype)
+    base, method = load_model(run["base_model"], run["method"], plan)
+    if method == "qlora":
+        base = base.dequantize(dtype=getattr(torch_module(), dtype))
+    return base
 
 
 def torch_module():

@@ -57,7 +57,9 @@ def test_push_checks_its_inputs(tmp_path, model_folder):
 
 
 @pytest.mark.model
-def test_merged_model_answers_exactly_like_base_plus_adapter(prepared_workspace, tmp_path):
+def test_merged_model_answers_exactly_like_the_evaluated_model(prepared_workspace, tmp_path):
+    """A QLoRA adapter is merged into its dequantized 4-bit base: in float32 the merged model must give every
+    greedy answer the evaluated 4-bit base + adapter gave (the original weights gave 1 of 8)."""
     ws = Workspace(tmp_path / "workspace")
     shutil.copytree(prepared_workspace, ws.root, ignore=shutil.ignore_patterns("runs"))
     train(TrainConfig(workspace=str(ws.root), run_id="export-run", max_steps=2, batch_size=4, max_seq_len=160,
@@ -71,4 +73,6 @@ def test_merged_model_answers_exactly_like_base_plus_adapter(prepared_workspace,
     assert "quantization_config" not in config, "the merged model must be a plain full-precision checkpoint"
     parity = json.loads((merged / "parity.json").read_text())
     assert parity["prompts"] == 8 and parity["identical"] == 8 and parity["mismatches"] == [], parity
+    assert parity["compared_with"] == "4-bit base + adapter" and parity["tolerance"] == 1.0
+    assert parity["within_tolerance"] and parity["merged_on"] == "cpu" and parity["saved_dtype"] == "float32"
     assert {k: result[k] for k in parity} == parity

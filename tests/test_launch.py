@@ -155,12 +155,13 @@ def test_fsdp_launch_stores_4bit_weights_in_a_dtype_fsdp_can_shard(monkeypatch):
     (bnb_4bit_quant_storage), as PEFT's FSDP + QLoRA guide requires; FSDP shards floating-point tensors only."""
     from nbkit.models import EMBEDDED_MODEL, load_model, pick_device
 
-    device = pick_device()
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    model, method = load_model(EMBEDDED_MODEL, "qlora", device)
+    plan = pick_device("qlora")
+    assert plan.quant_storage == plan.compute_dtype == plan.trainable_dtype, "FSDP shards one dtype per flat parameter"
+    model, method = load_model(EMBEDDED_MODEL, "qlora", plan)
     packed = [p for p in model.parameters() if type(p).__name__ == "Params4bit"]
     assert method == "qlora" and packed
-    assert {p.dtype for p in packed} == {device.dtype}
+    assert {p.dtype for p in packed} == {plan.torch_dtype()}
 
 
 @pytest.mark.model

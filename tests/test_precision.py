@@ -159,3 +159,98 @@ def test_training_gives_its_memory_back(prepared_workspace, tmp_path):
         assert alive() == before, "a model outlived train()"
     finally:
         gc.enable()
+
+
+def test_the_doctor_tells_a_t4_user_fp16_although_torch_reports_bf16(monkeypatch):
+    """torch.cuda.is_bf16_supported() is True on a T4 (emulated bf16); the doctor must not repeat it."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nbkit import doctor
+
+    t4 = SimpleNamespace(name="Tesla T4", total_memory=15 * 2**30, major=7, minor=5)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: t4)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    accelerator = doctor.detect_accelerator()
+    assert accelerator.kind == "cuda" and accelerator.bf16 is False
+    report = doctor.EnvironmentReport("colab", accelerator, None, {})
+    (line,) = [c for c in doctor._choices(report) if c.startswith("Training on")]
+    assert "fp16" in line and "no native bf16" in line
+
+
+def test_an_8b_qlora_run_at_2048_tokens_fits_a_t4_in_the_estimate():
+    """QLoRA of an 8B model (Llama-3.1-8B's shapes) at batch 1 x 2048 tokens with checkpointing is the classic
+    Colab T4 run. TRL's fused LM head never holds the 2048 x 128k logits, and checkpointing keeps one hidden
+    vector per layer and token: the estimate used to count both in full (16 GiB: "will not fit")."""
+    from nbkit.estimate import ModelShape, estimate_fit
+
+    llama_8b = ModelShape(total=8_030_000_000, linear=6_980_000_000, embedding=1_050_000_000, lora=41_943_040,
+                          hidden=4096, intermediate=14336, layers=32, vocab=128256)
+    config = TrainConfig(batch_size=1, max_seq_len=2048, gradient_checkpointing="on")
+    t4 = estimate_fit(config, [2048] * 100, device="cuda", half=True, available_gib=14.7, shape=llama_8b,
+                      measure_speed=False)
+    assert t4.verdict == "fits" and 7 < t4.total_gib < 12, t4
+    assert t4.parts_gib["logits"] < 0.5 and t4.parts_gib["activations"] < 2
+    cpu = estimate_fit(config, [2048] * 100, device="cpu", half=False, available_gib=64, shape=llama_8b,
+                       measure_speed=False)
+    assert cpu.parts_gib["logits"] > 4, "the CPU constants keep their calibration (full logits counted)"
+
+
+def test_each_process_plans_with_its_own_gpu_and_the_same_memory_figure(monkeypatch):
+    """Under accelerate, rank 1 must query GPU 1 (not create a context on GPU 0), and every rank must make the
+    same "auto" checkpointing choice: they plan with one GPU's total memory, not its momentary free memory."""
+    import torch
+
+    from nbkit import estimate
+
+    asked: list[int] = []
+    free_by_gpu = {0: 3 * 2**30, 1: 9 * 2**30}
+
+    def mem_get_info(index):
+        asked.append(index)
+        return free_by_gpu[index], 16 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    figures = []
+    for rank in (0, 1):
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        figures.append(estimate.available_memory_gib("cuda"))
+    assert asked == [0, 1] and figures == [16.0, 16.0]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert estimate.available_memory_gib("cuda") == 3.0, "a single process plans with what is free now"
+
+
+def test_fsdp_loads_without_a_device_map_so_only_rank_zero_reads_the_weights(monkeypatch):
+    """PEFT's FSDP + QLoRA guide: with cpu_ram_efficient_loading, rank 0 reads the weights and FSDP shards them;
+    a device_map would load the whole model on every GPU."""
+    import transformers
+
+    from nbkit.devices import DeviceFacts
+    from nbkit.models import load_model
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def from_pretrained(path, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    plan = plan_for(DeviceFacts("cuda", "NVIDIA A100", 79.0, (8, 0), world_size=2, fsdp=True), "qlora")
+    with pytest.raises(Stop):
+        load_model("some/model", "qlora", plan)
+    assert "device_map" not in seen and seen["low_cpu_mem_usage"]
+    assert str(seen["quantization_config"].bnb_4bit_quant_storage) == "torch.bfloat16"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(Stop):
+        load_model("some/model", "qlora", plan_for(A100, "qlora"))
+    assert seen["device_map"] == {"": 1}, "DDP: each process loads onto its own GPU"
