@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -56,6 +57,12 @@ def test_push_checks_its_inputs(tmp_path, model_folder):
         push_to_hub(model_folder, "no-owner")
 
 
+def live_models() -> int:
+    from transformers import PreTrainedModel
+
+    return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+
+
 @pytest.mark.model
 def test_merged_model_answers_exactly_like_the_evaluated_model(prepared_workspace, tmp_path):
     """A QLoRA adapter is merged into its dequantized 4-bit base: in float32 the merged model must give every
@@ -64,7 +71,14 @@ def test_merged_model_answers_exactly_like_the_evaluated_model(prepared_workspac
     shutil.copytree(prepared_workspace, ws.root, ignore=shutil.ignore_patterns("runs"))
     train(TrainConfig(workspace=str(ws.root), run_id="export-run", max_steps=2, batch_size=4, max_seq_len=160,
                       eval_steps=0, lora_r=8, lora_alpha=16, logging_steps=1), on_log=None)
-    result = merge_if_requested(SimpleNamespace(merge=True, workspace=str(ws.root)), {"run_id": "export-run"})
+    gc.collect()
+    models_before = live_models()
+    gc.disable()  # the three models the merge loads must be freed by the merge itself
+    try:
+        result = merge_if_requested(SimpleNamespace(merge=True, workspace=str(ws.root)), {"run_id": "export-run"})
+        assert live_models() == models_before, "a model outlived the merge"
+    finally:
+        gc.enable()
     merged = ws.run_dir("export-run") / "merged"
     assert result["path"] == str(merged)
     for name in ("config.json", "model.safetensors", "tokenizer_config.json", "parity.json"):

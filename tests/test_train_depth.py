@@ -257,6 +257,8 @@ class ExplodingTrainer:
         self.model = torch.nn.Linear(2, 2)
         self.args = type("Args", (), {"world_size": 1})()
         self.train_dataset = [0] * 4
+        self.freed: list[bool] = []
+        self.accelerator = type("Accelerator", (), {"free_memory": lambda _: self.freed.append(True)})()
 
     def train(self, resume_from_checkpoint=None):
         import torch
@@ -265,7 +267,8 @@ class ExplodingTrainer:
 
 
 def test_out_of_memory_is_answered_with_the_settings_to_change(prepared_workspace, monkeypatch):
-    monkeypatch.setattr(nbkit.train, "build_trainer", lambda *a, **k: (ExplodingTrainer(), None, "lora"))
+    exploding = ExplodingTrainer()
+    monkeypatch.setattr(nbkit.train, "build_trainer", lambda *a, **k: (exploding, None, "lora"))
     control = RunControl()
     finished = []
     control.on_finish = lambda: finished.append(True)
@@ -278,6 +281,8 @@ def test_out_of_memory_is_answered_with_the_settings_to_change(prepared_workspac
     assert "gradient_checkpointing='on'" in message and "max_seq_len=512" in message
     assert "method='qlora'" in message and "resume=True" in message
     assert finished == [True], "the panel is told training ended"
+    assert exploding.freed == [True], "the model and optimizer are released for the smaller retry"
+    assert "CUDA out of memory" in message and info.value.__cause__ is None, "the message quotes the error"
 
 
 def test_runs_are_recorded_only_by_the_main_process(prepared_workspace, monkeypatch):
