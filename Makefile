@@ -17,7 +17,7 @@ export NBKIT_CHROMIUM ?= $(CHROMIUM)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast test-colab test-browser browser-deps lab benchmark clean
+.PHONY: install demo test test-fast test-colab test-browser browser-deps lab benchmark gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -79,6 +79,26 @@ benchmark: $(STAMP)
 	$(PY) tests/benchmarks/bench_data.py
 	$(PY) tests/benchmarks/bench_generation.py
 	$(PY) tests/benchmarks/bench_training.py
+
+# The CUDA path on a GPU machine (tests/gpu/README.md); without a CUDA GPU it says so and exits 0.
+# Here it uses the venv; on the GPU machine (no network, no venv): `make gpu-check GPU_PYTHON=python3`, after
+# `make gpu-wheels` here has put the wheels that python lacks into .whl/ (carry it). Those are installed with
+# `pip install --no-index --no-deps --target $(GPU_SITE) .whl/*.whl` (tests/gpu/install_wheels.py) and
+# $(GPU_SITE) and this checkout go on PYTHONPATH. The JSON result: $OUT/gpu_check.json if OUT is set.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_WHEELS ?= .whl
+GPU_SITE ?= /tmp/nbkit-site
+GPU_PYVER ?= 3.12
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@if [ -d "$(GPU_WHEELS)" ] && [ "$(GPU_PYTHON)" != "$(PY)" ]; then \
+		$(GPU_PYTHON) tests/gpu/install_wheels.py "$(GPU_WHEELS)" "$(GPU_SITE)" || exit 1; \
+		export PYTHONPATH="$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	fi; \
+	$(GPU_PYTHON) tests/gpu/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-wheels: $(STAMP)
+	$(PY) tests/gpu/fetch_wheels.py --dest "$(GPU_WHEELS)" --python-version $(GPU_PYVER)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
