@@ -1,9 +1,11 @@
 """Precision and placement on every device users train on, and every training option taken for real.
 
 The plan (nbkit.devices.plan_for) is a pure function of the device's facts, so a T4, an L4, an A100, an
-H100, Apple MPS and a CPU are all checked here. The fp16 path a T4 takes runs for real on this CPU
-(transformers accepts fp16 with use_cpu, and torch has a CPU gradient scaler): QLoRA, LoRA and full
-fine-tuning. So do each batching mode and gradient checkpointing on and off.
+H100, Apple MPS and a CPU are all checked here. A T4's plan is also built and trained on this CPU for QLoRA,
+LoRA and full fine-tuning: the trainer gets fp16 and the trainable weights end up float32. accelerate turns
+fp16 autocast and its gradient scaler on only off the CPU, so those steps compute in float32 here; the scaler's
+refusal of fp16 weights is shown with torch's CPU scaler directly, and `make gpu-check` runs the real fp16
+path on a GPU. Each batching mode and gradient checkpointing on and off train for real.
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ def trainable_dtypes(model) -> set:
 @pytest.mark.model
 @pytest.mark.parametrize("method", TRAIN_METHODS)
 def test_fp16_steps_train_with_float32_trainable_weights(method, prepared_workspace, tmp_path):
-    """A T4's path on this CPU: fp16 autocast with a gradient scaler. TRL casts QLoRA's trainable weights to
-    bf16 while it builds the trainer; nbkit puts them back in float32 before the first step."""
+    """A T4's plan on this CPU: the trainer is built for fp16, and TRL's bf16 cast of QLoRA's trainable weights
+    is undone (float32) before the first step. (On a CPU accelerate leaves autocast and the scaler off.)"""
     import torch
 
     plan = forced(pick_device(method), "fp16")
