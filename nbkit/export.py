@@ -88,7 +88,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
               f"(answers compared with the evaluated {evaluated}, {plan.reason})...", flush=True)
         base = merge_base(run, dtype, where)
         merged = PeftModel.from_pretrained(base, ws.run_dir(run_id) / "adapter").merge_and_unload()
-        merged.to(getattr(torch_module(), dtype))
+        merged.to(plan.torch_dtype(dtype))
         merged.config.use_cache = True  # training turned the cache off; generation wants it
         if out.exists():
             shutil.rmtree(out)
@@ -133,14 +133,8 @@ def merge_base(run: dict[str, Any], dtype: str, where: str):
     plan = replace_device(pick_device(), where, dtype)
     base, method = load_model(run["base_model"], run["method"], plan)
     if method == "qlora":
-        base = base.dequantize(dtype=getattr(torch_module(), dtype))
+        base = base.dequantize(dtype=plan.torch_dtype(dtype))
     return base
-
-
-def torch_module():
-    import torch
-
-    return torch
 
 
 def saved_dtype(path: str | Path) -> str:
