@@ -42,6 +42,11 @@ LOGIT_COPIES = 5  # logits, shifted copy, log-softmax, their gradients
 # is one tile.
 FUSED_HEAD_TILE = (4096, 32768)
 FUSED_HEAD_BYTES = 2 + 4
+# The CPU constants were calibrated under bf16 autocast (CPUs with native bf16 matmuls), where the matmul
+# outputs the backward pass keeps are bf16. A CPU without native bf16 trains without autocast and keeps them
+# in float32: activations and logits measured 1.6x as large (2-core AMD EPYC without AVX512-BF16, 2026-12:
+# QLoRA at batch 2-16 within -3%..+13% of two measured peaks each; the README has the table).
+CPU_FLOAT32_FACTOR = 1.6
 RUNTIME_GIB = {"cpu": 1.1, "cuda": 0.6, "mps": 1.1}  # Python + torch + libraries / CUDA context
 UTILISATION = {"cpu": 0.12, "cuda": 0.30, "mps": 0.15}  # achieved share of peak matmul speed, calibrated
 TIGHT, FITS = 1.0, 0.85  # share of available memory
@@ -107,8 +112,8 @@ class FitEstimate:
 
 
 def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointing: bool,
-                 device: str = "cpu", half: bool = False) -> dict[str, float]:
-    """Peak memory by part, in GiB."""
+                 device: str = "cpu", half: bool = False, autocast: str = "bf16") -> dict[str, float]:
+    """Peak memory by part, in GiB. `autocast` is the plan's ("none" on a CPU without native bf16)."""
     compute_bytes = 2 if half else 4
     if method == "qlora":
         weights = shape.linear * NF4_BYTES_PER_PARAM + shape.embedding * compute_bytes
@@ -127,6 +132,8 @@ def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointin
         logits = min(batch_tokens, FUSED_HEAD_TILE[0]) * min(shape.vocab, FUSED_HEAD_TILE[1]) * FUSED_HEAD_BYTES
     else:
         logits = batch_tokens * shape.vocab * 4 * LOGIT_COPIES
+    if device == "cpu" and autocast == "none":
+        activations, logits = activations * CPU_FLOAT32_FACTOR, logits * CPU_FLOAT32_FACTOR
     parts = {"weights": weights, "trainable + optimizer": optimizer, "activations": activations, "logits": logits}
     parts = {k: v / GIB for k, v in parts.items()}
     parts["runtime"] = RUNTIME_GIB.get(device, 1.1)
@@ -188,17 +195,20 @@ def flops_per_token(shape: ModelShape, method: str, checkpointing: bool) -> floa
 
 def estimate_fit(config, lengths: list[int], *, device: str | None = None, half: bool | None = None,
                  available_gib: float | None = None, shape: ModelShape | None = None,
-                 measure_speed: bool = True) -> FitEstimate:
-    """Memory and time for `config` (a TrainConfig) on `lengths` (token counts of the training rows)."""
+                 autocast: str | None = None, measure_speed: bool = True) -> FitEstimate:
+    """Memory and time for `config` (a TrainConfig) on `lengths` (token counts of the training rows).
+
+    `device`, `half` and `autocast` default to this machine's precision plan (`pick_device`)."""
     from nbkit.models import pick_device
 
     timing_dtype = ""
-    if device is None or half is None:
-        plan = pick_device(config.method)
-        device = device or plan.device
-        half = plan.compute_dtype != "float32" if half is None else half
-        if plan.device == "cuda":  # CPU speeds were calibrated with float32 timings
-            timing_dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(plan.autocast, "float32")
+    plan = pick_device(config.method)
+    device = device or plan.device
+    half = plan.compute_dtype != "float32" if half is None else half
+    if autocast is None:  # another device than this one: its usual path (bf16 autocast on CPUs that have it)
+        autocast = plan.autocast if plan.device == device else "bf16"
+    if plan.device == "cuda" == device:  # CPU speeds were calibrated with float32 timings
+        timing_dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(plan.autocast, "float32")
     shape = shape or model_shape(config.base_model, config.lora_r, config.target_modules)
     longest = min(max(lengths, default=config.max_seq_len), config.max_seq_len)
     batch_tokens = config.batch_size * longest
@@ -206,11 +216,11 @@ def estimate_fit(config, lengths: list[int], *, device: str | None = None, half:
     available = available_gib if available_gib is not None else available_memory_gib(device)
 
     def total(method=config.method, tokens=batch_tokens, ckpt=checkpointing) -> float:
-        return sum(memory_parts(shape, method, tokens, ckpt, device, half).values())
+        return sum(memory_parts(shape, method, tokens, ckpt, device, half, autocast).values())
 
     if config.gradient_checkpointing == "auto":  # checkpoint only when needed: it costs ~1/3 more compute
         checkpointing = total(ckpt=False) > FITS * available
-    parts = memory_parts(shape, config.method, batch_tokens, checkpointing, device, half)
+    parts = memory_parts(shape, config.method, batch_tokens, checkpointing, device, half, autocast)
     need = sum(parts.values())
     verdict = "fits" if need <= FITS * available else "tight" if need <= TIGHT * available else "will not fit"
     advice = [] if verdict == "fits" else fixes(config, shape, longest, available, total)
