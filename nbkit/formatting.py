@@ -1,24 +1,42 @@
 """Stage 02: apply the model's chat template, count real tokens, build the loss mask.
 
 The loss mask decides what the model learns: by default only assistant turns (and
-their end-of-turn token) are trained; system and user text is context, not target.
+their end-of-turn token) are trained; system, user and tool text is context, not target.
+An assistant turn with `"weight": 0` (the OpenAI fine-tuning convention) is context too.
 
 Two optional clean-ups, suggested by the quality report (nbkit.quality), run first:
 near-duplicates can be dropped (kept in data/formatted/dropped.jsonl, never lost silently)
 and personal data replaced with placeholders.
+
+Rows that cannot be trained as written are set aside in dropped.jsonl as well, each with
+its reason: rows whose tools or tool calls the chat template leaves out (training on them
+would teach the model answers to tools it was never shown) and rows with no trained token
+within max_seq_len (they add nothing but a zero loss).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from nbkit.config import Config, field
+from nbkit.errors import DataError
 from nbkit.models import EMBEDDED_MODEL, load_tokenizer
 from nbkit.quality import near_duplicate_clusters, redact_pii, row_text, summary_stats, validate_threshold
 from nbkit.workspace import POSITION_KEYS, Workspace, describe_provenance, read_jsonl, write_json, write_jsonl
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy skips
+
+# Why format_rows sets a row aside (the prefix of its dropped.jsonl `reason`, the keys of `rejected_rows`).
+TOOLS_NOT_RENDERED = "tools_not_rendered"
+TEMPLATE_ERROR = "template_error"
+NO_TRAINED_TOKENS = "no_trained_tokens"
+REJECTIONS = (TOOLS_NOT_RENDERED, TEMPLATE_ERROR, NO_TRAINED_TOKENS)
+
+
+class ChatTemplateError(DataError):
+    """The model's chat template raised on a conversation (a role, key or tool layout it does not accept)."""
 
 
 @dataclass
@@ -40,40 +58,72 @@ class FormatConfig(Config):
         validate_threshold(self, "near_duplicate_threshold")
 
 
-def tokenize_chat(tokenizer, messages: list[dict[str, str]], max_seq_len: int | None = None) -> dict[str, list[int]]:
-    """input_ids and labels for one conversation; labels are IGNORE_INDEX outside assistant turns.
+# -- rendering and the loss mask ----------------------------------------------------------
 
-    The assistant spans are found on the rendered text (prompt-with-generation-header vs.
-    conversation-up-to-this-turn), then mapped to tokens through the offsets, which stays
-    right whatever the tokenizer does at span boundaries.
+def is_trained(message: dict[str, Any]) -> bool:
+    """Whether the loss covers this message: assistant turns, except those marked `"weight": 0` (context)."""
+    return message["role"] == "assistant" and message.get("weight", 1) != 0
+
+
+def render(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None = None, **kwargs: Any) -> str:
+    """The conversation as the model reads it: its chat template applied, with the row's tool definitions."""
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, **kwargs)
+    except Exception as error:  # templates raise on what they do not support (jinja's raise_exception, bad keys)
+        raise ChatTemplateError(f"the chat template raised {type(error).__name__}: {error}") from error
+
+
+def assistant_turns(tokenizer, messages: list[dict[str, Any]],
+                    tools: list[dict] | None = None) -> list[tuple[int, int, int]]:
+    """(message index, start, end): where each assistant turn lies in the rendered conversation, in characters.
+
+    The span runs from the end of the prompt-with-generation-header to the end of the conversation-up-to-this-turn,
+    so it holds whatever the template writes for the turn: the reply, its tool calls, its end-of-turn token.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
+    turns = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
-        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False).rstrip())
-        spans.append((start, end))
+        if message["role"] == "assistant":
+            start = len(render(tokenizer, messages[:i], tools, add_generation_prompt=True))
+            end = len(render(tokenizer, messages[: i + 1], tools).rstrip())
+            turns.append((i, start, end))
+    return turns
+
+
+def encode_chat(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> dict[str, list]:
+    """tokenize_chat's untruncated output plus the character `offsets` of each token and the trained `spans`."""
+    text = render(tokenizer, messages, tools)
+    spans = [(s, e) for i, s, e in assistant_turns(tokenizer, messages, tools) if is_trained(messages[i])]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = encoded["input_ids"]
-    labels = [
-        token if any(s <= a < e for s, e in spans) else IGNORE_INDEX
-        for token, (a, _b) in zip(input_ids, encoded["offset_mapping"])
-    ]
+    offsets = [tuple(o) for o in encoded["offset_mapping"]]
+    labels = [token if any(s <= a < e for s, e in spans) else IGNORE_INDEX
+              for token, (a, _b) in zip(encoded["input_ids"], offsets)]
+    return {"input_ids": list(encoded["input_ids"]), "labels": labels, "offsets": offsets, "spans": spans}
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | None = None,
+                  tools: list[dict] | None = None) -> dict[str, list[int]]:
+    """input_ids and labels for one conversation; labels are IGNORE_INDEX outside trained assistant turns.
+
+    The assistant spans are found on the rendered text (see assistant_turns), then mapped to tokens through
+    the offsets, which stays right whatever the tokenizer does at span boundaries. Turns with weight 0 and
+    the tool definitions (`tools`, rendered by the template) are context.
+    """
+    encoded = encode_chat(tokenizer, messages, tools)
+    input_ids, labels = encoded["input_ids"], encoded["labels"]
     if max_seq_len is not None:
         input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
     return {"input_ids": input_ids, "labels": labels}
 
 
-def mask_segments(tokenizer, messages: list[dict[str, str]], max_seq_len: int | None = None,
-                  encoded: dict[str, list[int]] | None = None) -> list[tuple[str, bool]]:
+def mask_segments(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | None = None,
+                  encoded: dict[str, list[int]] | None = None,
+                  tools: list[dict] | None = None) -> list[tuple[str, bool]]:
     """The rendered conversation as runs of (text, trained) — what the loss-mask viewer draws.
 
     Pass `encoded` (tokenize_chat's output) when it is already at hand, to skip tokenizing again.
     """
     if encoded is None:
-        encoded = tokenize_chat(tokenizer, messages, max_seq_len)
+        encoded = tokenize_chat(tokenizer, messages, max_seq_len, tools=tools)
     segments: list[tuple[list[int], bool]] = []
     for token, label in zip(encoded["input_ids"], encoded["labels"]):
         trained = label != IGNORE_INDEX
@@ -84,30 +134,117 @@ def mask_segments(tokenizer, messages: list[dict[str, str]], max_seq_len: int | 
     return [(tokenizer.decode(ids), trained) for ids, trained in segments]
 
 
-def mask_problems(tokenizer, messages: list[dict[str, str]], encoded: dict[str, list[int]] | None = None) -> list[str]:
-    """Checks that the mask trains what it should: every assistant turn and its end-of-turn token, no prompt text.
+def mask_problems(tokenizer, messages: list[dict[str, Any]], encoded: dict[str, list[int]] | None = None,
+                  tools: list[dict] | None = None) -> list[str]:
+    """Checks that the mask trains what it should: every trained assistant turn (its reply, its tool calls and
+    its end-of-turn token), and no context (system, user, tool or weight-0 assistant text).
 
     `encoded` is tokenize_chat's untruncated output for these messages, if already computed.
     """
-    segments = mask_segments(tokenizer, messages, encoded=encoded)
+    segments = mask_segments(tokenizer, messages, encoded=encoded, tools=tools)
     trained = "".join(text for text, on in segments if on)
     masked = "".join(text for text, on in segments if not on)
-    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    # A reply that quotes the prompt ("Thanks" -> "Thanks for ...") contains it legitimately.
+    replies = [m["content"] for m in messages if is_trained(m)]
+    replies += [str(v) for m in messages if is_trained(m) for call in m.get("tool_calls") or []
+                for v in argument_values(tool_call_parts(call)[1])]
     problems = []
     for message in messages:
-        content = message["content"].strip()
-        if message["role"] == "assistant" and content not in trained:
-            problems.append("an assistant turn is not trained")
-        # A reply that quotes the prompt ("Thanks" -> "Thanks for ...") contains it legitimately.
-        if message["role"] in ("user", "system") and content in trained and not any(content in r for r in replies):
-            problems.append(f"{message['role']} text is trained")
+        content = (message.get("content") or "").strip()  # a tool-call turn may have no text
+        if is_trained(message):
+            if content not in trained:
+                problems.append("an assistant turn is not trained")
+            if any(tool_call_parts(call)[0] not in trained for call in message.get("tool_calls") or []):
+                problems.append("an assistant tool call is not trained")
+        elif content and content in trained and not any(content in r for r in replies):
+            problems.append("a weight-0 assistant turn is trained" if message["role"] == "assistant"
+                            else f"{message['role']} text is trained")
     eos = tokenizer.eos_token
-    if eos and trained.count(eos) < sum(m["role"] == "assistant" for m in messages):
+    if eos and trained.count(eos) < sum(is_trained(m) for m in messages):
         problems.append(f"the end-of-turn token {eos} is not trained, so the model may never stop")
     if not masked and len(messages) > 1:
         problems.append("nothing is masked")
     return sorted(set(problems))
 
+
+def answers_without_end_of_turn(tokenizer, encoded: dict[str, list]) -> int:
+    """Trained assistant turns with no trained end-of-turn token (encode_chat's output): each teaches the model
+    to run on past its answer."""
+    eos = tokenizer.eos_token
+    if not eos:
+        return 0
+    missing = 0
+    for start, end in encoded["spans"]:
+        ids = [token for token, label, (a, _b) in zip(encoded["input_ids"], encoded["labels"], encoded["offsets"])
+               if start <= a < end and label != IGNORE_INDEX]
+        missing += eos not in tokenizer.decode(ids)
+    return missing
+
+
+# -- tools --------------------------------------------------------------------------------
+
+def uses_tools(row: dict[str, Any]) -> bool:
+    """Whether a row carries tool definitions, tool calls or tool results."""
+    return bool(row.get("tools")) or any(m.get("tool_calls") or m["role"] == "tool" for m in row["messages"])
+
+
+def tool_call_parts(call: dict[str, Any]) -> tuple[str, Any]:
+    """(function name, arguments) of an OpenAI tool call (`{"function": {...}}`, or the function itself)."""
+    function = call.get("function", call)
+    return str(function.get("name", "")), function.get("arguments", {})
+
+
+def argument_values(arguments: Any) -> list[Any]:
+    """Every key and leaf value of a tool call's arguments (a dict, or JSON text that decodes to one)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return [arguments]
+    if isinstance(arguments, dict):
+        return [v for key, value in arguments.items() for v in [str(key), *argument_values(value)]]
+    if isinstance(arguments, list):
+        return [v for value in arguments for v in argument_values(value)]
+    return [arguments]
+
+
+def _appears(value: Any, text: str) -> bool:
+    """Whether a value shows in rendered text, written plainly or as JSON (`"a\\nb"`, `true`)."""
+    if isinstance(value, str):
+        forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    else:
+        forms = {json.dumps(value), str(value)}
+    return any(form in text for form in forms)
+
+
+def unrendered_tools(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> list[str]:
+    """What of a row's tools the chat template leaves out of the rendered text; empty when it renders it all.
+
+    A tool definition must add its function name to the text (a template that ignores `tools` renders the
+    same text with and without them); a tool call's name and arguments must appear in its assistant turn;
+    a tool result must appear somewhere. Raises ChatTemplateError when the template raises.
+    """
+    text = render(tokenizer, messages, tools)
+    missing = []
+    if tools:
+        bare = render(tokenizer, messages)
+        for tool in tools:
+            name = str(tool.get("function", tool).get("name", ""))
+            if not name or text.count(name) <= bare.count(name):
+                missing.append(f"the tool definition {name!r}")
+    turns = {i: text[start:end] for i, start, end in assistant_turns(tokenizer, messages, tools)}
+    for i, message in enumerate(messages):
+        for call in message.get("tool_calls") or []:
+            name, arguments = tool_call_parts(call)
+            turn = turns.get(i, "")
+            if not name or name not in turn or not all(_appears(v, turn) for v in argument_values(arguments)):
+                missing.append(f"the tool call {name!r}")
+        if message["role"] == "tool" and (message.get("content") or "").strip() not in text:
+            missing.append(f"the tool result for {message.get('tool_call_id') or message.get('name') or 'a call'}")
+    return list(dict.fromkeys(missing))
+
+
+# -- rows -----------------------------------------------------------------------------------
 
 def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """The conversation up to (not including) its last assistant turn: what the model is asked."""
@@ -117,6 +254,17 @@ def prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def reference_answer(messages: list[dict[str, str]]) -> str:
     return [m for m in messages if m["role"] == "assistant"][-1]["content"]
+
+
+def dropped_record(row: dict[str, Any], reason: str) -> dict[str, Any]:
+    """What dropped.jsonl keeps of a row set aside: where it came from, why, and all of it, so it can be restored."""
+    meta = row.get("meta", {})
+    position = next((meta[k] for k in POSITION_KEYS if k in meta), None)
+    record = {"source": meta.get("source"), "position": position, "reason": reason, "messages": row["messages"],
+              "meta": meta}
+    if "tools" in row:
+        record["tools"] = row["tools"]
+    return record
 
 
 def drop_near_duplicate_rows(rows: list[dict[str, Any]], threshold: float) -> tuple[list[dict], list[dict]]:
@@ -129,43 +277,108 @@ def drop_near_duplicate_rows(rows: list[dict[str, Any]], threshold: float) -> tu
     for cluster in near_duplicate_clusters([row_text(r) for r in rows], threshold):
         kept = rows[cluster[0]]["meta"]
         for i in cluster[1:]:
-            meta = rows[i]["meta"]
-            position = next((meta[k] for k in POSITION_KEYS if k in meta), None)
-            dropped.append({"source": meta.get("source"), "position": position,
-                            "reason": f"near_duplicate of {describe_provenance(kept)}", "messages": rows[i]["messages"],
-                            "meta": meta})
+            dropped.append(dropped_record(rows[i], f"near_duplicate of {describe_provenance(kept)}"))
             drop.add(i)
     return [row for i, row in enumerate(rows) if i not in drop], dropped
 
 
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_pii(value)
+    if isinstance(value, dict):
+        return {k: _redact_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_values(v) for v in value]
+    return value
+
+
+def redact_message(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with personal data replaced in its text and in its tool calls' arguments."""
+    out = {**message, "content": redact_pii(message.get("content") or "")}
+    if message.get("tool_calls"):
+        out["tool_calls"] = [{**call, "function": {**call["function"], "arguments":
+                                                   _redact_values(call["function"].get("arguments"))}}
+                             if isinstance(call.get("function"), dict) else call for call in message["tool_calls"]]
+    return out
+
+
 def redact_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "messages": [{**m, "content": redact_pii(m["content"])} for m in row["messages"]]}
+    return {**row, "messages": [redact_message(m) for m in row["messages"]]}
+
+
+def _not_rendered_reason(model: str, missing: list[str]) -> str:
+    return (f"{TOOLS_NOT_RENDERED}: the chat template of {model} does not render {', '.join(missing)}, so training "
+            "would lose them; use a model whose chat template supports tools, or remove the tools from this row")
+
+
+def _template_error_reason(model: str, row: dict[str, Any], error: ChatTemplateError) -> str:
+    if uses_tools(row):
+        return (f"{TOOLS_NOT_RENDERED}: the chat template of {model} cannot render this row's tools, tool calls or "
+                f"tool results ({error}); use a model whose chat template supports tools, or remove the tools "
+                "from this row")
+    return (f"{TEMPLATE_ERROR}: the chat template of {model} cannot render this row ({error}); fix the row, or "
+            "use a model whose chat template accepts it")
+
+
+def _no_trained_reason(messages: list[dict[str, Any]], n_tokens: int, n_trained: int, max_seq_len: int) -> str:
+    if not any(is_trained(m) for m in messages):
+        why = ("every assistant turn has weight 0, so the row is all context; give the replies the model should "
+               "learn weight 1 (or no weight), or remove the row")
+    elif n_trained:
+        why = (f"the row is {n_tokens} tokens and its trained answer starts after max_seq_len={max_seq_len}, so "
+               "truncation leaves nothing to learn; raise max_seq_len or shorten the prompt")
+    else:
+        why = ("the loss mask trains no token: the assistant turns were not found in the text the chat template "
+               "renders; see mask_problems in the format report, or use the model's own chat template")
+    return f"{NO_TRAINED_TOKENS}: {why}"
 
 
 def format_rows(config: FormatConfig) -> dict[str, Any]:
-    """Read data/clean.jsonl, write data/formatted/rows.jsonl (+ dropped.jsonl) and the format report."""
+    """Read data/clean.jsonl, write data/formatted/rows.jsonl (+ dropped.jsonl) and the format report.
+
+    Raises DataError when no row is left with a trained token (training would see a loss of 0 throughout).
+    """
     ws = Workspace(config.workspace)
     rows = read_jsonl(ws.require(ws.clean, "01_collect"))
     clean_rows = len(rows)
     dropped: list[dict[str, Any]] = []
     if config.drop_near_duplicates:
         rows, dropped = drop_near_duplicate_rows(rows, config.near_duplicate_threshold)
+    near_duplicates = len(dropped)
     redacted_rows = 0
     if config.redact_pii:
         redacted = [redact_row(row) for row in rows]
         redacted_rows = sum(a["messages"] != b["messages"] for a, b in zip(rows, redacted))
         rows = redacted
         dropped = [{**d, "messages": redact_row(d)["messages"]} for d in dropped]
-    # Always written (possibly empty), so a file from an earlier run never lingers.
-    write_jsonl(ws.dropped, dropped)
 
     tokenizer = load_tokenizer(config.base_model)
     out, lengths, trained, over = [], [], [], []
     problems: dict[str, int] = {}
     problem_rows, first_problem = 0, None
+    rejected = dict.fromkeys(REJECTIONS, 0)
+    first_reason: dict[str, str] = {}
+    without_end_of_turn = cut_rows = 0
+
+    def reject(row: dict[str, Any], reason: str) -> None:
+        category = reason.split(":", 1)[0]
+        rejected[category] += 1
+        first_reason.setdefault(category, f"{describe_provenance(row.get('meta', {}))}: {reason}")
+        dropped.append(dropped_record(row, reason))
+
     for row in rows:
-        full = tokenize_chat(tokenizer, row["messages"])
-        found = mask_problems(tokenizer, row["messages"], encoded=full)
+        messages, tools = row["messages"], row.get("tools")
+        # A template that drops tools or tool calls would train answers to tools the model never sees.
+        try:
+            missing = unrendered_tools(tokenizer, messages, tools) if uses_tools(row) else []
+            full = None if missing else encode_chat(tokenizer, messages, tools)
+        except ChatTemplateError as error:
+            reject(row, _template_error_reason(config.base_model, row, error))
+            continue
+        if missing:
+            reject(row, _not_rendered_reason(config.base_model, missing))
+            continue
+        found = mask_problems(tokenizer, messages, encoded=full)
         if found:
             problem_rows += 1
             for problem in found:
@@ -175,12 +388,19 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
         n_tokens = len(full["input_ids"])
         n_trained = sum(label != IGNORE_INDEX for label in full["labels"])
         kept_trained = sum(label != IGNORE_INDEX for label in full["labels"][: config.max_seq_len])
+        if not kept_trained:  # all labels -100: the row adds a loss of 0 and nothing to learn
+            reject(row, _no_trained_reason(messages, n_tokens, n_trained, config.max_seq_len))
+            continue
+        without_end_of_turn += answers_without_end_of_turn(tokenizer, full)
+        cut_rows += kept_trained < n_trained
         out.append({**row, "n_tokens": n_tokens, "n_trained": n_trained,
                     "over_max": n_tokens > config.max_seq_len, "trained_cut": n_trained - kept_trained})
         lengths.append(n_tokens)
         trained.append(n_trained)
         if n_tokens > config.max_seq_len:
             over.append({**row["meta"], "n_tokens": n_tokens, "trained_cut": n_trained - kept_trained})
+    # Always written (possibly empty), so a file from an earlier run never lingers.
+    write_jsonl(ws.dropped, dropped)
     write_jsonl(ws.formatted, out)
     report = {
         "base_model": config.base_model,
@@ -188,19 +408,34 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
         "redact_pii": config.redact_pii,
         "drop_near_duplicates": config.drop_near_duplicates,
         "near_duplicate_threshold": config.near_duplicate_threshold,
+        # clean_rows == rows + dropped_rows; dropped_rows == dropped_near_duplicates + sum(rejected_rows)
         "clean_rows": clean_rows,
         "rows": len(out),
-        "dropped_near_duplicates": len(dropped),
+        "dropped_near_duplicates": near_duplicates,
+        # {reason: rows set aside for it}: tools the template does not render, a template that raised, nothing trained
+        "rejected_rows": rejected,
+        "dropped_rows": len(dropped),
         "redacted_rows": redacted_rows,
         "tokens": summary_stats(lengths),
         "trained_tokens": summary_stats(trained),
         "over_max_seq_len": len(over),
         "over_max_examples": over[:20],
-        "example": tokenizer.apply_chat_template(rows[0]["messages"], tokenize=False) if rows else "",
-        # {problem: rows with it}; empty when every row's mask is right.
+        # Over the kept rows: trained answers with no trained end-of-turn token (the model may never stop), and
+        # rows whose trained tokens max_seq_len cuts (the model learns answers that stop mid-way, or never).
+        "answers_without_end_of_turn": without_end_of_turn,
+        "answers_cut_by_max_seq_len": cut_rows,
+        "example": render(tokenizer, out[0]["messages"], out[0].get("tools")) if out else "",
+        # {problem: rows with it}, over every row the template renders; empty when every row's mask is right.
         "mask_problems": dict(sorted(problems.items())),
         "mask_problem_rows": problem_rows,
         "first_mask_problem": first_problem,
     }
     write_json(ws.format_report, report)
+    if rows and not out:
+        causes = "; ".join(f"{n} {category} (first: {first_reason[category]})"
+                           for category, n in rejected.items() if n)
+        raise DataError(f"no row of {ws.clean} is left to train on with {config.base_model} at max_seq_len="
+                        f"{config.max_seq_len}: {causes}. Every label would be -100, so the loss would be 0 and "
+                        f"training would learn nothing — fix what the reasons say, then run this step again "
+                        f"(the rows are kept in {ws.dropped}).")
     return report

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from nbkit.config import Config, field
-from nbkit.workspace import Workspace, describe_provenance, provenance, read_jsonl, write_json
+from nbkit.workspace import Workspace, provenance, read_jsonl, write_json
 
 # -- rows ---------------------------------------------------------------------------------
 

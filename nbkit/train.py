@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from nbkit.config import Config, field
-from nbkit.errors import NbkitError, WorkspaceError
-from nbkit.formatting import tokenize_chat
+from nbkit.errors import DataError, NbkitError, WorkspaceError
+from nbkit.formatting import IGNORE_INDEX, tokenize_chat
 from nbkit.devices import PrecisionPlan
 from nbkit.memory import memory_gib, release_memory, reset_peak_memory
 from nbkit.models import EMBEDDED_MODEL, load_model, load_tokenizer, pick_device, quiet_library_notices
@@ -158,9 +158,21 @@ def say(message: str) -> None:
 
 
 def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
+    """input_ids and labels of each row (with its tools), cut at max_seq_len; refuses a split that trains nothing.
+
+    With every label -100 the loss is 0 from the first step and the run learns nothing, so this stops
+    before any model loads, with the cause and the fix.
+    """
     from datasets import Dataset
 
-    return Dataset.from_list([tokenize_chat(tokenizer, r["messages"], max_seq_len) for r in rows])
+    encoded = [tokenize_chat(tokenizer, r["messages"], max_seq_len, tools=r.get("tools")) for r in rows]
+    if not any(label != IGNORE_INDEX for e in encoded for label in e["labels"]):
+        raise DataError(
+            f"nothing to learn: none of the {len(rows)} rows of this split has a trained (assistant) token within "
+            f"max_seq_len={max_seq_len}, so every label is -100 and the loss would be 0. Run 02_format again (it "
+            "sets such rows aside in data/formatted/dropped.jsonl with the reason) and 03_split; if the answers "
+            "are cut off, raise max_seq_len; if every assistant turn has weight 0, give the replies to learn weight 1.")
+    return Dataset.from_list(encoded)
 
 
 def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunControl | None = None):

@@ -52,7 +52,21 @@ FIRST = chat("first question")
 BAD_RECORDS = [
     ("data_type", ["not", "an", "object"]),
     ("data_type", {"messages": "hello"}),
-    ("missing_messages", {"question": "hi", "answer": "there"}),
+    ("missing_messages", {"ask": "hi", "reply": "there"}),
+    ("ambiguous_columns", {"question": "hi", "answer": "there", "response": "again"}),
+    ("unrecognized_key", {"messages": [{"role": "user", "content": "hi"},
+                                       {"role": "assistant", "content": "x", "weigth": 0}]}),
+    ("bad_weight", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 2}]}),
+    ("bad_weight", {"messages": [{"role": "user", "content": "hi", "weight": 0}, {"role": "assistant", "content": "x"}]}),
+    ("bad_tools", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "{oops"}}]}, {"role": "tool", "content": "1"},
+        {"role": "assistant", "content": "x"}]}),
+    ("bad_tools", {**chat("hi"), "tools": [{"type": "function", "function": {"description": "no name"}}]}),
+    ("bad_tools", {**chat("hi"), "functions": [{"name": "legacy"}]}),
+    ("bad_role_order", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": {}}}]}]}),
+    ("bad_role_order", {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "1"},
+                                     {"role": "assistant", "content": "x"}]}),
     ("message_missing_key", {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}),
     ("message_missing_key", {"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}),
     ("unrecognized_key", {"messages": [{"role": "user", "content": "hi", "mood": "happy"},
@@ -236,15 +250,21 @@ def test_tsv(tmp_path):
     assert clean[1]["messages"][1]["content"] == "there"
 
 
-def test_csv_missing_columns_rejected(tmp_path):
+def test_csv_missing_columns_rejected_with_one_word_for_the_file(tmp_path):
     path = tmp_path / "in.csv"
-    path.write_text("question,answer\nhi,there\nhow,now\n", encoding="utf-8")
+    path.write_text("Frage,Antwort\nhi,there\nhow,now\n", encoding="utf-8")
     report, clean, rejected = run(tmp_path, [str(path)])
     assert clean == []
     assert report["by_category"] == {"missing_column": 2}
     assert [(r["row"], r["category"]) for r in rejected] == [(1, "missing_column"), (2, "missing_column")]
-    assert "question" in rejected[0]["message"]
-    assert json.loads(rejected[0]["raw"]) == {"question": "hi", "answer": "there"}
+    assert "Frage" in rejected[0]["message"]
+    assert json.loads(rejected[0]["raw"]) == {"Frage": "hi", "Antwort": "there"}
+    problem = report["sources"][str(path)]["problem"]
+    assert problem["category"] == "missing_column" and problem["columns"] == ["Frage", "Antwort"]
+    assert problem["fix"].startswith('columns = {"Frage": "prompt", "Antwort": "completion"}')
+    fixed = collect(CollectConfig(workspace=str(tmp_path / "ws2"), sources=[str(path)],
+                                  columns=json.loads(problem["fix"].split("=", 1)[1].split("#")[0])))
+    assert fixed["kept"] == 2 and "problem" not in fixed["sources"][str(path)]
 
 
 def test_csv_messages_column_as_json_text(tmp_path):
@@ -462,7 +482,9 @@ def test_dataset_objects_in_memory(tmp_path):
     assert rejected == []
     assert [r["meta"] for r in clean] == [{"source": "<dataset>", "row": 1}, {"source": "<dataset>", "row": 2},
                                           {"source": "<dataset>:train", "row": 1}]
-    assert clean[0]["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    # `name` is kept where it was set (OpenAI's speaker name); Arrow's None for the other message is dropped
+    assert clean[0]["messages"] == [{"role": "user", "content": "hi", "name": "ann"},
+                                    {"role": "assistant", "content": "yo"}]
 
 
 def test_hub_id_offline_fails_fast_with_the_fix(tmp_path, monkeypatch):

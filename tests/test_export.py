@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from nbkit.errors import NbkitError
-from nbkit.export import merge_adapter, merge_if_requested, push_to_hub
+from nbkit.export import merge_if_requested, push_to_hub
 from nbkit.train import TrainConfig, train
 from nbkit.workspace import Workspace
 

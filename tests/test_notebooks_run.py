@@ -71,3 +71,23 @@ def test_interactive_mode_builds_the_panels_without_errors(tmp_path):
         cells = outputs(ws / "executed" / f"{name}.ipynb")
         assert not [o for o in cells if o["output_type"] == "error"], name
         assert "application/vnd.jupyter.widget-view+json" in json.dumps(cells), name
+
+
+def test_users_own_files_run_through_collect_and_format(tmp_path):
+    """tests/fixtures/user_files (spreadsheet exports, OpenAI's JSONL, an .xlsx, a broken file) through 01-02."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "fixtures" / "user_files"
+    ws = Workspace(tmp_path / "workspace")
+    assert main(["run", "--workspace", str(ws.root), "--only", "01,02", "--quiet",
+                 "-p", "sources", json.dumps([str(folder)])]) == 0
+    report = json.loads(ws.collect_report.read_text())
+    assert (report["read"], report["kept"], report["rejected"]) == (19, 17, 2)
+    assert [Path(u["source"]).name for u in report["unreadable"]] == ["broken.json"]
+    printed = json.dumps(outputs(ws.executed / "01_collect.ipynb"))
+    assert "faq.csv: 4 read, 3 kept, 1 rejected \\u2014 Question \\u2192 user, Answer \\u2192 assistant" in printed
+    assert "broken.json: NOT READ" in printed
+    formatted = json.loads(ws.format_report.read_text())
+    # The embedded model's template renders no tools: the weather row is set aside with the reason, the rest kept.
+    assert formatted["rows"] == 16 and formatted["rejected_rows"]["tools_not_rendered"] == 1
+    assert formatted["rows"] + formatted["dropped_rows"] == formatted["clean_rows"] == 17

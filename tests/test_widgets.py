@@ -318,3 +318,18 @@ def test_resume_button_loads_the_interrupted_runs_settings(tmp_path):
     nothing.resume_button.click()
     assert "Nothing to resume: no run in" in nothing.resume_view.value and "starts a new run" in nothing.resume_view.value
     assert nothing.config.resume is False
+
+
+def test_collect_panel_sets_the_xlsx_sheet_and_accepts_workbook_uploads(tmp_path):
+    from pathlib import Path
+
+    from nbkit.collect import collect
+
+    config = CollectConfig(workspace=str(tmp_path))
+    panel = nw.CollectPanel(config)
+    panel.form.inputs["sheet"].value = "Archive"
+    assert config.sheet == "Archive"
+    assert ".xlsx" in panel.upload.accept.split(",")
+    config.sources = [str(Path(__file__).parent / "fixtures" / "user_files" / "faq.xlsx")]
+    report = collect(config)
+    assert report["kept"] == 1  # the Archive sheet's one row, not the first sheet's two

@@ -21,7 +21,7 @@ from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 from nbkit.workspace import Workspace, describe_provenance, read_jsonl
 
-UPLOAD_TYPES = ".jsonl,.json,.csv,.tsv,.parquet,.txt"
+UPLOAD_TYPES = ".jsonl,.json,.csv,.tsv,.parquet,.txt,.xlsx,.xlsm"
 TEXTAREA = {"layout": widgets.Layout(width="640px"), "style": {"description_width": "90px"}}
 
 
@@ -52,7 +52,7 @@ class CollectPanel(Panel):
 
     def __init__(self, config: CollectConfig) -> None:
         self.config = config
-        self.form = ConfigForm(config, ["sources"], title="Sources (empty = bundled sample data)")
+        self.form = ConfigForm(config, ["sources", "sheet"], title="Sources (empty = bundled sample data)")
         self.status = css(widgets.HTML(""), "nbkit-collect-status")
         self.mappings = {name: self._mapping_input(name) for name in ("columns", "roles")}
         self.upload = css(widgets.FileUpload(accept=UPLOAD_TYPES, multiple=True, description="Upload"),

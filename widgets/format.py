@@ -29,5 +29,7 @@ def mask_html(segments: list[tuple[str, bool]]) -> str:
 
 
 def mask_viewer(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> Pager:
-    return Pager(rows, lambda row: mask_html(mask_segments(tokenizer, row["messages"], max_seq_len)),
+    """Each row as training sees it (its tools rendered, cut at max_seq_len); weight-0 replies show as context."""
+    return Pager(rows, lambda row: mask_html(mask_segments(tokenizer, row["messages"], max_seq_len,
+                                                           tools=row.get("tools"))),
                  "Loss mask: what the model learns from", name="mask")
