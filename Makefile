@@ -17,7 +17,7 @@ export NBKIT_CHROMIUM ?= $(CHROMIUM)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast test-colab test-browser browser-deps lab benchmark gpu-check gpu-wheels clean
+.PHONY: install demo test test-fast test-colab test-browser browser-deps go-deps lab benchmark gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -34,8 +34,19 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/nbkit run --workspace $(WORKSPACE)
 
-test: $(STAMP) browser-deps
+test: $(STAMP) browser-deps go-deps
 	$(PY) -m pytest -ra
+
+# Go's text/template renders the Ollama Modelfile's TEMPLATE in tests/test_ollama.py (what Ollama renders with).
+# Installed like Chromium: when missing and we are root; otherwise that test skips and says why.
+go-deps:
+	@if command -v go >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing golang-go for the Modelfile template test"; \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q golang-go >/dev/null)) || \
+		echo "could not install golang-go: the Modelfile template test will be skipped"; \
+	else echo "no go and not root: the Modelfile template test will be skipped (apt-get install golang-go)"; fi
 
 # Real-browser tests need Debian's Chromium (Playwright drives it; never `playwright install`).
 # Installed when missing and we are root; otherwise the browser tests skip and say why.

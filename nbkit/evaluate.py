@@ -8,7 +8,9 @@ Beyond the headline numbers the summary carries what a reviewer checks next:
 - `warnings`: scores that are too good to trust (leaked rows) or too noisy (few rows);
 - `examples`: the tuned model's best and worst test rows by its per-row score;
 - `forgetting`: a fixed set of general questions (FORGETTING_PROBE) asked to both models,
-  to notice when the adapter damaged what the base model already knew.
+  to notice when the adapter damaged what the base model already knew;
+- `runaway`: answers that ran to max_new_tokens without the end-of-turn token, per model, with
+  a warning when the tuned model does it more (a lost end-of-turn token or a template mismatch).
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ class EvalConfig(Config):
                                  "labels: macro_f1, free text: rouge_l).")
     forgetting_probe: bool = field(True, "Also ask both models a few general questions (capital of France, "
                                          "simple sums) to notice forgotten knowledge; takes seconds.")
-    merge: bool = field(False, "After evaluating, merge the adapter into an unquantized copy of the base model "
-                               "(runs/<run_id>/merged/) and check that it answers like base + adapter.")
+    export_formats: list = field([], "After evaluating, export to runs/<run_id>/export/: \"merged\" (the adapter "
+                                     "merged into an unquantized base), \"gguf\" (f16 and Q8_0 for llama.cpp / LM "
+                                     "Studio), \"ollama\" (a Modelfile for the GGUF); each checked for parity.")
 
     def validate(self) -> None:
         for name in ("max_examples", "max_new_tokens"):
@@ -72,15 +75,40 @@ class EvalConfig(Config):
         known = ("", "exact_match", "json_valid", "field_accuracy", "accuracy", "macro_f1", "rouge_l", "bleu",
                  "perplexity")
         self.require_choice("task_metric", known)
+        from nbkit.export import EXPORT_FORMATS
+
+        self.require(isinstance(self.export_formats, (list, tuple)), "export_formats",
+                     f"must be a list like [\"gguf\", \"ollama\"], got {self.export_formats!r}")
+        for value in self.export_formats:
+            self.require(value in EXPORT_FORMATS, "export_formats",
+                         f"has {value!r}; use any of {', '.join(EXPORT_FORMATS)}")
 
 
 def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
              batch_size: int = 32) -> list[str]:
     """Greedy answers for each conversation prompt, batched with left padding."""
+    return generate_with_stops(model, tokenizer, conversations, max_new_tokens, batch_size)[0]
+
+
+def end_of_turn_ids(model, tokenizer) -> set[int]:
+    """Tokens generation stops at: the generation config's EOS ids (one or several) and the tokenizer's EOS."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                        batch_size: int = 32) -> tuple[list[str], list[bool]]:
+    """Greedy answers, and for each whether it ended with an end-of-turn token (False: it ran to
+    max_new_tokens, a "runaway" answer)."""
     import torch
 
     tokenizer.padding_side = "left"
+    stops = end_of_turn_ids(model, tokenizer)
     answers: list[str] = []
+    stopped: list[bool] = []
     for start in range(0, len(conversations), batch_size):
         batch = conversations[start:start + batch_size]
         texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
@@ -90,7 +118,25 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
                                  pad_token_id=tokenizer.pad_token_id, use_cache=True)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
         answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    return answers
+        # A finished row is padded to the batch's length, with the pad token (often the EOS itself).
+        stopped += [any(int(t) in stops for t in row) or len(row) < max_new_tokens for row in new_tokens]
+    return answers, stopped
+
+
+def runaway_count(stopped: list[bool]) -> int:
+    return sum(not s for s in stopped)
+
+
+def runaway_summary(answers: dict[str, list[str]], stopped: dict[str, list[bool]], prompts: list[list[dict]],
+                    max_new_tokens: int, k: int = 3) -> dict[str, Any]:
+    """Per model: how many answers ran to max_new_tokens without an end-of-turn token, and a few of the tuned
+    model's (the symptom of a lost end-of-turn token or a template mismatch)."""
+    out: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    for name in answers:
+        out[name] = runaway_count(stopped[name])
+    out["examples"] = [{"prompt": p[-1]["content"], "tuned": a}
+                       for p, a, s in zip(prompts, answers.get("tuned", []), stopped.get("tuned", [])) if not s][:k]
+    return out
 
 
 def mean_loss(model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, batch_size: int = 16,
@@ -191,12 +237,13 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
     results: dict[str, dict[str, float]] = {}
     answers: dict[str, list[str]] = {}
+    stopped: dict[str, list[bool]] = {}
     probe: dict[str, list[str]] = {}
     for name in ("base", "tuned"):
         print(f"Evaluating the {name} model on {len(rows)} test rows...", flush=True)
         model, switch = models[name]
         with switch:
-            answers[name] = generate(model, tokenizer, prompts, max_new, batch_size)
+            answers[name], stopped[name] = generate_with_stops(model, tokenizer, prompts, max_new, batch_size)
             loss = mean_loss(model, tokenizer, rows, max_seq_len, batch_size, plan.loss_tokens)
             if config.forgetting_probe:
                 probe[name] = generate(model, tokenizer, [[{"role": "user", "content": q}] for q, _ in FORGETTING_PROBE],
@@ -231,6 +278,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "dataset": run.get("dataset", {}),
         "examples": best_and_worst(predictions),
         "forgetting": forgetting_scores(probe["base"], probe["tuned"]) if config.forgetting_probe else None,
+        "runaway": runaway_summary(answers, stopped, prompts, max_new),
     }
     manifest = read_json(ws.manifest) if ws.manifest.exists() else {}
     summary["warnings"] = quality_warnings(summary, manifest)
@@ -319,6 +367,14 @@ def quality_warnings(summary: dict[str, Any], manifest: dict[str, Any]) -> list[
             f"(nearly) copy a training row (data/splits/manifest.json), so part of the score may be memorized "
             f"answers. Fix: re-run 03_split with drop_leaked = True (or 02_format with drop_near_duplicates = True), "
             f"then train and evaluate again.")
+    runaway = summary.get("runaway") or {}
+    if runaway.get("tuned", 0) > runaway.get("base", 0):
+        found.append(
+            f"The tuned model ran to the length limit ({runaway['max_new_tokens']} tokens) without its end-of-turn "
+            f"token on {runaway['tuned']} of {summary.get('n_test', 0)} test prompts, the base model on "
+            f"{runaway['base']}: it may not have learned to stop. Likely causes: the end-of-turn token is not "
+            f"trained (answers_without_end_of_turn in 02's format report), answers cut by max_seq_len "
+            f"(answers_cut_by_max_seq_len), or a chat template that differs between training and use.")
     n = int(summary.get("n_test", 0))
     if n < FEW_ROWS:
         step = 100 / n if n else 100
@@ -378,5 +434,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     forgetting = summary.get("forgetting")
     if forgetting:
         lines.append(f"  {'forgetting probe':<15} base {forgetting['base']:8.3f}   tuned {forgetting['tuned']:8.3f}")
+    runaway = summary.get("runaway")
+    if runaway:
+        lines.append(f"  {'runaway answers':<15} base {runaway['base']:8d}   tuned {runaway['tuned']:8d}"
+                     f"   (ran to {runaway['max_new_tokens']} tokens without the end-of-turn token)")
     lines += [f"  warning: {w}" for w in summary.get("warnings") or []]
     return "\n".join(lines)

@@ -1,4 +1,9 @@
-"""Export a run: merge its LoRA adapter into the base model, check parity, push to the Hub.
+"""Export a run: merge its LoRA adapter into the base model, write GGUF files and an Ollama Modelfile,
+check that every export answers like the evaluated model, push to the Hub.
+
+Everything lands in runs/<run_id>/export/: merged/ (an ordinary Hugging Face checkpoint),
+<run_id>-f16.gguf and <run_id>-q8_0.gguf (llama.cpp, LM Studio; nbkit.gguf_export), Modelfile
+(Ollama; nbkit.ollama) and parity.json with every comparison.
 
 Why merge: a merged model is one ordinary checkpoint — it loads without peft and serves at
 base-model speed (no adapter matmuls). The merge is done into an UNQUANTIZED base: folding the
@@ -20,11 +25,11 @@ import socket
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import urlparse
 
 from nbkit.errors import ConfigError, NbkitError
-from nbkit.evaluate import generate
+from nbkit.evaluate import generate_with_stops, runaway_count
 from nbkit.formatting import prompt_messages, reference_answer
 from nbkit.devices import local_rank
 from nbkit.memory import release_memory
@@ -34,6 +39,12 @@ from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_jsonl, write_json
 
 PARITY_PROMPTS = 8
+EXPORT_FORMATS = ("merged", "gguf", "ollama")
+GGUF_TYPES = ("f16", "q8_0")
+# Share of greedy answers a GGUF file (read back through transformers' GGUF loader) must give exactly as the
+# merged model does: f16 rounds every weight once (a near-tie token may flip and change one answer), Q8_0 keeps
+# 8 bits per weight in blocks of 32 with one scale (answers may drift after a few tokens).
+GGUF_TOLERANCE = {"f16": 0.75, "q8_0": 0.5}
 
 
 # Share of greedy answers of the merged model that must equal those of the model evaluation scored. All of
@@ -54,9 +65,11 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
     base fits in its free memory, else on the CPU; every model is freed before the next loads.
 
     Writes runs/<run_id>/merged/ (or `out_dir`) and parity.json inside it: {"prompts", "identical",
-    "agreement", "tolerance", "within_tolerance", "compared_with", "merged_on", "saved_dtype", "mismatches"}.
-    Returns the parity record plus "run_id", "path" and "merged": True. A fully fine-tuned run has no
-    adapter: its model/ folder is returned as it is, with "merged": False.
+    "agreement", "tolerance", "within_tolerance", "compared_with", "merged_on", "saved_dtype", "mismatches",
+    "runaway"} ("runaway": {"evaluated", "merged"}: answers that ran to max_new_tokens without an end-of-turn
+    token). Returns the parity record plus "run_id", "path", "merged": True, and the merged model's
+    "answers" with the "conversations" they answer. A fully fine-tuned run has no adapter: its model/ folder
+    is returned as it is, with "merged": False.
     """
     from peft import PeftModel
 
@@ -68,20 +81,16 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         print(f"Run {run_id} was fully fine-tuned: {path} is already a standalone model, nothing to merge "
               "(push_to_hub uploads it as it is).", flush=True)
         return {"run_id": run_id, "path": str(path), "merged": False}
+    prompts, max_new = parity_prompts(ws, run["base_model"], n_prompts)
     out = Path(out_dir) if out_dir else ws.run_dir(run_id) / "merged"
-    rows = read_jsonl(ws.require(ws.split("test"), "03_split"))[:n_prompts]
-    prompts = [prompt_messages(r["messages"]) for r in rows]
-
     tokenizer = load_tokenizer(run["base_model"])
-    longest = max((len(tokenizer(reference_answer(r["messages"]))["input_ids"]) for r in rows), default=16)
-    max_new = int(1.25 * longest) + 8
     plan = pick_device()
     dtype = saved_dtype(resolve_model(run["base_model"]))
     where = merge_device(plan, run["base_model"], dtype)
     evaluated = f"{'4-bit' if run['method'] == 'qlora' else plan.compute_dtype} base + adapter"
     with quiet_library_notices():
         model = load_trained_model(run, ws.run_dir(run_id), plan)
-        evaluated_answers = generate(model, tokenizer, prompts, max_new)
+        evaluated_answers, evaluated_stops = generate_with_stops(model, tokenizer, prompts, max_new)
         del model
         release_memory()
         print(f"Merging the adapter of run {run_id} into {run['base_model']} on the {where}, saved in {dtype} "
@@ -98,7 +107,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         release_memory()
         print(f"Saved the merged model to {out}; reloading it to check parity...", flush=True)
         reloaded = load_saved_model(out, plan)
-        merged_answers = generate(reloaded, tokenizer, prompts, max_new)
+        merged_answers, merged_stops = generate_with_stops(reloaded, tokenizer, prompts, max_new)
         del reloaded
         release_memory()
 
@@ -110,7 +119,8 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
     parity = {"prompts": len(prompts), "identical": len(prompts) - len(mismatches), "agreement": round(agreement, 3),
               "tolerance": tolerance, "within_tolerance": agreement >= tolerance, "compared_with": evaluated,
               "merged_on": where, "saved_dtype": dtype, "mismatches": mismatches, "max_new_tokens": max_new,
-              "dtype": plan.compute_dtype}
+              "dtype": plan.compute_dtype,
+              "runaway": {"evaluated": runaway_count(evaluated_stops), "merged": runaway_count(merged_stops)}}
     write_json(out / "parity.json", parity)
     verdict = "within" if parity["within_tolerance"] else "OUTSIDE"
     print(f"Parity: {parity['identical']} of {parity['prompts']} greedy answers identical to the evaluated "
@@ -120,7 +130,16 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
                       f"{len(mismatches)} of {len(prompts)} prompts (tolerance {tolerance:.0%}): check the base "
                       "model, the dtype and the tokenizer before using it (mismatches are in parity.json).",
                       stacklevel=2)
-    return {"run_id": run_id, "path": str(out), "merged": True, **parity}
+    return {"run_id": run_id, "path": str(out), "merged": True, **parity, "answers": merged_answers,
+            "conversations": prompts}
+
+
+def parity_prompts(ws: Workspace, base_model: str, n_prompts: int) -> tuple[list[list[dict[str, str]]], int]:
+    """The first test prompts and the answer length every parity check uses (1.25 x the longest reference + 8)."""
+    rows = read_jsonl(ws.require(ws.split("test"), "03_split"))[:n_prompts]
+    tokenizer = load_tokenizer(base_model)
+    longest = max((len(tokenizer(reference_answer(r["messages"]))["input_ids"]) for r in rows), default=16)
+    return [prompt_messages(r["messages"]) for r in rows], int(1.25 * longest) + 8
 
 
 def merge_base(run: dict[str, Any], dtype: str, where: str):
@@ -161,11 +180,153 @@ def merge_device(plan, base_model: str, dtype: str) -> str:
     return "cuda" if need * MERGE_HEADROOM < free else "cpu"
 
 
-def merge_if_requested(config, summary: dict[str, Any]) -> dict[str, Any] | None:
-    """What notebook 05 calls: merge the evaluated run when `config.merge` is True, else None."""
-    if not config.merge:
+def export_if_requested(config, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """What notebook 05 calls: export the evaluated run in `config.export_formats`, else None."""
+    if not config.export_formats:
         return None
-    return merge_adapter(config.workspace, summary["run_id"])
+    return export_run(config.workspace, summary["run_id"], config.export_formats)
+
+
+def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] = ("merged",),
+               n_prompts: int = PARITY_PROMPTS) -> dict[str, Any]:
+    """Export a run to runs/<run_id>/export/ in `formats` (EXPORT_FORMATS: "gguf" needs the merged model,
+    "ollama" the GGUF), checking each export against the evaluated model; writes and returns parity.json's
+    record: {"run_id", "formats", "merged": {...}, "gguf": {type: {...}}, "ollama": {...}}.
+
+    A format the model cannot take (gguf_export.gguf_problem, an unusual chat template) is refused with the
+    reason in the record and a warning; the other formats are still written."""
+    from nbkit.gguf_export import gguf_problem
+    from nbkit.ollama import OllamaError, write_modelfile
+
+    formats = normalized_formats(formats)
+    ws = Workspace(workspace)
+    run_id = resolve_run(ws.root, run_id)
+    run = load_run(ws.root, run_id)
+    out = ws.run_dir(run_id) / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    merged = merge_adapter(ws.root, run_id, out / "merged", n_prompts)
+    record: dict[str, Any] = {"run_id": run_id, "formats": formats,
+                              "merged": {k: v for k, v in merged.items() if k not in ("answers", "conversations")}}
+    if "answers" in merged:  # what the exports are compared with, for other runtimes too (llama.cpp, Ollama)
+        record["merged"]["answers"] = [{"messages": c, "answer": a}
+                                       for c, a in zip(merged["conversations"], merged["answers"])]
+    if "gguf" in formats:
+        model_dir = Path(merged["path"])
+        problem = gguf_problem(model_dir)
+        if problem:
+            record["gguf"] = {"refused": problem}
+            warnings.warn(f"No GGUF export for run {run_id}: {problem}", stacklevel=2)
+        else:
+            if "answers" not in merged:  # a fully fine-tuned run: its answers were not generated by a merge
+                merged.update(reference_answers(ws, run, model_dir, n_prompts))
+            record["gguf"] = {t: export_gguf(model_dir, out / f"{run_id}-{t}.gguf", t, merged) for t in GGUF_TYPES}
+    if "ollama" in formats and "refused" not in record.get("gguf", {}):
+        gguf_name = f"{run_id}-q8_0.gguf"
+        try:
+            record["ollama"] = write_modelfile(out, gguf_name, load_tokenizer(run["base_model"]), merged["path"],
+                                               read_jsonl(ws.require(ws.split("train"), "03_split")),
+                                               name=f"nbkit-{run_id}".lower())
+            print("Ollama: " + " && ".join(record["ollama"]["commands"]), flush=True)
+        except OllamaError as err:
+            record["ollama"] = {"refused": str(err)}
+            warnings.warn(f"No Ollama Modelfile for run {run_id}: {err}", stacklevel=2)
+    write_json(out / "parity.json", record)
+    return record
+
+
+def describe_export(record: dict[str, Any] | None) -> str:
+    """What export_run wrote and how each export compared, as lines for the notebook."""
+    if not record:
+        return "Nothing exported (export_formats is empty)."
+    merged = record["merged"]
+    lines = [f"Exported run {record['run_id']} ({', '.join(record['formats'])}):"]
+    if merged.get("merged"):
+        lines.append(f"  merged model: {merged['path']} — {merged['identical']} of {merged['prompts']} greedy answers "
+                     f"identical to the evaluated {merged['compared_with']} (tolerance {merged['tolerance']:.0%})")
+    else:
+        lines.append(f"  model: {merged['path']} (fully fine-tuned: nothing to merge)")
+    gguf = record.get("gguf") or {}
+    if "refused" in gguf:
+        lines.append(f"  GGUF: not written — {gguf['refused']}")
+    for kind, entry in gguf.items() if "refused" not in gguf else ():
+        verdict = "within" if entry["within_tolerance"] else "OUTSIDE"
+        lines.append(f"  {Path(entry['path']).name}: {entry['bytes'] / 2**20:.0f} MiB, {entry['identical']} of "
+                     f"{entry['prompts']} answers identical to the merged model ({verdict} {entry['tolerance']:.0%}), "
+                     f"{entry['runaway']} runaway, end-of-turn {entry['eos_token']}")
+    ollama = record.get("ollama")
+    if ollama and "refused" in ollama:
+        lines.append(f"  Ollama: no Modelfile — {ollama['refused']}")
+    elif ollama:
+        lines.append(f"  Ollama: {ollama['path']} (stop {', '.join(ollama['stop'])}; system prompt "
+                     f"{'from the data' if ollama['system'] else 'the template default'}). Run it with:")
+        lines += [f"    {command}" for command in ollama["commands"]]
+    return "\n".join(lines)
+
+
+def normalized_formats(formats: Iterable[str]) -> list[str]:
+    """The requested formats with what they need: "ollama" -> "gguf" -> "merged"; ConfigError for others."""
+    wanted = set(formats)
+    unknown = sorted(wanted - set(EXPORT_FORMATS))
+    if unknown:
+        raise ConfigError(f"`export_formats` has {unknown[0]!r}; use any of {', '.join(EXPORT_FORMATS)}, "
+                          'e.g. export_formats = ["gguf", "ollama"].')
+    if "ollama" in wanted:
+        wanted.add("gguf")
+    if wanted:
+        wanted.add("merged")
+    return [f for f in EXPORT_FORMATS if f in wanted]
+
+
+def reference_answers(ws: Workspace, run: dict[str, Any], model_dir: Path, n_prompts: int) -> dict[str, Any]:
+    """The saved model's greedy answers on the parity prompts (for a fully fine-tuned run, which has no merge)."""
+    prompts, max_new = parity_prompts(ws, run["base_model"], n_prompts)
+    with quiet_library_notices():
+        model = load_saved_model(model_dir, pick_device())
+        answers, _ = generate_with_stops(model, load_tokenizer(str(model_dir)), prompts, max_new)
+        del model
+        release_memory()
+    return {"answers": answers, "conversations": prompts, "max_new_tokens": max_new}
+
+
+def export_gguf(model_dir: Path, path: Path, gguf_type: str, merged: dict[str, Any]) -> dict[str, Any]:
+    """Write one GGUF file and read it back (weights, tokenizer and chat template from the file alone, through
+    transformers' GGUF loader): its greedy answers against the merged model's, and its runaway answers."""
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nbkit.gguf_export import write_gguf
+
+    started = time.perf_counter()
+    written = write_gguf(model_dir, path, gguf_type)
+    seconds = time.perf_counter() - started
+    print(f"Wrote {path.name} ({written['bytes'] / 2**20:.0f} MiB in {seconds:.0f} s); reading it back to check "
+          "parity...", flush=True)
+    with quiet_library_notices():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
+        answers, stops = generate_with_stops(model, tokenizer, merged["conversations"], merged["max_new_tokens"])
+        del model
+        release_memory()
+    mismatches = [{"prompt": c[-1]["content"], "merged": m, "gguf": g}
+                  for c, m, g in zip(merged["conversations"], merged["answers"], answers) if m != g]
+    n = len(answers)
+    agreement = (n - len(mismatches)) / max(n, 1)
+    tolerance = GGUF_TOLERANCE[gguf_type]
+    result = {**written, "seconds": round(seconds, 1), "prompts": n, "identical": n - len(mismatches),
+              "agreement": round(agreement, 3), "tolerance": tolerance, "within_tolerance": agreement >= tolerance,
+              "compared_with": "merged model", "read_with": "transformers (GGUF loader)",
+              "chat_template_in_file": tokenizer.chat_template is not None,
+              "eos_token": tokenizer.eos_token, "runaway": runaway_count(stops), "mismatches": mismatches}
+    verdict = "within" if result["within_tolerance"] else "OUTSIDE"
+    print(f"Parity {gguf_type}: {result['identical']} of {n} greedy answers identical to the merged model ({verdict} "
+          f"the tolerance of {tolerance:.0%}); {result['runaway']} ran to the length limit without "
+          f"{tokenizer.eos_token}.", flush=True)
+    if not result["within_tolerance"] or not result["chat_template_in_file"]:
+        warnings.warn(f"{path} answers differently from the merged model on {len(mismatches)} of {n} prompts "
+                      f"(tolerance {tolerance:.0%}) or lacks a chat template: do not ship it before checking "
+                      "parity.json.", stacklevel=2)
+    return result
 
 
 # -- Hub upload ---------------------------------------------------------------------------------

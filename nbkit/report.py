@@ -48,7 +48,12 @@ def markdown_report(summary: dict[str, Any], predictions: list[dict[str, Any]]) 
     for name, base, tuned in _metric_rows(summary):
         label = f"**{name}**" if name == metric else name
         out.append(f"| {label} | {base:.4f} | {tuned:.4f} | {tuned - base:+.4f} |")
-    out += ["", "Perplexity: lower is better; every other metric: higher is better.", "", "## Warnings", ""]
+    out += ["", "Perplexity: lower is better; every other metric: higher is better.", ""]
+    runaway = summary.get("runaway")
+    if runaway:
+        out += [f"Runaway answers (ran to {runaway['max_new_tokens']} tokens without the end-of-turn token): "
+                f"base {runaway['base']}, tuned {runaway['tuned']} of {summary['n_test']}.", ""]
+    out += ["## Warnings", ""]
     out += [f"- {w}" for w in summary.get("warnings") or []] or ["None."]
     forgetting = summary.get("forgetting")
     out += ["", "## Forgetting probe", ""]

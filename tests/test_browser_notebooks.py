@@ -30,7 +30,7 @@ SCREENSHOTS = [ARTIFACTS / "screenshots"] + ([REPO / os.environ["NBKIT_SCREENSHO
                                              if os.environ.get("NBKIT_SCREENSHOTS") else [])
 TRAIN_STEPS = 10  # set in the training panel; the notebook is injected with fewer to prove the panel won
 SMALL = {"max_steps": 4, "batch_size": 4, "eval_steps": 0, "max_seq_len": 160, "lora_r": 8, "lora_alpha": 16,
-         "logging_steps": 2, "max_examples": 4, "forgetting_probe": False, "merge": False}
+         "logging_steps": 2, "max_examples": 4, "forgetting_probe": False, "export_formats": []}
 UPLOADED = ('{"messages": [{"role": "user", "content": "My card was charged twice"}, '
             '{"role": "assistant", "content": "{\\"team\\": \\"billing\\", \\"priority\\": \\"high\\"}"}]}\n')
 

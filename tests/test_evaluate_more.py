@@ -137,3 +137,41 @@ def test_report_files_hold_the_metrics(evaluated):
     tuned = summary["tuned"]["exact_match"]
     assert f"{tuned:.4f}" in markdown and f"{tuned:.4f}" in page
     assert "perplexity" in markdown and "<svg" in page and "noisy" in page
+
+
+class FixedGenerator:
+    """Stands in for a model: `generate` returns fixed new tokens after the prompt (2 = end of turn, 0 = padding)."""
+
+    def __init__(self, new_tokens, eos=2):
+        import torch
+
+        self.new_tokens = torch.tensor(new_tokens)
+        self.generation_config = type("G", (), {"eos_token_id": [eos]})()
+        self.device = "cpu"
+
+    def generate(self, input_ids, **_):
+        import torch
+
+        rows = input_ids.shape[0]
+        return torch.cat([input_ids, self.new_tokens[:rows]], dim=1)
+
+
+def test_runaway_answers_are_counted_and_warned_about(tokenizer):
+    from nbkit.evaluate import generate_with_stops, quality_warnings, runaway_summary
+
+    prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
+    # row 0 ends with the end-of-turn token, row 1 runs to the limit, row 2 stops and is padded
+    model = FixedGenerator([[11, 12, 2, 2], [11, 12, 13, 14], [11, 2, 2, 2]])
+    answers, stopped = generate_with_stops(model, tokenizer, prompts, max_new_tokens=4)
+    assert stopped == [True, False, True] and len(answers) == 3
+    short = FixedGenerator([[11, 12], [11, 12], [11, 12]])  # every row ended early: the batch stopped before the limit
+    assert generate_with_stops(short, tokenizer, prompts, max_new_tokens=4)[1] == [True, True, True]
+
+    summary = runaway_summary({"base": answers, "tuned": answers}, {"base": [True] * 3, "tuned": stopped}, prompts, 4)
+    assert (summary["base"], summary["tuned"]) == (0, 1)
+    assert summary["examples"] == [{"prompt": "question 1", "tuned": answers[1]}]
+    [warning] = quality_warnings({"runaway": summary, "n_test": 40, "task_metric": "exact_match",
+                                  "tuned": {"exact_match": 0.5}}, {})
+    assert "without its end-of-turn token on 1 of 40 test prompts, the base model on 0" in warning
+    assert "answers_without_end_of_turn" in warning
+    assert quality_warnings({"runaway": {**summary, "tuned": 0}, "n_test": 40}, {}) == []

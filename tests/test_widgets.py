@@ -333,3 +333,13 @@ def test_collect_panel_sets_the_xlsx_sheet_and_accepts_workbook_uploads(tmp_path
     config.sources = [str(Path(__file__).parent / "fixtures" / "user_files" / "faq.xlsx")]
     report = collect(config)
     assert report["kept"] == 1  # the Archive sheet's one row, not the first sheet's two
+
+
+def test_eval_panel_edits_export_formats_one_per_line(tmp_path):
+    config = EvalConfig(workspace=str(tmp_path))
+    panel = nw.eval_panel(config)
+    panel.inputs["export_formats"].value = "gguf\nollama\n"
+    assert config.export_formats == ["gguf", "ollama"]
+    panel.inputs["export_formats"].value = "merged\nonnx"
+    assert config.export_formats == ["gguf", "ollama"]  # refused, unchanged
+    assert "export_formats" in panel.error.value and "&#x27;onnx&#x27;" in panel.error.value

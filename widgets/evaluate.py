@@ -17,7 +17,8 @@ def eval_panel(config: EvalConfig) -> ConfigForm:
     choices = {"task_metric": ("", "exact_match", "macro_f1", "accuracy", "rouge_l", "bleu", "field_accuracy")}
     if runs:
         choices["run_id"] = tuple([""] + runs[::-1])
-    form = ConfigForm(config, ["run_id", "max_examples", "max_new_tokens", "batch_size", "task_metric"],
+    fields = ["run_id", "max_examples", "max_new_tokens", "batch_size", "task_metric", "export_formats"]
+    form = ConfigForm(config, fields,
                       choices=choices, title="Which run to evaluate (empty = latest)")
     css(form.box, "nbkit-eval-panel")
     return form
