@@ -82,7 +82,7 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
     arch = SUPPORTED_ARCHITECTURES[config.architectures[0]]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(out_path, arch)
-    writer.add_name(model_dir.parent.parent.name if model_dir.name == "merged" else model_dir.name)
+    writer.add_name(out_path.stem)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if gguf_type == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _hyper_parameters(writer, config)

@@ -172,6 +172,11 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
     assert reply.strip()
     assert merge_adapter(tmp_path, "full") == {"run_id": "full", "path": str(run_dir / "model"),
                                                           "merged": False}
+    from nbkit.export import export_run
+
+    exported = export_run(tmp_path, "full", ["gguf"])  # the saved model itself goes to GGUF, checked against it
+    assert exported["merged"]["merged"] is False
+    assert [exported["gguf"][k]["within_tolerance"] for k in ("f16", "q8_0")] == [True, True], exported["gguf"]
 
 
 @pytest.mark.model
