@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from nbkit.errors import ConfigError, NbkitError
 from nbkit.evaluate import generate_with_stops, runaway_count
 from nbkit.formatting import prompt_messages, reference_answer
+from nbkit.gguf_export import GGUF_TYPES
 from nbkit.devices import local_rank
 from nbkit.memory import release_memory
 from nbkit.models import (load_model, load_saved_model, load_tokenizer, load_trained_model, pick_device,
@@ -40,7 +41,6 @@ from nbkit.workspace import Workspace, read_jsonl, write_json
 
 PARITY_PROMPTS = 8
 EXPORT_FORMATS = ("merged", "gguf", "ollama")
-GGUF_TYPES = ("f16", "q8_0")
 # Share of greedy answers a GGUF file (read back through transformers' GGUF loader) must give exactly as the
 # merged model does: f16 rounds every weight once (a near-tie token may flip and change one answer), Q8_0 keeps
 # 8 bits per weight in blocks of 32 with one scale (answers may drift after a few tokens).
