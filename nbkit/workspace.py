@@ -66,7 +66,8 @@ class Workspace:
 
     @property
     def dropped(self) -> Path:
-        """Near-duplicates left out by 02 (kept here, never lost silently)."""
+        """Rows 02 set aside, each with its reason: near-duplicates, rows the chat template cannot render, rows
+        with nothing to train (kept here, never lost silently)."""
         return self.data / "formatted" / "dropped.jsonl"
 
     @property
