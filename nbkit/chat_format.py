@@ -181,13 +181,12 @@ def map_record(record: Any, columns: Mapping[str, str] | None = None, roles: Map
 PAIRS = (
     ("question", "answer"), ("question", "response"), ("query", "response"), ("query", "answer"),
     ("prompt", "response"), ("prompt", "answer"), ("prompt", "output"), ("prompt", "completion"),
-    ("instruction", "response"), ("instruction", "answer"), ("instruction", "output"),
+    ("instruction", "response"), ("instruction", "answer"),
     ("input", "output"), ("input", "response"), ("input", "target"), ("source", "target"), ("text", "label"),
     ("context", "response"), ("request", "response"), ("user", "assistant"), ("human", "assistant"),
     ("human", "gpt"),
 )
 SYSTEM_COLUMNS = ("system", "system_prompt", "system prompt")
-SCHEMA_NAMES = ("messages", "conversations")
 
 
 def recognise_layout(record: Any) -> tuple[Any, str | None]:
@@ -203,7 +202,7 @@ def recognise_layout(record: Any) -> tuple[Any, str | None]:
     for key in record:
         if isinstance(key, str):
             by_lower.setdefault(key.strip().lower(), key)
-    for name in SCHEMA_NAMES:  # "Messages", "CONVERSATIONS"
+    for name in STRUCTURED_COLUMNS:  # "Messages", "CONVERSATIONS"
         if name in by_lower:
             return _renamed(record, {by_lower[name]: name}), f"{by_lower[name]} → {name}"
     mapping: dict[str, str] = {}
@@ -243,7 +242,7 @@ def recognise_layout(record: Any) -> tuple[Any, str | None]:
 
 def _has_schema(record: dict[str, Any]) -> bool:
     keys = set(record)
-    return bool({"messages", "conversations"} & keys) or {"instruction", "output"} <= keys or \
+    return bool(set(STRUCTURED_COLUMNS) & keys) or {"instruction", "output"} <= keys or \
         {"prompt", "completion"} <= keys
 
 

@@ -195,6 +195,9 @@ def collect(config: CollectConfig) -> dict[str, Any]:
 
     write_jsonl(ws.clean, kept)
     write_jsonl(ws.rejected, rejected)
+    rejected_by_source: dict[str, list[dict[str, Any]]] = {}
+    for entry in rejected:
+        rejected_by_source.setdefault(entry["source"], []).append(entry)
     by_category = Counter(r["category"] for r in rejected)
     report = {
         "read": len(kept) + len(rejected),
@@ -203,12 +206,13 @@ def collect(config: CollectConfig) -> dict[str, Any]:
         "duplicates": by_category.get(chat_format.DUPLICATE, 0),
         "blank_lines": sum(reading.blank.values()),
         "by_category": dict(sorted(by_category.items())),
-        "sources": {src: source_report(c, layouts.get(src), rejected, firsts[src]) for src, c in per_source.items()},
+        "sources": {src: source_report(c, layouts.get(src), rejected_by_source.get(src, []), firsts[src])
+                    for src, c in per_source.items()},
         "unreadable": reading.unreadable,
     }
     for entry in reading.unreadable:
-        report["sources"][entry["source"]] = {"read": 0, "kept": 0, "rejected": 0, "error": entry["reason"],
-                                              "fix": entry["fix"]}
+        counts = report["sources"].setdefault(entry["source"], {"read": 0, "kept": 0, "rejected": 0})
+        counts.update(error=entry["reason"], fix=entry["fix"])
     write_json(ws.collect_report, report)
     return report
 
@@ -221,7 +225,8 @@ def describe_report(report: dict[str, Any]) -> str:
              f"rejected {report['rejected']}" + (f" ({categories})" if categories else "") + "."]
     for source, entry in report["sources"].items():
         if "error" in entry:
-            lines.append(f"  {source}: NOT READ — {entry['error']}. Fix: {entry['fix']}.")
+            done = f" after {entry['read']} records" if entry["read"] else ""
+            lines.append(f"  {source}: NOT READ{done} — {entry['error']}. Fix: {entry['fix']}.")
             continue
         line = f"  {source}: {entry['read']} read, {entry['kept']} kept"
         line += f", {entry['rejected']} rejected" if entry["rejected"] else ""
@@ -253,15 +258,14 @@ def canonical_row(item: Item, record: Any = None, layout: str | None = None) -> 
 def source_report(counts: Counter, layouts: Counter | None, rejected: list[dict[str, Any]],
                   first: Item) -> dict[str, Any]:
     """One source's counts, the layout applied to it, and one word for the file when every record of it
-    failed for the same reason (the rows are still in rejected.jsonl)."""
+    (`rejected`: this source's rejections) failed for the same reason (the rows are still in rejected.jsonl)."""
     out: dict[str, Any] = {k: counts[k] for k in ("read", "kept", "rejected")}
     if layouts:
         out["layout"] = layouts.most_common(1)[0][0]
     if counts["read"] and counts["rejected"] == counts["read"]:
-        mine = [r for r in rejected if r["source"] == first.source]
-        categories = {r["category"] for r in mine}
+        categories = {r["category"] for r in rejected}
         if len(categories) == 1 and chat_format.DUPLICATE not in categories:
-            out["problem"] = file_problem(mine[0], first)
+            out["problem"] = file_problem(rejected[0], first)
     return out
 
 
@@ -432,10 +436,11 @@ def iter_items(sources: Iterable[Any], reading: Reading | None = None) -> Iterat
 
 
 def read_file(reader, path: Path, reading: Reading) -> Iterator[Item]:
-    """A reader's items; a file it cannot read at all goes to `reading.unreadable`, not up the stack.
+    """A reader's items; a file it cannot read (on) goes to `reading.unreadable`, not up the stack.
 
-    Readers raise UnreadableFile before their first item (they decode and parse the whole file or its
-    header first), so a reported file has contributed no records."""
+    Readers decode and parse the whole file or its header before their first item, so a reported file has
+    usually contributed no records; a table that breaks part-way (a cell over csv's field limit) keeps the
+    rows before the break, and its report entry keeps their counts."""
     try:
         yield from reader(path, reading)
     except UnreadableFile as err:
@@ -463,6 +468,12 @@ def wide_encoding(head: bytes) -> str | None:
     return None
 
 
+def file_wide_encoding(path: Path) -> str | None:
+    """`wide_encoding` of a file's first 4 KiB."""
+    with open(path, "rb") as fh:
+        return wide_encoding(fh.read(4096))
+
+
 def decoded_text(path: Path) -> str:
     """A whole text file as str: UTF-8 (with or without BOM) or UTF-16/32, or UnreadableFile."""
     data = path.read_bytes()
@@ -476,9 +487,7 @@ def decoded_text(path: Path) -> str:
 
 
 def read_jsonl(path: Path, reading: Reading) -> Iterator[Item]:
-    with open(path, "rb") as fh:
-        wide = wide_encoding(fh.read(4096))
-    if wide:  # UTF-16/32: decode the whole file, then read it line by line
+    if file_wide_encoding(path):  # UTF-16/32: decode the whole file, then read it line by line
         for number, text in enumerate(decoded_text(path).splitlines(), start=1):
             yield from _jsonl_item(path, number, text, reading)
         return
@@ -536,7 +545,7 @@ def read_table(path: Path, reading: Reading, text: str | None = None) -> Iterato
             yield Item(str(path), "row", i, _raw({**record, **({EXTRA_CELLS: extra} if extra else {})}),
                        _clean_cells(record), error)
     except csv.Error as err:  # a NUL byte or an unclosed quote: the rows before it are kept
-        raise UnreadableFile(f"not a readable table after row {rows.line_num} ({err})",
+        raise UnreadableFile(f"not a readable table after line {rows.line_num} ({err})",
                              "save it again from the spreadsheet as CSV UTF-8") from None
 
 
@@ -598,21 +607,20 @@ def read_parquet(path: Path, reading: Reading) -> Iterator[Item]:
 def read_text(path: Path, reading: Reading) -> Iterator[Item]:
     """`.txt`: one example per block of non-blank lines (format in the module docstring); a .txt whose first
     line is tab-separated column names (Excel's "Unicode text") is read as a table."""
-    with open(path, "rb") as fh:
-        wide = wide_encoding(fh.read(4096))
+    wide = file_wide_encoding(path)
     if wide:
         text = decoded_text(path)
         first = text.lstrip("\n").split("\n", 1)[0]
-        if "\t" in first and not chat_format.TEXT_HEADER.match(first.strip()):
-            yield from read_table(path, reading, text)
-            return
+    else:
+        text = None
+        with open(path, "rb") as fh:
+            first = fh.readline().decode("utf-8-sig", "replace")
+    if "\t" in first and not chat_format.TEXT_HEADER.match(first.strip()):  # a header of tab-separated columns
+        yield from read_table(path, reading, text)
+        return
+    if wide:
         raise UnreadableFile(f"is {wide.upper()} text, not a table with tab-separated columns",
                              "save it as UTF-8 text (or export the sheet as CSV UTF-8)")
-    with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8-sig", "replace")
-    if "\t" in first and not chat_format.TEXT_HEADER.match(first.strip()):
-        yield from read_table(path, reading)
-        return
     block: list[str] = []
     start, bad = 0, ""
     for number, raw in iter_lines(path):

@@ -26,7 +26,8 @@ from nbkit import metrics
 from nbkit.config import Config, field
 from nbkit.formatting import IGNORE_INDEX, prompt_messages, reference_answer, tokenize_chat
 from nbkit.memory import release_memory
-from nbkit.models import load_model, load_tokenizer, load_trained_model, pick_device, quiet_library_notices
+from nbkit.models import (end_of_turn_ids, load_model, load_tokenizer, load_trained_model, pick_device,
+                          quiet_library_notices)
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
 
@@ -90,15 +91,6 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
     return generate_with_stops(model, tokenizer, conversations, max_new_tokens, batch_size)[0]
 
 
-def end_of_turn_ids(model, tokenizer) -> set[int]:
-    """Tokens generation stops at: the generation config's EOS ids (one or several) and the tokenizer's EOS."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
 def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
                         batch_size: int = 32) -> tuple[list[str], list[bool]]:
     """Greedy answers, and for each whether it ended with an end-of-turn token (False: it ran to
@@ -106,7 +98,7 @@ def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str
     import torch
 
     tokenizer.padding_side = "left"
-    stops = end_of_turn_ids(model, tokenizer)
+    stops = set(end_of_turn_ids(getattr(model, "generation_config", None), tokenizer))
     answers: list[str] = []
     stopped: list[bool] = []
     for start in range(0, len(conversations), batch_size):

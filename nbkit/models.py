@@ -125,6 +125,13 @@ def load_tokenizer(name: str, *, padding_side: str = "right"):
     return tokenizer
 
 
+def end_of_turn_ids(generation_config, tokenizer) -> list[int]:
+    """Tokens an answer ends at: the tokenizer's EOS, then the generation config's EOS ids (one or several)."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    configured = configured if isinstance(configured, (list, tuple)) else [configured]
+    return list(dict.fromkeys(i for i in [tokenizer.eos_token_id, *configured] if i is not None))
+
+
 def pick_device(method: str = "lora") -> PrecisionPlan:
     """The precision plan for `method` on this process's device (see nbkit.devices for the rules)."""
     return plan_for(read_device(), method)

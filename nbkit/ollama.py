@@ -120,14 +120,13 @@ def go_template(parts: TemplateParts) -> str:
 
 def stop_tokens(tokenizer, model_dir: str | Path) -> list[str]:
     """The end-of-turn token and every other token the model's generation config stops at."""
-    ids: list[int] = []
-    config = Path(model_dir) / "generation_config.json"
-    if config.is_file():
-        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
-        ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-    tokens = [tokenizer.eos_token] if tokenizer.eos_token else []
-    tokens += [tokenizer.convert_ids_to_tokens(i) for i in ids]
-    return list(dict.fromkeys(t for t in tokens if t))
+    from transformers import GenerationConfig
+
+    from nbkit.models import end_of_turn_ids
+
+    found = (Path(model_dir) / "generation_config.json").is_file()
+    config = GenerationConfig.from_pretrained(model_dir) if found else None
+    return [tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(config, tokenizer)]
 
 
 def data_system_prompt(rows: list[dict[str, Any]]) -> str | None:

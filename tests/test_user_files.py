@@ -231,3 +231,14 @@ def test_openai_message_rules(messages, category):
     with pytest.raises(chat_format.RecordError) as info:
         chat_format.validate_messages(messages)
     assert info.value.category == category
+
+
+def test_a_table_that_breaks_part_way_keeps_the_rows_before_and_their_counts(tmp_path):
+    path = tmp_path / "faq.csv"
+    huge = "x" * 200_000  # over csv's field size limit (131,072 characters): the reader stops there
+    path.write_text(f"question,answer\nWhat?,This.\nHuge?,{huge}\nAfter?,Lost.\n", encoding="utf-8")
+    report, clean, _ = run(tmp_path, [path])
+    assert [conversation(r) for r in clean] == [[("user", "What?"), ("assistant", "This.")]]
+    entry = report["sources"][str(path)]
+    assert (entry["read"], entry["kept"]) == (1, 1) and "not a readable table after line 2" in entry["error"]
+    assert f"{path}: NOT READ after 1 records" in describe_report(report)
