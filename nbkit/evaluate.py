@@ -7,8 +7,9 @@ padding (decoder-only models continue from the right edge).
 Beyond the headline numbers the summary carries what a reviewer checks next:
 - `warnings`: scores that are too good to trust (leaked rows) or too noisy (few rows);
 - `examples`: the tuned model's best and worst test rows by its per-row score;
-- `forgetting`: a fixed set of general questions (FORGETTING_PROBE) asked to both models,
-  to notice when the adapter damaged what the base model already knew;
+- `forgetting`: the general questions of nbkit.forgetting asked to both models, to notice when the
+  adapter damaged what the base model already knew ("kept 38 of 40");
+- `replay`: how many training rows were the replay guard's (nbkit.replay), from the split manifest;
 - `runaway`: answers that ran to max_new_tokens without the end-of-turn token, per model, with
   a warning when the tuned model does it more (a lost end-of-turn token or a template mismatch).
 """
@@ -17,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nbkit import metrics
 from nbkit.config import Config, field
+from nbkit.forgetting import (FORGETTING_PROBE, KEPT_ENOUGH, PROBE_MAX_NEW_TOKENS, forgetting_scores, kept_share,
+                              probe_conversations)
 from nbkit.formatting import IGNORE_INDEX, prompt_messages, reference_answer, tokenize_chat
 from nbkit.memory import release_memory
 from nbkit.models import (end_of_turn_ids, load_model, load_tokenizer, load_trained_model, pick_device,
@@ -31,22 +33,6 @@ from nbkit.models import (end_of_turn_ids, load_model, load_tokenizer, load_trai
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
 
-# General questions a small instruct model answers correctly before fine-tuning, each with the
-# words that count as a right answer (any one, case-insensitive). Kept short so the probe takes
-# seconds: if the tuned model stops answering them, the adapter overwrote general knowledge.
-FORGETTING_PROBE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("What is the capital of France?", ("paris",)),
-    ("What is 2 + 2?", ("4", "four")),
-    ("What is the capital of Japan?", ("tokyo",)),
-    ("How do you say 'hello' in Spanish?", ("hola",)),
-    ("Which planet do we live on?", ("earth",)),
-    ("What is the opposite of hot?", ("cold", "cool")),
-    ("What gas do humans need to breathe?", ("oxygen",)),
-    ("What is the largest ocean on Earth?", ("pacific",)),
-    ("Who wrote Romeo and Juliet?", ("shakespeare",)),
-    ("How many legs does a spider have?", ("8", "eight")),
-)
-PROBE_MAX_NEW_TOKENS = 16
 TOO_GOOD = 0.95  # a tuned task score at or above this is checked against the split's leakage counts
 FEW_ROWS = 30  # below this many test rows, one row moves the score by more than 3 points
 
@@ -63,8 +49,9 @@ class EvalConfig(Config):
                                "16 on a T4, more on larger GPUs).")
     task_metric: str = field("", "Headline metric; empty = chosen from the references (JSON: exact_match, "
                                  "labels: macro_f1, free text: rouge_l).")
-    forgetting_probe: bool = field(True, "Also ask both models a few general questions (capital of France, "
-                                         "simple sums) to notice forgotten knowledge; takes seconds.")
+    forgetting_probe: bool = field(True, f"Also ask both models {len(FORGETTING_PROBE)} general questions (facts, "
+                                         "sums, short instructions, formatting, refusals) to notice what the "
+                                         "tuned model forgot; takes seconds.")
     export_formats: list = field([], "After evaluating, export to runs/<run_id>/export/: \"merged\" (the adapter "
                                      "merged into an unquantized base), \"gguf\" (f16 and Q8_0 for llama.cpp / LM "
                                      "Studio), \"ollama\" (a Modelfile for the GGUF); each checked for parity.")
@@ -238,8 +225,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             answers[name], stopped[name] = generate_with_stops(model, tokenizer, prompts, max_new, batch_size)
             loss = mean_loss(model, tokenizer, rows, max_seq_len, batch_size, plan.loss_tokens)
             if config.forgetting_probe:
-                probe[name] = generate(model, tokenizer, [[{"role": "user", "content": q}] for q, _ in FORGETTING_PROBE],
-                                       PROBE_MAX_NEW_TOKENS, batch_size)
+                # One batch: the questions are short, and one long batch beats several small ones on a CPU.
+                probe[name] = generate(model, tokenizer, probe_conversations(), PROBE_MAX_NEW_TOKENS,
+                                       len(FORGETTING_PROBE))
         results[name] = {**metrics.score(answers[name], references), "loss": loss,
                          "perplexity": math.exp(min(loss, 50))}
     del models, model, switch
@@ -273,6 +261,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "runaway": runaway_summary(answers, stopped, prompts, max_new),
     }
     manifest = read_json(ws.manifest) if ws.manifest.exists() else {}
+    summary["replay"] = manifest.get("replay")
     summary["warnings"] = quality_warnings(summary, manifest)
     report = write_report(summary, predictions, ws.run_dir(run_id))
     summary["report"] = {"markdown": report.relative_to(ws.root).as_posix(),
@@ -316,28 +305,6 @@ def best_and_worst(predictions: list[dict[str, Any]], k: int = 3) -> dict[str, l
             "worst": [{"index": i, **{f: predictions[i][f] for f in keep}} for i in worst]}
 
 
-# -- forgetting probe -------------------------------------------------------------------------
-
-def probe_hit(answer: str, expected: tuple[str, ...]) -> bool:
-    """Whether any expected word appears in the answer as a whole word (case-insensitive)."""
-    text = metrics.normalize(answer)
-    return any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", text) for word in expected)
-
-
-def forgetting_scores(base: list[str], tuned: list[str]) -> dict[str, Any]:
-    """Share of probe questions each model gets right, and the questions whose verdict changed."""
-    items = []
-    for (question, expected), b, t in zip(FORGETTING_PROBE, base, tuned):
-        items.append({"prompt": question, "expected": expected[0], "base": b, "tuned": t,
-                      "base_correct": probe_hit(b, expected), "tuned_correct": probe_hit(t, expected)})
-    n = max(len(items), 1)
-    return {"n": len(items),
-            "base": sum(i["base_correct"] for i in items) / n,
-            "tuned": sum(i["tuned_correct"] for i in items) / n,
-            "changed": [i for i in items if i["base_correct"] != i["tuned_correct"]],
-            "items": items}
-
-
 # -- warnings ---------------------------------------------------------------------------------
 
 def quality_warnings(summary: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
@@ -367,6 +334,14 @@ def quality_warnings(summary: dict[str, Any], manifest: dict[str, Any]) -> list[
             f"{runaway['base']}: it may not have learned to stop. Likely causes: the end-of-turn token is not "
             f"trained (answers_without_end_of_turn in 02's format report), answers cut by max_seq_len "
             f"(answers_cut_by_max_seq_len), or a chat template that differs between training and use.")
+    forgetting = summary.get("forgetting")
+    if forgetting and kept_share(forgetting) < KEPT_ENOUGH:
+        replay = summary.get("replay") or {}
+        more = (f"raise replay_share in 02_format (now {replay['share']:.0%} of training)" if replay.get("rows")
+                else "turn the replay guard on in 02_format (replay_guard = True)")
+        found.append(
+            f"The tuned model forgot general skills: it {forgetting['reading'].split(' — ')[0]}. Train fewer steps, "
+            f"lower the learning rate or lora_r in 04_train, or {more}; then train and evaluate again.")
     n = int(summary.get("n_test", 0))
     if n < FEW_ROWS:
         step = 100 / n if n else 100
@@ -397,12 +372,25 @@ def examples_table(summary: dict[str, Any]):
     return pd.DataFrame(rows, columns=columns).round(3)
 
 
+def describe_forgetting(summary: dict[str, Any]) -> str:
+    """The probe's plain reading beside the task metric, and how much of training was replay."""
+    forgetting, replay = summary.get("forgetting"), summary.get("replay") or {}
+    if not forgetting:
+        return "Forgetting probe: not run (forgetting_probe = False)."
+    metric = summary["task_metric"]
+    guard = (f"replay guard on ({replay['rows']} replay rows, {replay['share']:.0%} of training)" if replay.get("rows")
+             else "replay guard off")
+    scores = f"{summary['base'].get(metric, float('nan')):.3f} -> {summary['tuned'].get(metric, float('nan')):.3f}"
+    return (f"Task: {metric} {scores}. "
+            f"General answers: the tuned model {forgetting['reading']} ({guard}).")
+
+
 def forgetting_table(summary: dict[str, Any]):
     """The probe questions with both models' answers and verdicts (empty when the probe was off)."""
     import pandas as pd
 
     items = (summary.get("forgetting") or {}).get("items", [])
-    columns = ["prompt", "expected", "base_correct", "tuned_correct", "base", "tuned"]
+    columns = ["kind", "prompt", "expected", "base_correct", "tuned_correct", "base", "tuned"]
     return pd.DataFrame(items, columns=columns)
 
 
@@ -425,7 +413,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {key:<15} base {base:8.3f}   tuned {tuned:8.3f}")
     forgetting = summary.get("forgetting")
     if forgetting:
-        lines.append(f"  {'forgetting probe':<15} base {forgetting['base']:8.3f}   tuned {forgetting['tuned']:8.3f}")
+        lines.append(f"  {'forgetting probe':<15} base {forgetting['base']:8.3f}   tuned {forgetting['tuned']:8.3f}"
+                     f"   ({forgetting['reading']})")
     runaway = summary.get("runaway")
     if runaway:
         lines.append(f"  {'runaway answers':<15} base {runaway['base']:8d}   tuned {runaway['tuned']:8d}"

@@ -8,6 +8,9 @@ Two optional clean-ups, suggested by the quality report (nbkit.quality), run fir
 near-duplicates can be dropped (kept in data/formatted/dropped.jsonl, never lost silently)
 and personal data replaced with placeholders.
 
+With the replay guard on (the default), the base model's own answers to general prompts are written
+beside the rows (data/formatted/replay.jsonl, see nbkit.replay); 03 puts a share of them into train.
+
 Rows that cannot be trained as written are set aside in dropped.jsonl as well, each with
 its reason: rows whose tools or tool calls the chat template leaves out (training on them
 would teach the model answers to tools it was never shown) and rows with no trained token
@@ -24,6 +27,7 @@ from nbkit.config import Config, field
 from nbkit.errors import DataError
 from nbkit.models import EMBEDDED_MODEL, load_tokenizer
 from nbkit.quality import near_duplicate_clusters, redact_pii, row_text, summary_stats, validate_threshold
+from nbkit.replay import DEFAULT_SHARE, MAX_SHARE, write_pool
 from nbkit.workspace import POSITION_KEYS, Workspace, describe_provenance, read_jsonl, write_json, write_jsonl
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy skips
@@ -52,9 +56,17 @@ class FormatConfig(Config):
         False, "Keep one row of each near-duplicate cluster found by the quality report.")
     near_duplicate_threshold: float = field(
         0.8, "Similarity (0.5-1.0) from which two rows count as near-duplicates; 1.0 finds exact copies only.")
+    replay_guard: bool = field(
+        True, "Mix the base model's own answers to general prompts into training (replay_share of train), so the "
+              "tuned model keeps answering ordinary requests as before; generated once per model and cached.")
+    replay_share: float = field(DEFAULT_SHARE, "Share of the training split that is replay rows when replay_guard "
+                                               "is on (0.05-0.5).")
 
     def validate(self) -> None:
         self.require(self.max_seq_len > 0, "max_seq_len", f"must be > 0, got {self.max_seq_len}")
+        self.require(0.05 <= self.replay_share <= MAX_SHARE, "replay_share",
+                     f"must be between 0.05 and {MAX_SHARE}, got {self.replay_share}",
+                     "0.1 is a good default; set replay_guard = False to turn replay off")
         validate_threshold(self, "near_duplicate_threshold")
 
 
@@ -430,6 +442,7 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
         "mask_problem_rows": problem_rows,
         "first_mask_problem": first_problem,
     }
+    report["replay"] = write_pool(config, tokenizer, len(out))
     write_json(ws.format_report, report)
     if rows and not out:
         causes = "; ".join(f"{n} {category} (first: {first_reason[category]})"

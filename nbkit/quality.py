@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from nbkit.config import Config, field
+from nbkit.replay import DEFAULT_SHARE
 from nbkit.workspace import Workspace, provenance, read_jsonl, write_json
 
 # -- rows ---------------------------------------------------------------------------------
@@ -574,6 +575,9 @@ class QualityConfig(Config):
     redact_pii: bool = field(False, "Formatting will replace personal data with placeholders.")
     drop_near_duplicates: bool = field(False, "Formatting will keep one row of each near-duplicate cluster.")
     label_field: str = field("label", "meta field holding each row's class, for the balance check ('' for none).")
+    replay_guard: bool = field(True, "Formatting will mix the base model's own answers to general prompts into "
+                                     "training (nbkit.replay).")
+    replay_share: float = field(DEFAULT_SHARE, "Share of the training split that will be replay rows.")
 
     def validate(self) -> None:
         self.require(bool(self.workspace), "workspace", "must not be empty")
@@ -703,6 +707,8 @@ def quality_report(config: QualityConfig) -> dict[str, Any]:
         "lengths": length_report(rows),
         "labels": label_report(rows, config.label_field),
         "diversity": {k: v for k, v in diversity.items() if k not in ("x", "y", "cluster")},
+        "replay": {"enabled": config.replay_guard, "share": config.replay_share if config.replay_guard else 0.0,
+                   "rows_with_system_prompt": sum(any(m["role"] == "system" for m in r["messages"]) for r in rows)},
         "config": config.to_dict(),
     }
     report["verdict"] = verdict(report, config)
@@ -808,9 +814,28 @@ def verdict(report: dict[str, Any], config: QualityConfig) -> list[dict[str, str
         items.append(_item("good", f"Varied topics: {diversity['n_clusters']} clusters, the largest holds "
                                    f"{diversity['largest_cluster_share']:.0%} of rows."))
 
+    items.append(_replay_item(report))
     order = {"fix": 0, "warn": 1, "good": 2}
     items.sort(key=lambda item: order[item["level"]])  # stable: problems first, in the order above
     return items[:MAX_VERDICT]
+
+
+def _replay_item(report: dict[str, Any]) -> dict[str, str]:
+    replay, n = report["replay"], report["rows"]
+    if not replay["enabled"]:
+        return _item("warn", "Replay guard off: nothing in training reminds the model how it answered ordinary "
+                             "requests, so it may answer everything like the task. Watch the forgetting probe in "
+                             "05_evaluate.", f"Set replay_guard = True in {FORMAT_PARAMS}.")
+    without = n - replay["rows_with_system_prompt"]
+    if without > n / 2:
+        return _item("warn", f"Replay guard on, but {_count(without, 'row')} of {n:,} have no system prompt: the "
+                             "task then shares its context with the replay rows, and the model has less to tell a "
+                             "task request from an ordinary one.",
+                     "Give every row the same short system prompt that names the task (a system column in "
+                     "01_collect); at inference, send that prompt to get the task's answers.")
+    return _item("good", f"Replay guard on: {replay['share']:.0%} of the training rows will be the base model's own "
+                         "answers to general prompts, so it keeps answering ordinary requests as before; the "
+                         "task's system prompt triggers the task.", "replay_guard is on.")
 
 
 def verdict_text(report: dict[str, Any]) -> str:

@@ -59,7 +59,8 @@ def markdown_report(summary: dict[str, Any], predictions: list[dict[str, Any]]) 
     out += ["", "## Forgetting probe", ""]
     if forgetting:
         out += [f"General questions answered correctly: base {forgetting['base']:.0%}, tuned {forgetting['tuned']:.0%} "
-                f"({forgetting['n']} questions).", "", "| question | expected | base | tuned |", "|---|---|---|---|"]
+                f"({forgetting['n']} questions): the tuned model {forgetting.get('reading', '')}. {_replay(summary)}",
+                "", "| question | expected | base | tuned |", "|---|---|---|---|"]
         for item in forgetting["items"]:
             mark = {True: "✓", False: "✗"}
             out.append(f"| {_md_cell(item['prompt'])} | {_md_cell(item['expected'])} | "
@@ -116,7 +117,8 @@ def html_report(summary: dict[str, Any], predictions: list[dict[str, Any]]) -> s
     if forgetting:
         mark = {True: "✓ ", False: "✗ "}
         probe = (f"<p>General questions answered correctly: base {forgetting['base']:.0%}, tuned "
-                 f"{forgetting['tuned']:.0%} ({forgetting['n']} questions).</p>" + _table(
+                 f"{forgetting['tuned']:.0%} ({forgetting['n']} questions): the tuned model "
+                 f"{_esc(forgetting.get('reading', ''))}. {_esc(_replay(summary))}</p>" + _table(
                      ["question", "expected", "base", "tuned"],
                      [[_esc(i["prompt"]), _esc(i["expected"]), mark[i["base_correct"]] + _esc(i["base"]),
                        mark[i["tuned_correct"]] + _esc(i["tuned"])] for i in forgetting["items"]]))
@@ -153,3 +155,11 @@ def write_report(summary: dict[str, Any], predictions: list[dict[str, Any]], run
     markdown.write_text(markdown_report(summary, predictions), encoding="utf-8")
     (eval_dir / "report.html").write_text(html_report(summary, predictions), encoding="utf-8")
     return markdown
+
+
+def _replay(summary: dict[str, Any]) -> str:
+    replay = summary.get("replay") or {}
+    if replay.get("rows"):
+        return (f"Training held {replay['rows']} replay rows ({replay['share']:.0%}): the base model's own answers "
+                "to other general prompts.")
+    return "Training held no replay rows (replay guard off)."

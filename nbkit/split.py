@@ -17,7 +17,8 @@ from typing import Any
 from nbkit.config import Config, field
 from nbkit.errors import DataError
 from nbkit.quality import cross_near_duplicates, diversity_map, row_text, validate_threshold
-from nbkit.workspace import SPLITS, Workspace, provenance, read_jsonl, write_json, write_jsonl
+from nbkit.replay import is_replay, replay_needed
+from nbkit.workspace import SPLITS, Workspace, provenance, read_json, read_jsonl, write_json, write_jsonl
 
 
 @dataclass
@@ -183,6 +184,7 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
             dropped += [{**splits[name][item["index"]], "leak": {**item, "split": name}} for item in items]
             splits[name] = [row for i, row in enumerate(splits[name]) if i not in drop]
     write_jsonl(ws.leaked, dropped)
+    replay = mix_in_replay(ws, splits, config.seed)
     for name, part in splits.items():
         write_jsonl(ws.split(name), part)
     manifest = {
@@ -199,10 +201,30 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
         "leaked_dropped": len(dropped),
         "leak_examples": [{**item, "split": name} for name, items in leaks.items() for item in items][:20],
         "near_duplicate_threshold": config.near_duplicate_threshold,
-        "labels": {name: _label_counts(part, config.stratify_by) for name, part in splits.items()},
+        "labels": {name: _label_counts([r for r in part if not is_replay(r)], config.stratify_by)
+                   for name, part in splits.items()},
+        "replay": replay,
     }
     write_json(ws.manifest, manifest)
     return manifest
+
+
+def mix_in_replay(ws: Workspace, splits: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, Any]:
+    """Add the replay guard's rows (02's data/formatted/replay.jsonl) to train, and to train only: they are the
+    base model's answers to general prompts, so scoring them would measure nothing about the task."""
+    settings = read_json(ws.format_report).get("replay", {}) if ws.format_report.exists() else {}
+    pool = read_jsonl(ws.replay) if settings.get("enabled") and ws.replay.exists() else []
+    if not pool:
+        return {"enabled": bool(settings.get("enabled")), "rows": 0, "share": 0.0}
+    n_task = len(splits["train"])
+    wanted = replay_needed(n_task, settings["share"])
+    chosen = [{"messages": r["messages"], "meta": r["meta"]} for r in pool[:wanted]]
+    train = splits["train"] + chosen
+    random.Random(seed).shuffle(train)  # replay rows spread over the whole run, not bunched at its end
+    splits["train"] = train
+    return {"enabled": True, "rows": len(chosen), "wanted": wanted, "task_rows": n_task,
+            "share": round(len(chosen) / len(train), 4), "model": settings.get("model", ""),
+            "short_by": wanted - len(chosen)}
 
 
 def _label_counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:

@@ -473,6 +473,11 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
     """
     ws = Workspace(config.workspace)
     manifest = read_json(ws.require(ws.manifest, "03_split"))
+    replay_model = (manifest.get("replay") or {}).get("model")
+    if replay_model and replay_model != config.base_model:
+        say(f"Warning: the split's replay rows are {replay_model}'s own answers, but this run trains "
+            f"{config.base_model}: they remind it of another model's answers. Set base_model = "
+            f"{config.base_model!r} in 02_format and re-run 02 and 03.")
     run_id = run_to_resume(ws, config) if config.resume else (config.run_id or new_run_id())
     run_dir = Path(run_dir) if run_dir is not None else ws.run_dir(run_id)
     metrics_path = run_dir / "metrics.jsonl"
@@ -561,6 +566,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         "peak_memory_gib": round(memory_gib(), 3),
         "trainable_parameters": trainable,
         "dataset": {"fingerprints": manifest["fingerprints"], "sizes": manifest["sizes"],
+                    "replay_rows": (manifest.get("replay") or {}).get("rows", 0),
                     "manifest": str(ws.manifest)},
         "adapter": str(weights_dir) if method != "full" else None,
         "model": str(weights_dir) if method == "full" else None,

@@ -4,7 +4,7 @@ Layout (see DESIGN.md):
     data/clean.jsonl, data/rejected.jsonl, data/collect_report.json      01 collect
     data/manual.jsonl                                                    01 (hand-written and fixed examples)
     data/quality_report.json, data/diversity_map.json                    02 quality report
-    data/formatted/rows.jsonl, dropped.jsonl, format_report.json         02 format
+    data/formatted/rows.jsonl, dropped.jsonl, replay.jsonl, format_report.json  02 format
     data/splits/{train,validation,test}.jsonl, manifest.json, leaked.jsonl  03 split
     runs/<run_id>/...                                                    04 train, 05 evaluate
     executed/                                                            `nbkit run`
@@ -69,6 +69,12 @@ class Workspace:
         """Rows 02 set aside, each with its reason: near-duplicates, rows the chat template cannot render, rows
         with nothing to train (kept here, never lost silently)."""
         return self.data / "formatted" / "dropped.jsonl"
+
+    @property
+    def replay(self) -> Path:
+        """The replay guard's pool: the base model's own answers to general prompts (nbkit.replay); 03 mixes a
+        share of them into train only."""
+        return self.data / "formatted" / "replay.jsonl"
 
     @property
     def format_report(self) -> Path:

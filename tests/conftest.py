@@ -24,7 +24,8 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def prepared_workspace(tmp_path_factory) -> Path:
-    """Sample data collected, formatted and split once per session (stages 01-03, no model weights)."""
+    """Sample data collected, formatted and split once per session (stages 01-03). The replay guard's answers
+    come from the machine's cache (the model answers once per machine)."""
     from nbkit.collect import CollectConfig, collect
     from nbkit.formatting import FormatConfig, format_rows
     from nbkit.split import SplitConfig, split_dataset

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from nbkit.evaluate import (FORGETTING_PROBE, EvalConfig, best_and_worst, evaluate, examples_table,
-                            forgetting_scores, forgetting_table, format_summary, format_warnings, probe_hit,
-                            quality_warnings, row_score)
+from nbkit.evaluate import (EvalConfig, best_and_worst, describe_forgetting, evaluate, examples_table,
+                            forgetting_table, format_summary, format_warnings, quality_warnings, row_score)
+from nbkit.forgetting import FORGETTING_PROBE, forgetting_scores, probe_hit
 from nbkit.report import write_report
 from nbkit.train import TrainConfig, train
 from nbkit.workspace import Workspace
@@ -74,7 +74,7 @@ def test_probe_matching_and_structure():
     assert probe_hit("The capital of France is Paris.", ("paris",))
     assert not probe_hit("Parisian food is great", ("paris",))  # whole words only
     assert probe_hit("2 + 2 = 4", ("4", "four"))
-    assert 8 <= len(FORGETTING_PROBE) <= 10
+    assert len(FORGETTING_PROBE) >= 40
     base = ["Paris"] + ["x"] * (len(FORGETTING_PROBE) - 1)
     result = forgetting_scores(base, ["Lyon"] * len(FORGETTING_PROBE))
     assert result["base"] == pytest.approx(1 / len(FORGETTING_PROBE)) and result["tuned"] == 0.0
@@ -126,7 +126,9 @@ def test_full_summary_has_warnings_examples_and_forgetting(evaluated):
     saved = json.loads((ws.run_dir("more-run") / "eval" / "summary.json").read_text())
     assert saved == summary
     assert len(examples_table(summary)) == 4 and len(forgetting_table(summary)) == len(FORGETTING_PROBE)
-    assert "forgetting probe" in format_summary(summary)
+    assert "forgetting probe" in format_summary(summary) and forgetting["reading"] in format_summary(summary)
+    assert summary["replay"]["rows"] == 36  # the prepared workspace trains with the replay guard on
+    assert "replay guard on (36 replay rows, 10% of training)" in describe_forgetting(summary)
 
 
 @pytest.mark.model

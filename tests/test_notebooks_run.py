@@ -42,7 +42,8 @@ def test_the_workspace_contract_is_written(executed):
     report = json.loads(executed.collect_report.read_text())
     assert report["read"] == report["kept"] + report["rejected"] and report["kept"] == 400
     manifest = json.loads(executed.manifest.read_text())
-    assert manifest["sizes"] == {"train": 320, "validation": 40, "test": 40}
+    # 320 task rows and the replay guard's 36 (10% of train), on by default
+    assert manifest["sizes"] == {"train": 356, "validation": 40, "test": 40} and manifest["replay"]["rows"] == 36
     (run_dir,) = [p for p in executed.runs.iterdir() if p.is_dir()]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["max_steps"] == 3 and config["lora_r"] == 8  # -p values reached notebook 04
@@ -80,7 +81,7 @@ def test_users_own_files_run_through_collect_and_format(tmp_path):
     folder = Path(__file__).parent / "fixtures" / "user_files"
     ws = Workspace(tmp_path / "workspace")
     assert main(["run", "--workspace", str(ws.root), "--only", "01,02", "--quiet",
-                 "-p", "sources", json.dumps([str(folder)])]) == 0
+                 "-p", "sources", json.dumps([str(folder)]), "-p", "replay_guard", "false"]) == 0
     report = json.loads(ws.collect_report.read_text())
     assert (report["read"], report["kept"], report["rejected"]) == (19, 17, 2)
     assert [Path(u["source"]).name for u in report["unreadable"]] == ["broken.json"]
@@ -91,3 +92,4 @@ def test_users_own_files_run_through_collect_and_format(tmp_path):
     # The embedded model's template renders no tools: the weather row is set aside with the reason, the rest kept.
     assert formatted["rows"] == 16 and formatted["rejected_rows"]["tools_not_rendered"] == 1
     assert formatted["rows"] + formatted["dropped_rows"] == formatted["clean_rows"] == 17
+    assert formatted["replay"] == {"enabled": False, "rows": 0} and ws.replay.read_text() == ""  # switched off

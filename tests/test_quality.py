@@ -378,6 +378,10 @@ def test_quality_panel_shows_tabs_and_edits_the_format_config(sample_report):
     panel.form.inputs["near_duplicate_threshold"].value = 0.1  # refused: stays valid
     assert config.redact_pii is True and config.near_duplicate_threshold == 0.8
     assert "between 0.5 and 1.0" in panel.form.error.value
+    panel.form.inputs["replay_guard"].value = False  # the replay guard's switch, on the same config
+    panel.form.inputs["replay_share"].value = 0.6  # refused: the last valid share stays
+    assert config.replay_guard is False and config.replay_share == 0.1 and "replay_share" in panel.form.error.value
+    assert "Replay guard on: 10%" in panel.verdict.value
     pager = panel.duplicates
     assert pager.position.value == f"1 / {report['near_duplicates']['n_clusters']}"
     assert "kept" in pager.view.value and "dropped with drop_near_duplicates" in pager.view.value
@@ -392,3 +396,20 @@ def test_quality_panel_falls_back_to_html_figures_for_colab(sample_report):
     assert panel.form is None  # no config given: nothing to edit
     assert panel.figures["lengths"].value.startswith("<iframe srcdoc=")
     assert "nbkit-quality-fig-lengths" in panel.figures["lengths"]._dom_classes
+
+
+def test_verdict_says_whether_the_replay_guard_is_on_and_what_triggers_the_task(tmp_path):
+    from nbkit.workspace import write_jsonl
+
+    ws = tmp_path / "ws"
+    rows = [{"messages": [{"role": "user", "content": f"ticket {i} about topic {i % 7}"},
+                          {"role": "assistant", "content": "billing"}], "meta": {"source": "t", "line": i + 1}}
+            for i in range(120)]
+    write_jsonl(ws / "data" / "clean.jsonl", rows)
+    off = quality_report(QualityConfig(workspace=str(ws), replay_guard=False))
+    item = next(i for i in off["verdict"] if "Replay guard off" in i["message"])
+    assert item["level"] == "warn" and "replay_guard = True" in item["fix"]
+    bare = quality_report(QualityConfig(workspace=str(ws)))
+    item = next(i for i in bare["verdict"] if "Replay guard on" in i["message"])
+    assert item["level"] == "warn" and "120 rows of 120 have no system prompt" in item["message"]
+    assert bare["replay"] == {"enabled": True, "share": 0.1, "rows_with_system_prompt": 0}

@@ -25,7 +25,7 @@ LEVELS = {  # badge text, text colour, background
     "warn": ("WARN", "#7a5b00", "#fff8e1"),
     "good": ("OK", "#1b5e20", "#e8f5e9"),
 }
-FIX_FIELDS = ["redact_pii", "drop_near_duplicates", "near_duplicate_threshold"]
+FIX_FIELDS = ["redact_pii", "drop_near_duplicates", "near_duplicate_threshold", "replay_guard", "replay_share"]
 MAX_MAP_POINTS = 5000  # more points than this make the map slow to draw and no easier to read
 
 
