@@ -151,8 +151,12 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
     from nbkit.export import merge_adapter
     from nbkit.models import resolve_model
     from nbkit.playground import load_chat_model, stream_reply
+    from nbkit.replay import is_replay
 
     shutil.copytree(prepared_workspace / "data", tmp_path / "data")  # a workspace of its own: no other runs
+    # Task rows only, so the first and last step's losses compare like with like (a replay row's loss starts low).
+    train_split = Workspace(tmp_path).split("train")
+    write_jsonl(train_split, [r for r in read_jsonl(train_split) if not is_replay(r)])
     config = TrainConfig(workspace=str(tmp_path), run_id="full", method="full", max_steps=4,
                          **{**TINY, "learning_rate": 1e-4, "eval_steps": 0, "save_steps": 4})
     record = train(config, on_log=None)

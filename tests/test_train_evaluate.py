@@ -44,7 +44,11 @@ def finished_run(prepared_workspace):
 def test_loss_falls_and_the_run_is_recorded(finished_run, prepared_workspace):
     run_dir = Workspace(prepared_workspace).run_dir("test-run")
     assert finished_run["steps"] == 4 and finished_run["method"] == "qlora"
-    assert finished_run["train_loss"]["last"] < 0.7 * finished_run["train_loss"]["first"]
+    # Validation holds task rows only; a training batch may be mostly replay rows, whose loss starts low (they are
+    # the model's own answers), so the task's loss is read on validation: 2.12 at step 2, 1.20 at step 4.
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
+    assert len(evals) == 2 and evals[-1] < 0.7 * evals[0]
     assert finished_run["eval_loss"] is not None
     for name in ("config.json", "env.json", "metrics.jsonl", "run.json", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors"):

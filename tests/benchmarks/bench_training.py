@@ -45,7 +45,7 @@ class StepClock(TrainerCallback):
 def prepare(root: Path, rows: int) -> Workspace:
     ws = Workspace(root)
     collect(CollectConfig(workspace=str(root)))
-    format_rows(FormatConfig(workspace=str(root)))
+    format_rows(FormatConfig(workspace=str(root), replay_guard=False))  # the task rows alone, as measured before
     split_dataset(SplitConfig(workspace=str(root)))
     write_jsonl(ws.split("train"), read_jsonl(ws.split("train"))[:rows])
     return ws

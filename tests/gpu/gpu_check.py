@@ -408,7 +408,8 @@ def stage_prepare(check: Check, r: dict[str, Any]) -> str:
                           encoding="utf-8")
         sources = [str(subset)]
     collected = collect(CollectConfig(workspace=str(ws), sources=sources))
-    formatted = format_rows(FormatConfig(workspace=str(ws), base_model=str(model_dir), max_seq_len=s.max_seq_len))
+    formatted = format_rows(FormatConfig(workspace=str(ws), base_model=str(model_dir), max_seq_len=s.max_seq_len,
+                                          replay_guard=False))
     manifest = split_dataset(SplitConfig(workspace=str(ws)))
     r["data"] = {"workspace": str(ws), "kept": collected.get("kept"), "rejected": collected.get("rejected"),
                  "formatted_rows": formatted["rows"], "tokens": formatted["tokens"],
