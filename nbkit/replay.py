@@ -34,7 +34,7 @@ from typing import Any
 from nbkit.models import cache_dir
 
 REPLAY_MAX_NEW_TOKENS = 80
-DEFAULT_SHARE = 0.10  # measured on the demo: see README, "Replay guard"
+DEFAULT_SHARE = 0.15  # measured on the demo: see README, "The replay guard"
 MAX_SHARE = 0.5
 
 # General requests with short answers, so generating them stays cheap; none asks for anything harmful (a base

@@ -127,8 +127,8 @@ def test_full_summary_has_warnings_examples_and_forgetting(evaluated):
     assert saved == summary
     assert len(examples_table(summary)) == 4 and len(forgetting_table(summary)) == len(FORGETTING_PROBE)
     assert "forgetting probe" in format_summary(summary) and forgetting["reading"] in format_summary(summary)
-    assert summary["replay"]["rows"] == 36  # the prepared workspace trains with the replay guard on
-    assert "replay guard on (36 replay rows, 10% of training)" in describe_forgetting(summary)
+    assert summary["replay"]["rows"] == 57  # the prepared workspace trains with the replay guard on
+    assert "replay guard on (57 replay rows, 15% of training)" in describe_forgetting(summary)
 
 
 @pytest.mark.model

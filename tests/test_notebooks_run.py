@@ -42,8 +42,8 @@ def test_the_workspace_contract_is_written(executed):
     report = json.loads(executed.collect_report.read_text())
     assert report["read"] == report["kept"] + report["rejected"] and report["kept"] == 400
     manifest = json.loads(executed.manifest.read_text())
-    # 320 task rows and the replay guard's 36 (10% of train), on by default
-    assert manifest["sizes"] == {"train": 356, "validation": 40, "test": 40} and manifest["replay"]["rows"] == 36
+    # 320 task rows and the replay guard's 57 (15% of train), on by default
+    assert manifest["sizes"] == {"train": 377, "validation": 40, "test": 40} and manifest["replay"]["rows"] == 57
     (run_dir,) = [p for p in executed.runs.iterdir() if p.is_dir()]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["max_steps"] == 3 and config["lora_r"] == 8  # -p values reached notebook 04

@@ -380,8 +380,8 @@ def test_quality_panel_shows_tabs_and_edits_the_format_config(sample_report):
     assert "between 0.5 and 1.0" in panel.form.error.value
     panel.form.inputs["replay_guard"].value = False  # the replay guard's switch, on the same config
     panel.form.inputs["replay_share"].value = 0.6  # refused: the last valid share stays
-    assert config.replay_guard is False and config.replay_share == 0.1 and "replay_share" in panel.form.error.value
-    assert "Replay guard on: 10%" in panel.verdict.value
+    assert config.replay_guard is False and config.replay_share == 0.15 and "replay_share" in panel.form.error.value
+    assert "Replay guard on: 15%" in panel.verdict.value
     pager = panel.duplicates
     assert pager.position.value == f"1 / {report['near_duplicates']['n_clusters']}"
     assert "kept" in pager.view.value and "dropped with drop_near_duplicates" in pager.view.value
@@ -412,4 +412,4 @@ def test_verdict_says_whether_the_replay_guard_is_on_and_what_triggers_the_task(
     bare = quality_report(QualityConfig(workspace=str(ws)))
     item = next(i for i in bare["verdict"] if "Replay guard on" in i["message"])
     assert item["level"] == "warn" and "120 rows of 120 have no system prompt" in item["message"]
-    assert bare["replay"] == {"enabled": True, "share": 0.1, "rows_with_system_prompt": 0}
+    assert bare["replay"] == {"enabled": True, "share": 0.15, "rows_with_system_prompt": 0}

@@ -77,17 +77,17 @@ def test_replay_rows_go_to_train_only(prepared_workspace):
     ws = Workspace(prepared_workspace)
     manifest = json.loads(ws.manifest.read_text())
     pool = read_jsonl(ws.replay)
-    assert manifest["replay"]["enabled"] and manifest["replay"]["rows"] == 36 == replay.replay_needed(320, replay.DEFAULT_SHARE)
-    assert manifest["sizes"] == {"train": 356, "validation": 40, "test": 40}
+    assert manifest["replay"]["enabled"] and manifest["replay"]["rows"] == 57 == replay.replay_needed(320, replay.DEFAULT_SHARE)
+    assert manifest["sizes"] == {"train": 377, "validation": 40, "test": 40}
     train = read_jsonl(ws.split("train"))
-    assert sum(map(replay.is_replay, train)) == 36 and [r["messages"] for r in train if replay.is_replay(r)] != []
+    assert sum(map(replay.is_replay, train)) == 57 and [r["messages"] for r in train if replay.is_replay(r)] != []
     assert {json.dumps(r["messages"]) for r in train if replay.is_replay(r)} <= {json.dumps(r["messages"]) for r in pool}
     for name in ("validation", "test"):
         assert not any(replay.is_replay(r) for r in read_jsonl(ws.split(name))), name
     assert sum(manifest["labels"]["train"].values()) == 320  # the task's labels: replay rows are not a class
     assert all(r["messages"][0]["role"] == "user" for r in pool)  # no task system prompt on a replay row
     report = json.loads(ws.format_report.read_text())["replay"]
-    assert report["rows"] == len(pool) >= 36 and report["share"] == replay.DEFAULT_SHARE == 0.1
+    assert report["rows"] == len(pool) >= 57 and report["share"] == replay.DEFAULT_SHARE == 0.15
 
 
 def test_the_switch_off_leaves_training_without_replay(tmp_path):
