@@ -106,11 +106,15 @@ def test_stop_from_the_panel_saves_a_checkpoint_and_the_adapter(prepared_workspa
 
 @pytest.fixture(scope="module")
 def diverging_workspace(prepared_workspace, tmp_path_factory) -> Path:
-    """Training rows teach JSON triage; the validation rows are plain-English answers, whose loss rises
-    as the model learns to answer everything in JSON: a validation curve that turns up for sure."""
+    """Training rows teach JSON triage only (the replay rows, which would keep plain answers alive, are taken
+    out); the validation rows are plain-English answers, whose loss rises as the model learns to answer
+    everything in JSON: a validation curve that turns up for sure."""
+    from nbkit.replay import is_replay
+
     root = tmp_path_factory.mktemp("diverging")
     shutil.copytree(prepared_workspace / "data", root / "data")
     ws = Workspace(root)
+    write_jsonl(ws.split("train"), [r for r in read_jsonl(ws.split("train")) if not is_replay(r)])
     plain = [("What is the capital of France?", "The capital of France is Paris."),
              ("How many days are in a week?", "There are seven days in a week."),
              ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
