@@ -66,7 +66,7 @@ class FormatConfig(Config):
         self.require(self.max_seq_len > 0, "max_seq_len", f"must be > 0, got {self.max_seq_len}")
         self.require(0.05 <= self.replay_share <= MAX_SHARE, "replay_share",
                      f"must be between 0.05 and {MAX_SHARE}, got {self.replay_share}",
-                     "0.15 is a good default; set replay_guard = False to turn replay off")
+                     f"{DEFAULT_SHARE} is a good default; set replay_guard = False to turn replay off")
         validate_threshold(self, "near_duplicate_threshold")
 
 
