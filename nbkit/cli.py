@@ -103,7 +103,7 @@ def run_command(args: argparse.Namespace) -> None:
 
 def load_train_config(path: str | Path, *, max_steps: int | None = None, resume: bool = False):
     """The TrainConfig saved at `path`, with the command line's overrides applied (and validated)."""
-    from nbkit.train import TrainConfig
+    from nbkit.train_config import TrainConfig
 
     path = Path(path)
     if not path.is_file():

@@ -18,13 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 
-from nbkit.errors import NbkitError
+from nbkit.errors import RestartRequired
 
 RESTART = "Runtime > Restart session, then run the notebook from the top"
-
-
-class RestartRequired(NbkitError):
-    """The kernel runs an older copy of a package than the one now installed."""
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,15 @@ class Config:
             )
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    @classmethod
+    def from_parameters(cls, namespace: Mapping[str, Any]):
+        """The config from a notebook's parameters cell, every field by its name: `Config.from_parameters(globals())`.
+
+        The one rule for notebooks: the parameters cell declares every field of its stage's config (a test
+        compares the two), so `nbkit run -p NAME VALUE` and papermill can set anything the panel can.
+        """
+        return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace})
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 

@@ -30,6 +30,8 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from nbkit.errors import ConfigError
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -146,7 +148,7 @@ def forced(plan: PrecisionPlan, autocast: str) -> PrecisionPlan:
     """The plan with another mixed precision, for checking one device's path on another: "fp16" gives a
     T4's plan (float16 compute, float32 trainable weights) on a bf16 GPU or a CPU."""
     if autocast not in ("bf16", "fp16", "none"):
-        raise ValueError(f"autocast must be 'bf16', 'fp16' or 'none', got {autocast!r}")
+        raise ConfigError(f"`autocast` must be 'bf16', 'fp16' or 'none', got {autocast!r} — pick one of those.")
     if plan.device == "cpu":  # the CPU keeps float32 weights; only the autocast changes
         return replace(plan, autocast=autocast, reason=plan.reason + f", {autocast} autocast forced")
     half = {"bf16": "bfloat16", "fp16": "float16", "none": "float32"}[autocast]

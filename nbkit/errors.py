@@ -17,5 +17,29 @@ class DataError(NbkitError):
     """Input data cannot be used (missing file, nothing valid left, ...)."""
 
 
+class ChatTemplateError(DataError):
+    """The model's chat template raised on a conversation (a role, key or tool layout it does not accept)."""
+
+
 class WorkspaceError(NbkitError):
     """An earlier stage's output is missing from the workspace."""
+
+
+class OutOfMemory(NbkitError):
+    """Training ran out of memory; the message lists the settings to change."""
+
+
+class NotebookFailed(NbkitError):
+    """A cell raised in a headless run: the message names the notebook, the cell and the error."""
+
+
+class ExportError(NbkitError):
+    """The run cannot be written in the format asked for: the message says why and what works instead."""
+
+
+class OllamaError(ExportError):
+    """The model's chat template cannot be written as an Ollama TEMPLATE."""
+
+
+class RestartRequired(NbkitError):
+    """The kernel runs an older copy of a package than the one now installed."""

@@ -201,6 +201,7 @@ def estimate_fit(config, lengths: list[int], *, device: str | None = None, half:
     `device`, `half` and `autocast` default to this machine's precision plan (`pick_device`)."""
     from nbkit.models import pick_device
 
+    config = config.resolved()
     timing_dtype = ""
     plan = pick_device(config.method)
     device = device or plan.device
@@ -294,10 +295,11 @@ def _duration(seconds: float) -> str:
 
 def train_lengths(config) -> list[int]:
     """Token counts of the training split's rows (tokenizer only: fast, no weights)."""
-    from nbkit.formatting import tokenize_chat
+    from nbkit.loss_mask import tokenize_chat
     from nbkit.models import load_tokenizer
     from nbkit.workspace import Workspace, read_jsonl
 
+    config = config.resolved()
     ws = Workspace(config.workspace)
     tokenizer = load_tokenizer(config.base_model)
     rows = read_jsonl(ws.require(ws.split("train"), "03_split"))

@@ -26,11 +26,12 @@ from nbkit import metrics
 from nbkit.config import Config, field
 from nbkit.forgetting import (FORGETTING_PROBE, KEPT_ENOUGH, PROBE_MAX_NEW_TOKENS, forgetting_scores, kept_share,
                               probe_conversations)
-from nbkit.formatting import IGNORE_INDEX, prompt_messages, reference_answer, tokenize_chat
+from nbkit.formatting import prompt_messages, reference_answer
+from nbkit.loss_mask import IGNORE_INDEX, tokenize_chat
 from nbkit.memory import release_memory
 from nbkit.models import (end_of_turn_ids, load_model, load_tokenizer, load_trained_model, pick_device,
                           quiet_library_notices)
-from nbkit.runs import load_run, resolve_run
+from nbkit.runs import load_run, resolve_run, run_config
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
 
 TOO_GOOD = 0.95  # a tuned task score at or above this is checked against the split's leakage counts
@@ -60,9 +61,7 @@ class EvalConfig(Config):
         for name in ("max_examples", "max_new_tokens"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         self.require(self.batch_size >= 0, "batch_size", f"must be >= 0 (0 = sized to the device), got {self.batch_size}")
-        known = ("", "exact_match", "json_valid", "field_accuracy", "accuracy", "macro_f1", "rouge_l", "bleu",
-                 "perplexity")
-        self.require_choice("task_metric", known)
+        self.require_choice("task_metric", metrics.TASK_METRIC_CHOICES)
         from nbkit.export import EXPORT_FORMATS
 
         self.require(isinstance(self.export_formats, (list, tuple)), "export_formats",
@@ -70,6 +69,12 @@ class EvalConfig(Config):
         for value in self.export_formats:
             self.require(value in EXPORT_FORMATS, "export_formats",
                          f"has {value!r}; use any of {', '.join(EXPORT_FORMATS)}")
+
+
+def answer_budget(tokenizer, references: list[str], default: int = 16) -> int:
+    """How many new tokens an answer may take: 1.25 x the longest reference + 8 (room to differ, not to ramble)."""
+    longest = max((len(tokenizer(r)["input_ids"]) for r in references), default=default)
+    return int(1.25 * longest) + 8
 
 
 def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
@@ -81,24 +86,28 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
 def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
                         batch_size: int = 32) -> tuple[list[str], list[bool]]:
     """Greedy answers, and for each whether it ended with an end-of-turn token (False: it ran to
-    max_new_tokens, a "runaway" answer)."""
+    max_new_tokens, a "runaway" answer). Prompts are padded on the left, as generation needs; the
+    tokenizer's own padding side is restored afterwards."""
     import torch
 
-    tokenizer.padding_side = "left"
     stops = set(end_of_turn_ids(getattr(model, "generation_config", None), tokenizer))
     answers: list[str] = []
     stopped: list[bool] = []
-    for start in range(0, len(conversations), batch_size):
-        batch = conversations[start:start + batch_size]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, use_cache=True)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-        # A finished row is padded to the batch's length, with the pad token (often the EOS itself).
-        stopped += [any(int(t) in stops for t in row) or len(row) < max_new_tokens for row in new_tokens]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            batch = conversations[start:start + batch_size]
+            texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
+            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, use_cache=True)
+            new_tokens = out[:, inputs["input_ids"].shape[1]:]
+            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            # A finished row is padded to the batch's length, with the pad token (often the EOS itself).
+            stopped += [any(int(t) in stops for t in row) or len(row) < max_new_tokens for row in new_tokens]
+    finally:
+        tokenizer.padding_side = side
     return answers, stopped
 
 
@@ -198,7 +207,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     ws = Workspace(config.workspace)
     run_id = resolve_run(ws.root, config.run_id)
     run = load_run(ws.root, run_id)
-    train_config = read_json(ws.run_dir(run_id) / "config.json")
+    train_config = run_config(ws.root, run_id)
     rows = read_jsonl(ws.require(ws.split("test"), "03_split"))
     if config.max_examples:
         rows = rows[: config.max_examples]
@@ -206,13 +215,13 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     references = [reference_answer(r["messages"]) for r in rows]
 
     tokenizer = load_tokenizer(run["base_model"])
-    max_new = config.max_new_tokens or int(1.25 * max(len(tokenizer(r)["input_ids"]) for r in references)) + 8
+    max_new = config.max_new_tokens or answer_budget(tokenizer, references)
     plan = pick_device()
     batch_size = config.batch_size or plan.eval_batch_size
     with quiet_library_notices():
         models = load_base_and_tuned(run, ws.run_dir(run_id), plan)
     method = run["method"]
-    max_seq_len = int(train_config.get("max_seq_len", 512))
+    max_seq_len = train_config.max_seq_len
 
     results: dict[str, dict[str, float]] = {}
     answers: dict[str, list[str]] = {}

@@ -19,19 +19,16 @@ within a stated tolerance (the 4-bit base of a QLoRA run rounds differently from
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlparse
 
 from nbkit.errors import ConfigError, NbkitError
-from nbkit.evaluate import generate_with_stops, runaway_count
+from nbkit.evaluate import answer_budget, generate_with_stops, runaway_count
 from nbkit.formatting import prompt_messages, reference_answer
 from nbkit.gguf_export import GGUF_TYPES
+from nbkit.hub import hub_endpoint, hub_offline, hub_unreachable
 from nbkit.devices import local_rank
 from nbkit.memory import release_memory
 from nbkit.models import (load_model, load_saved_model, load_tokenizer, load_trained_model, pick_device,
@@ -135,11 +132,10 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
 
 
 def parity_prompts(ws: Workspace, base_model: str, n_prompts: int) -> tuple[list[list[dict[str, str]]], int]:
-    """The first test prompts and the answer length every parity check uses (1.25 x the longest reference + 8)."""
+    """The first test prompts and the answer length every parity check uses (evaluation's `answer_budget`)."""
     rows = read_jsonl(ws.require(ws.split("test"), "03_split"))[:n_prompts]
-    tokenizer = load_tokenizer(base_model)
-    longest = max((len(tokenizer(reference_answer(r["messages"]))["input_ids"]) for r in rows), default=16)
-    return [prompt_messages(r["messages"]) for r in rows], int(1.25 * longest) + 8
+    budget = answer_budget(load_tokenizer(base_model), [reference_answer(r["messages"]) for r in rows])
+    return [prompt_messages(r["messages"]) for r in rows], budget
 
 
 def merge_base(run: dict[str, Any], dtype: str, where: str):
@@ -331,34 +327,6 @@ def export_gguf(model_dir: Path, path: Path, gguf_type: str, merged: dict[str, A
 
 # -- Hub upload ---------------------------------------------------------------------------------
 
-OFFLINE_VALUES = {"1", "true", "yes", "on"}
-
-
-def hub_unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
-    """None if the Hub endpoint accepts a TCP connection within `timeout`, else why not.
-
-    Runs in a daemon thread joined with a timeout, because name resolution ignores socket
-    timeouts and can hang for a minute on machines without a network.
-    """
-    parsed = urlparse(endpoint)
-    host, port = parsed.hostname or "huggingface.co", parsed.port or (80 if parsed.scheme == "http" else 443)
-    problem: list[str] = ["no answer within the timeout"]
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            problem[0] = ""
-        except OSError as err:
-            problem[0] = f"{type(err).__name__}: {err}"
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1)
-    if thread.is_alive():
-        return f"no answer from {host}:{port} within {timeout:.0f} s"
-    return problem[0] or None
-
-
 def push_to_hub(path: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
     """Upload a merged model (or an adapter) folder to the Hugging Face Hub; return the repo URL.
 
@@ -371,10 +339,10 @@ def push_to_hub(path: str | Path, repo_id: str, *, private: bool = True, token: 
                          "folder that merge_adapter wrote, or a run's adapter/ folder.")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"`repo_id` must look like 'user-or-org/model-name', got {repo_id!r}.")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in OFFLINE_VALUES:
+    if hub_offline(("HF_HUB_OFFLINE",)):
         raise NbkitError("cannot push to the Hub: HF_HUB_OFFLINE is set (offline mode) — unset it on a machine "
                          "with internet and log in with `hf auth login`; the model stays in " f"{path}.")
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    endpoint = hub_endpoint()
     problem = hub_unreachable(endpoint)
     if problem:
         raise NbkitError(f"cannot push to the Hub: {endpoint} is unreachable ({problem}) — check the network "

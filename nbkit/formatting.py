@@ -2,14 +2,15 @@
 
 The loss mask decides what the model learns: by default only assistant turns (and
 their end-of-turn token) are trained; system, user and tool text is context, not target.
-An assistant turn with `"weight": 0` (the OpenAI fine-tuning convention) is context too.
 
-Two optional clean-ups, suggested by the quality report (nbkit.quality), run first:
+Two optional clean-ups, suggested by the quality report (nbkit.quality; nbkit.near_duplicates, nbkit.pii), run first:
 near-duplicates can be dropped (kept in data/formatted/dropped.jsonl, never lost silently)
 and personal data replaced with placeholders.
 
 With the replay guard on (the default), the base model's own answers to general prompts are written
 beside the rows (data/formatted/replay.jsonl, see nbkit.replay); 03 puts a share of them into train.
+
+The chat template, the tokens and the loss mask themselves are nbkit.loss_mask.
 
 Rows that cannot be trained as written are set aside in dropped.jsonl as well, each with
 its reason: rows whose tools or tool calls the chat template leaves out (training on them
@@ -19,28 +20,25 @@ within max_seq_len (they add nothing but a zero loss).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from nbkit.config import Config, field
-from nbkit.errors import DataError
+from nbkit.errors import ChatTemplateError, DataError
+from nbkit.loss_mask import (IGNORE_INDEX, answers_without_end_of_turn, encode_chat, is_trained, mask_problems,
+                             render, unrendered_tools, uses_tools)
 from nbkit.models import EMBEDDED_MODEL, load_tokenizer
-from nbkit.quality import near_duplicate_clusters, redact_pii, row_text, summary_stats, validate_threshold
+from nbkit.near_duplicates import near_duplicate_clusters, row_text, validate_threshold
+from nbkit.pii import redact_pii
+from nbkit.quality import summary_stats
 from nbkit.replay import DEFAULT_SHARE, MAX_SHARE, write_pool
 from nbkit.workspace import POSITION_KEYS, Workspace, describe_provenance, read_jsonl, write_json, write_jsonl
-
-IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy skips
 
 # Why format_rows sets a row aside (the prefix of its dropped.jsonl `reason`, the keys of `rejected_rows`).
 TOOLS_NOT_RENDERED = "tools_not_rendered"
 TEMPLATE_ERROR = "template_error"
 NO_TRAINED_TOKENS = "no_trained_tokens"
 REJECTIONS = (TOOLS_NOT_RENDERED, TEMPLATE_ERROR, NO_TRAINED_TOKENS)
-
-
-class ChatTemplateError(DataError):
-    """The model's chat template raised on a conversation (a role, key or tool layout it does not accept)."""
 
 
 @dataclass
@@ -68,192 +66,6 @@ class FormatConfig(Config):
                      f"must be between 0.05 and {MAX_SHARE}, got {self.replay_share}",
                      f"{DEFAULT_SHARE} is a good default; set replay_guard = False to turn replay off")
         validate_threshold(self, "near_duplicate_threshold")
-
-
-# -- rendering and the loss mask ----------------------------------------------------------
-
-def is_trained(message: dict[str, Any]) -> bool:
-    """Whether the loss covers this message: assistant turns, except those marked `"weight": 0` (context)."""
-    return message["role"] == "assistant" and message.get("weight", 1) != 0
-
-
-def render(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None = None, **kwargs: Any) -> str:
-    """The conversation as the model reads it: its chat template applied, with the row's tool definitions."""
-    try:
-        return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False, **kwargs)
-    except Exception as error:  # templates raise on what they do not support (jinja's raise_exception, bad keys)
-        raise ChatTemplateError(f"the chat template raised {type(error).__name__}: {error}") from error
-
-
-def assistant_turns(tokenizer, messages: list[dict[str, Any]],
-                    tools: list[dict] | None = None) -> list[tuple[int, int, int]]:
-    """(message index, start, end): where each assistant turn lies in the rendered conversation, in characters.
-
-    The span runs from the end of the prompt-with-generation-header to the end of the conversation-up-to-this-turn,
-    so it holds whatever the template writes for the turn: the reply, its tool calls, its end-of-turn token.
-    """
-    turns = []
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant":
-            start = len(render(tokenizer, messages[:i], tools, add_generation_prompt=True))
-            end = len(render(tokenizer, messages[: i + 1], tools).rstrip())
-            turns.append((i, start, end))
-    return turns
-
-
-def encode_chat(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> dict[str, list]:
-    """tokenize_chat's untruncated output plus the character `offsets` of each token and the trained `spans`."""
-    text = render(tokenizer, messages, tools)
-    spans = [(s, e) for i, s, e in assistant_turns(tokenizer, messages, tools) if is_trained(messages[i])]
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = [tuple(o) for o in encoded["offset_mapping"]]
-    labels = [token if any(s <= a < e for s, e in spans) else IGNORE_INDEX
-              for token, (a, _b) in zip(encoded["input_ids"], offsets)]
-    return {"input_ids": list(encoded["input_ids"]), "labels": labels, "offsets": offsets, "spans": spans}
-
-
-def tokenize_chat(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | None = None,
-                  tools: list[dict] | None = None) -> dict[str, list[int]]:
-    """input_ids and labels for one conversation; labels are IGNORE_INDEX outside trained assistant turns.
-
-    The assistant spans are found on the rendered text (see assistant_turns), then mapped to tokens through
-    the offsets, which stays right whatever the tokenizer does at span boundaries. Turns with weight 0 and
-    the tool definitions (`tools`, rendered by the template) are context.
-    """
-    encoded = encode_chat(tokenizer, messages, tools)
-    input_ids, labels = encoded["input_ids"], encoded["labels"]
-    if max_seq_len is not None:
-        input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
-    return {"input_ids": input_ids, "labels": labels}
-
-
-def mask_segments(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | None = None,
-                  encoded: dict[str, list[int]] | None = None,
-                  tools: list[dict] | None = None) -> list[tuple[str, bool]]:
-    """The rendered conversation as runs of (text, trained) — what the loss-mask viewer draws.
-
-    Pass `encoded` (tokenize_chat's output) when it is already at hand, to skip tokenizing again.
-    """
-    if encoded is None:
-        encoded = tokenize_chat(tokenizer, messages, max_seq_len, tools=tools)
-    segments: list[tuple[list[int], bool]] = []
-    for token, label in zip(encoded["input_ids"], encoded["labels"]):
-        trained = label != IGNORE_INDEX
-        if segments and segments[-1][1] == trained:
-            segments[-1][0].append(token)
-        else:
-            segments.append(([token], trained))
-    return [(tokenizer.decode(ids), trained) for ids, trained in segments]
-
-
-def mask_problems(tokenizer, messages: list[dict[str, Any]], encoded: dict[str, list[int]] | None = None,
-                  tools: list[dict] | None = None) -> list[str]:
-    """Checks that the mask trains what it should: every trained assistant turn (its reply, its tool calls and
-    its end-of-turn token), and no context (system, user, tool or weight-0 assistant text).
-
-    `encoded` is tokenize_chat's untruncated output for these messages, if already computed.
-    """
-    segments = mask_segments(tokenizer, messages, encoded=encoded, tools=tools)
-    trained = "".join(text for text, on in segments if on)
-    masked = "".join(text for text, on in segments if not on)
-    # A reply that quotes the prompt ("Thanks" -> "Thanks for ...") contains it legitimately.
-    replies = [m["content"] for m in messages if is_trained(m)]
-    replies += [str(v) for m in messages if is_trained(m) for call in m.get("tool_calls") or []
-                for v in argument_values(tool_call_parts(call)[1])]
-    problems = []
-    for message in messages:
-        content = (message.get("content") or "").strip()  # a tool-call turn may have no text
-        if is_trained(message):
-            if content not in trained:
-                problems.append("an assistant turn is not trained")
-            if any(tool_call_parts(call)[0] not in trained for call in message.get("tool_calls") or []):
-                problems.append("an assistant tool call is not trained")
-        elif content and content in trained and not any(content in r for r in replies):
-            problems.append("a weight-0 assistant turn is trained" if message["role"] == "assistant"
-                            else f"{message['role']} text is trained")
-    eos = tokenizer.eos_token
-    if eos and trained.count(eos) < sum(is_trained(m) for m in messages):
-        problems.append(f"the end-of-turn token {eos} is not trained, so the model may never stop")
-    if not masked and len(messages) > 1:
-        problems.append("nothing is masked")
-    return sorted(set(problems))
-
-
-def answers_without_end_of_turn(tokenizer, encoded: dict[str, list]) -> int:
-    """Trained assistant turns with no trained end-of-turn token (encode_chat's output): each teaches the model
-    to run on past its answer."""
-    eos = tokenizer.eos_token
-    if not eos:
-        return 0
-    missing = 0
-    for start, end in encoded["spans"]:
-        ids = [token for token, label, (a, _b) in zip(encoded["input_ids"], encoded["labels"], encoded["offsets"])
-               if start <= a < end and label != IGNORE_INDEX]
-        missing += eos not in tokenizer.decode(ids)
-    return missing
-
-
-# -- tools --------------------------------------------------------------------------------
-
-def uses_tools(row: dict[str, Any]) -> bool:
-    """Whether a row carries tool definitions, tool calls or tool results."""
-    return bool(row.get("tools")) or any(m.get("tool_calls") or m["role"] == "tool" for m in row["messages"])
-
-
-def tool_call_parts(call: dict[str, Any]) -> tuple[str, Any]:
-    """(function name, arguments) of an OpenAI tool call (`{"function": {...}}`, or the function itself)."""
-    function = call.get("function", call)
-    return str(function.get("name", "")), function.get("arguments", {})
-
-
-def argument_values(arguments: Any) -> list[Any]:
-    """Every key and leaf value of a tool call's arguments (a dict, or JSON text that decodes to one)."""
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            return [arguments]
-    if isinstance(arguments, dict):
-        return [v for key, value in arguments.items() for v in [str(key), *argument_values(value)]]
-    if isinstance(arguments, list):
-        return [v for value in arguments for v in argument_values(value)]
-    return [arguments]
-
-
-def _appears(value: Any, text: str) -> bool:
-    """Whether a value shows in rendered text, written plainly or as JSON (`"a\\nb"`, `true`)."""
-    if isinstance(value, str):
-        forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
-    else:
-        forms = {json.dumps(value), str(value)}
-    return any(form in text for form in forms)
-
-
-def unrendered_tools(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> list[str]:
-    """What of a row's tools the chat template leaves out of the rendered text; empty when it renders it all.
-
-    A tool definition must add its function name to the text (a template that ignores `tools` renders the
-    same text with and without them); a tool call's name and arguments must appear in its assistant turn;
-    a tool result must appear somewhere. Raises ChatTemplateError when the template raises.
-    """
-    text = render(tokenizer, messages, tools)
-    missing = []
-    if tools:
-        bare = render(tokenizer, messages)
-        for tool in tools:
-            name = str(tool.get("function", tool).get("name", ""))
-            if not name or text.count(name) <= bare.count(name):
-                missing.append(f"the tool definition {name!r}")
-    turns = {i: text[start:end] for i, start, end in assistant_turns(tokenizer, messages, tools)}
-    for i, message in enumerate(messages):
-        for call in message.get("tool_calls") or []:
-            name, arguments = tool_call_parts(call)
-            turn = turns.get(i, "")
-            if not name or name not in turn or not all(_appears(v, turn) for v in argument_values(arguments)):
-                missing.append(f"the tool call {name!r}")
-        if message["role"] == "tool" and (message.get("content") or "").strip() not in text:
-            missing.append(f"the tool result for {message.get('tool_call_id') or message.get('name') or 'a call'}")
-    return list(dict.fromkeys(missing))
 
 
 # -- rows -----------------------------------------------------------------------------------

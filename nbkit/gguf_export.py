@@ -19,6 +19,8 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from nbkit.errors import ConfigError, ExportError
+
 SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM": "llama"}  # HF class -> GGUF architecture (SmolLM, Llama 2/3)
 GGUF_TYPES = ("f16", "q8_0")
 # llama.cpp's pre-tokenizer check text (convert_hf_to_gguf.py, get_vocab_base_pre): the sha256 of the token ids
@@ -72,11 +74,12 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
     from transformers import AutoConfig, AutoTokenizer
 
     if gguf_type not in GGUF_TYPES:
-        raise ValueError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
+        raise ConfigError(f"`gguf_type` must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r} — pick one of those.")
     model_dir, out_path = Path(model_dir), Path(out_path)
     problem = gguf_problem(model_dir)
     if problem:
-        raise ValueError(f"{model_dir} cannot be exported to GGUF: {problem}")
+        raise ExportError(f"{model_dir} cannot be exported to GGUF: {problem} — export 'merged' only, or convert "
+                          "the merged folder with llama.cpp's convert_hf_to_gguf.py.")
     config = AutoConfig.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     arch = SUPPORTED_ARCHITECTURES[config.architectures[0]]

@@ -28,7 +28,7 @@ from nbkit.errors import ConfigError
 from nbkit.workspace import Workspace
 
 if TYPE_CHECKING:
-    from nbkit.train import TrainConfig
+    from nbkit.train_config import TrainConfig
 
 # strategy -> accelerate config file in nbkit/accelerate_configs/
 STRATEGIES = {
@@ -85,7 +85,7 @@ def write_launch_files(config: TrainConfig, strategy: str) -> tuple[Path, Path]:
     (as train() picks it). Returns (config.json, accelerate.yaml).
     """
     from nbkit.runs import new_run_id
-    from nbkit.train import run_to_resume
+    from nbkit.runs import run_to_resume
 
     config = config.replace(workspace=str(Path(config.workspace).expanduser().resolve()))
     if not config.run_id:

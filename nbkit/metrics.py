@@ -68,6 +68,9 @@ def kind_of(references: list[str]) -> str:
 
 
 TASK_METRICS = {"json": "exact_match", "label": "macro_f1", "text": "rouge_l"}
+# What EvalConfig.task_metric (and its panel) accepts: "" = chosen from the references, as above.
+TASK_METRIC_CHOICES = ("", "exact_match", "json_valid", "field_accuracy", "accuracy", "macro_f1", "rouge_l", "bleu",
+                       "perplexity")
 
 
 def task_metric(references: list[str]) -> str:

@@ -24,10 +24,6 @@ EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("qlora", "lora", "full")
 
-# bitsandbytes logs at import that an optional fused CPU kernel package is missing; it falls
-# back to its own kernels, so the notice only worries users. Set before anything imports it.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
 
 @contextlib.contextmanager
 def quiet_library_notices():
@@ -149,11 +145,21 @@ def cpu_supports_bf16() -> bool:
 
 
 def bitsandbytes_problem() -> str | None:
-    """None if 4-bit quantization is usable here, else why not."""
+    """None if 4-bit quantization is usable here, else why not.
+
+    The first import of bitsandbytes happens here (devices and load_model ask before anything else does). It
+    logs that an optional fused CPU kernel package is missing and falls back to its own kernels: a notice that
+    only worries users, so its logger is quieted for the import and restored after.
+    """
+    notices = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level = notices.level
+    notices.setLevel(logging.ERROR)
     try:
         import bitsandbytes  # noqa: F401
     except Exception as err:  # ImportError or a broken native library
         return f"bitsandbytes cannot be imported ({type(err).__name__}: {err})"
+    finally:
+        notices.setLevel(level)
     return None
 
 

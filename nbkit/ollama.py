@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbkit.errors import NbkitError
+from nbkit.errors import OllamaError
 
 MARKS = {"system": "\x01SYSTEM\x01", "user": "\x01USER-1\x01", "assistant": "\x01ASSISTANT-1\x01",
          "user2": "\x01USER-2\x01"}
@@ -32,10 +32,6 @@ CHECKS = (
     [{"role": "system", "content": "You triage tickets."}, {"role": "user", "content": "Login fails"},
      {"role": "assistant", "content": "{\"team\": \"auth\"}"}, {"role": "user", "content": "Invoice wrong"}],
 )
-
-
-class OllamaError(NbkitError):
-    """The model's chat template cannot be written as an Ollama TEMPLATE."""
 
 
 @dataclass(frozen=True)

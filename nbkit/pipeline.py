@@ -9,13 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from nbkit.errors import ConfigError, NbkitError
+from nbkit.errors import ConfigError, NbkitError, NotebookFailed
 
 NOTEBOOKS = ("01_collect", "02_format", "03_split", "04_train", "05_evaluate")
-
-
-class NotebookFailed(NbkitError):
-    """A cell raised: the message names the notebook, the cell and the error."""
 
 
 def notebooks_dir() -> Path:

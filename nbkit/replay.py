@@ -202,7 +202,7 @@ def write_pool(config, tokenizer, n_task_rows: int) -> dict[str, Any]:
     """Stage 02's part: enough replay rows for `config.replay_share` of a training split as large as all
     n_task_rows, each within max_seq_len, written to data/formatted/replay.jsonl (empty when the guard is off).
     Returns the format report's "replay" section."""
-    from nbkit.formatting import IGNORE_INDEX, tokenize_chat
+    from nbkit.loss_mask import IGNORE_INDEX, tokenize_chat
     from nbkit.workspace import Workspace, write_jsonl
 
     ws = Workspace(config.workspace)

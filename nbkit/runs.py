@@ -1,8 +1,17 @@
-"""Run records: every training run gets runs/<run_id>/ with what produced its adapter."""
+"""The run folder: every training run gets runs/<run_id>/, and this module owns what is in it.
+
+runs/<run_id>/
+  config.json    the TrainConfig it ran with (`run_config` reads it back, typed)
+  env.json       library versions and device (`environment`)
+  metrics.jsonl  one JSON line per log (`read_metrics`, `metric_series`)
+  checkpoints/   checkpoint-<step>/ folders (`last_checkpoint`, `checkpoint_step`)
+  adapter/ or model/, run.json (the run record, `load_run`), eval/, export/
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import secrets
 import sys
@@ -11,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.errors import WorkspaceError
+from nbkit.train_config import TrainConfig
 from nbkit.workspace import Workspace, read_json
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
@@ -65,6 +75,15 @@ def load_run(workspace: str | Path, run_id: str) -> dict[str, Any]:
     return read_json(Workspace(workspace).run_dir(run_id) / "run.json")
 
 
+def run_config(workspace: str | Path, run_id: str) -> TrainConfig:
+    """The TrainConfig a run was trained with (runs/<run_id>/config.json), typed and validated."""
+    path = Workspace(workspace).run_dir(run_id) / "config.json"
+    if not path.exists():
+        raise WorkspaceError(f"run {run_id!r} has no {path.name} in {path.parent} — it was not written by "
+                             "04_train; train the run again or pick another run_id.")
+    return TrainConfig.load(path)
+
+
 def compare_runs(workspace: str | Path):
     """Every run of the workspace in one table: settings, losses and evaluated metrics (pandas DataFrame).
 
@@ -93,3 +112,46 @@ def compare_runs(workspace: str | Path):
                         record[f"{side}_{name}"] = value
         records.append(record)
     return pd.DataFrame.from_records(records).set_index("run_id") if records else pd.DataFrame()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def metric_series(logs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of one logged metric ("loss", "eval_loss", ...), in log order."""
+    points = [(r["step"], r[key]) for r in logs if key in r]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step of a trainer checkpoint folder: checkpoints/checkpoint-40 -> 40."""
+    return int(Path(path).name.rsplit("-", 1)[1])
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (trainer_state.json is written last)."""
+    folder = run_dir / "checkpoints"
+    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()] if folder.exists() else []
+    return max(done, key=checkpoint_step, default=None)
+
+
+def latest_checkpointed_run(ws: Workspace) -> str | None:
+    """The latest run (run ids sort by start time) that has a complete checkpoint, or None."""
+    runs = sorted(p.name for p in ws.runs.glob("*") if last_checkpoint(p)) if ws.runs.exists() else []
+    return runs[-1] if runs else None
+
+
+def run_to_resume(ws: Workspace, config: TrainConfig) -> str:
+    """With resume=True: the named run, or the latest run that has a checkpoint."""
+    if config.run_id:
+        return config.run_id
+    run_id = latest_checkpointed_run(ws)
+    if run_id is None:
+        raise WorkspaceError(f"`resume` is True but no run in {ws.runs} has a checkpoint — set resume=False "
+                             "to start a new run.")
+    return run_id

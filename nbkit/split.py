@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbkit.config import Config, field
+from nbkit.diversity import diversity_map
 from nbkit.errors import DataError
-from nbkit.quality import cross_near_duplicates, diversity_map, row_text, validate_threshold
+from nbkit.near_duplicates import cross_near_duplicates, row_text, validate_threshold
 from nbkit.replay import is_replay, replay_needed
 from nbkit.workspace import SPLITS, Workspace, provenance, read_json, read_jsonl, write_json, write_jsonl
 
@@ -149,7 +150,12 @@ def find_leaks(splits: dict[str, list[dict[str, Any]]], threshold: float = 0.8) 
 
 def leakage(splits: dict[str, list[dict[str, Any]]], threshold: float = 0.8) -> dict[str, int]:
     """How many validation and test rows copy a training row (see find_leaks)."""
-    return {f"train_{name}": len(found) for name, found in find_leaks(splits, threshold).items()}
+    return leak_counts(find_leaks(splits, threshold))
+
+
+def leak_counts(leaks: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+    """find_leaks' result as counts: {"train_validation": n, "train_test": n}."""
+    return {f"train_{name}": len(found) for name, found in leaks.items()}
 
 
 def fingerprint(rows: list[dict[str, Any]]) -> str:
@@ -176,7 +182,7 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
     splits = split_rows(canonical, config, strata)
 
     leaks = find_leaks(splits, config.near_duplicate_threshold)
-    found = {f"train_{name}": len(items) for name, items in leaks.items()}
+    found = leak_counts(leaks)
     dropped = []
     if config.drop_leaked:
         for name, items in leaks.items():

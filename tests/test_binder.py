@@ -1,5 +1,6 @@
 """Binder: a fresh virtual environment built from exactly binder/requirements.txt and binder/postBuild
-(what repo2docker runs) executes notebook 01."""
+(what repo2docker runs) executes notebook 01. The same environment then swaps the editable install for a
+built wheel and runs notebook 01 from the repository root, where the checkout's nbkit/ shadows the wheel's."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def run(command, **kwargs):
     return done
 
 
-def test_binder_files_build_an_environment_that_runs_notebook_01(tmp_path):
+def test_binder_files_build_an_environment_that_runs_notebook_01_editable_and_from_a_wheel(tmp_path):
     venv = tmp_path / "binder-env"
     run([sys.executable, "-m", "venv", str(venv)])
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
@@ -42,3 +43,18 @@ def test_binder_files_build_an_environment_that_runs_notebook_01(tmp_path):
     report = json.loads((workspace / "data" / "collect_report.json").read_text())
     assert report["kept"] == 400 and report["read"] == report["kept"] + report["rejected"]
     assert (workspace / "executed" / "01_collect.ipynb").exists()
+
+    # A wheel (not -e), run from the repository root: the kernel starts there, so `import nbkit` finds the
+    # checkout's nbkit/, which has no widgets/ inside; nbkit.widgets must still import.
+    wheels = tmp_path / "wheels"
+    run([str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), "."],
+        cwd=REPO, env=env)
+    run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", *map(str, wheels.glob("*.whl"))],
+        env=env)
+    where = run([str(python), "-c", "import nbkit.pipeline as p; print(p.__file__); print(p.notebooks_dir())"],
+                cwd=tmp_path, env=env).stdout.split()
+    assert "site-packages" in where[0] and where[1].endswith("nbkit/notebooks"), where  # the wheel's, notebooks too
+    wheel_workspace = tmp_path / "wheel-workspace"
+    run([str(venv / "bin" / "nbkit"), "run", "--workspace", str(wheel_workspace), "--only", "01", "--quiet"],
+        cwd=REPO, env=env)
+    assert json.loads((wheel_workspace / "data" / "collect_report.json").read_text())["kept"] == 400

@@ -10,7 +10,8 @@ import pytest
 from conftest import NOTEBOOKS
 from nbkit.cli import build_parser, main, parse_value
 from nbkit.errors import ConfigError
-from nbkit.pipeline import NotebookFailed, plan, run_notebooks, select
+from nbkit.errors import NotebookFailed
+from nbkit.pipeline import plan, run_notebooks, select
 
 
 @pytest.mark.parametrize("text, value", [("10", 10), ("1e-3", 0.001), ("true", True), ("[a, b]", ["a", "b"]),
@@ -23,7 +24,7 @@ def test_parameter_values_are_typed(text, value):
 
 def test_documented_string_values_pass_the_command_line_unchanged():
     """YAML 1.1 would read `on` as True, which gradient_checkpointing refuses."""
-    from nbkit.train import CHECKPOINTING, TrainConfig
+    from nbkit.train_config import CHECKPOINTING, TrainConfig
 
     for value in CHECKPOINTING:
         assert TrainConfig(gradient_checkpointing=parse_value(value)).gradient_checkpointing == value

@@ -47,7 +47,7 @@ def user_texts(rows: list[dict]) -> list[str]:
     return [m["content"] for r in rows for m in r["messages"] if m["role"] == "user"]
 
 
-# One concrete bad record per validation category in nbkit/chat_format.py.
+# One concrete bad record per validation category in nbkit/schemas.py.
 FIRST = chat("first question")
 BAD_RECORDS = [
     ("data_type", ["not", "an", "object"]),
@@ -503,23 +503,23 @@ def test_hub_id_offline_fails_fast_with_the_fix(tmp_path, monkeypatch):
 def test_hub_id_without_network_fails_before_load_dataset(tmp_path, monkeypatch):
     import datasets
 
-    import nbkit.collect as collect_module
+    import nbkit.hub as hub_module
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("load_dataset must not be tried without a connection")
 
-    monkeypatch.setattr(collect_module, "hub_offline", lambda: False)
-    monkeypatch.setattr(collect_module, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub_module, "hub_offline", lambda: False)
+    monkeypatch.setattr(hub_module, "hub_unreachable", lambda: "ConnectionRefusedError: refused")
     monkeypatch.setattr(datasets, "load_dataset", must_not_run)
     with pytest.raises(DataError, match="HuggingFaceH4/no_robots.*unreachable"):
         run(tmp_path, ["hf:HuggingFaceH4/no_robots"])
 
 
-def test_hub_reachable_says_no_quickly_for_a_closed_port(monkeypatch):
+def test_hub_unreachable_says_why_quickly_for_a_closed_port(monkeypatch):
     import socket
     import time
 
-    from nbkit.collect import hub_reachable
+    from nbkit.hub import hub_unreachable
 
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
@@ -527,8 +527,28 @@ def test_hub_reachable_says_no_quickly_for_a_closed_port(monkeypatch):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     started = time.monotonic()
-    assert hub_reachable(f"http://127.0.0.1:{port}", timeout=1.0) is False
+    assert "ConnectionRefusedError" in hub_unreachable(f"http://127.0.0.1:{port}", timeout=1.0)
     assert time.monotonic() - started < 3
+
+
+def test_hub_unreachable_leaves_a_proxy_to_the_hub_client_and_names_a_bad_endpoint(monkeypatch):
+    from nbkit.hub import hub_unreachable
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_unreachable("http://127.0.0.1:9") is None  # a direct probe proves nothing behind a proxy
+    monkeypatch.delenv("HTTPS_PROXY")
+    for var in ("https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    assert "not a URL with a host" in hub_unreachable("huggingface.co")
+
+
+def test_file_readers_and_hub_sources_do_not_import_the_stage():
+    import subprocess
+    import sys
+
+    code = "import sys, nbkit.readers, nbkit.hub; print('nbkit.collect' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_hub_id_loaded_with_split_and_provenance(tmp_path, monkeypatch):
@@ -719,7 +739,7 @@ def test_same_file_from_two_globs_is_read_once(tmp_path):
 
 
 def test_add_manual_example_validates_and_appends(tmp_path):
-    from nbkit.chat_format import RecordError
+    from nbkit.schemas import RecordError
     from nbkit.collect import add_manual_example, manual_path
 
     ws = tmp_path / "ws"

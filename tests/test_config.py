@@ -124,6 +124,35 @@ def test_from_dict_non_strict_ignores_unknown_keys():
     assert config == TrainConfig(max_steps=7)
 
 
+def test_from_parameters_takes_each_field_by_name_and_leaves_other_names():
+    cell = {"workspace": "ws", "max_steps": 7, "warmup_ratio": 0.1, "interactive": False, "TrainConfig": TrainConfig,
+            "__name__": "__main__"}  # what a notebook's globals() holds besides the parameters
+    assert TrainConfig.from_parameters(cell) == TrainConfig(workspace="ws", max_steps=7, warmup_ratio=0.1)
+    with pytest.raises(ConfigError, match="`warmup_ratio`"):
+        TrainConfig.from_parameters({**cell, "warmup_ratio": 2.0})
+
+
+# -- settings owned by an earlier stage ------------------------------------------------------
+
+def test_training_takes_base_model_and_max_seq_len_from_02_unless_set(tmp_path):
+    from nbkit.models import EMBEDDED_MODEL
+    from nbkit.workspace import Workspace, write_json
+
+    assert TrainConfig(workspace=str(tmp_path)).resolved() == TrainConfig(  # before 02 runs: 02's defaults
+        workspace=str(tmp_path), base_model=FormatConfig().base_model, max_seq_len=FormatConfig().max_seq_len)
+    write_json(Workspace(tmp_path).format_report, {"base_model": "org/model-x", "max_seq_len": 1024})
+    warnings: list[str] = []
+    config = TrainConfig(workspace=str(tmp_path)).resolved(warn=warnings.append)
+    assert (config.base_model, config.max_seq_len, warnings) == ("org/model-x", 1024, [])
+    override = TrainConfig(workspace=str(tmp_path), max_seq_len=512, base_model=EMBEDDED_MODEL)
+    config = override.resolved(warn=warnings.append)
+    assert (config.base_model, config.max_seq_len) == (EMBEDDED_MODEL, 512)  # set here: overrides 02
+    assert len(warnings) == 2 and "max_seq_len=512 here, but 02_format prepared the data with max_seq_len=1024" \
+        in warnings[1] and "base_model" in warnings[0]
+    assert TrainConfig(workspace=str(tmp_path), max_seq_len=1024).resolved(warn=warnings.append).max_seq_len == 1024
+    assert len(warnings) == 2  # the same value as 02's: nothing to warn about
+
+
 # -- invalid values -----------------------------------------------------------------------
 
 @pytest.mark.parametrize(

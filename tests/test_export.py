@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nbkit.errors import NbkitError
+from nbkit.errors import ExportError, NbkitError
 from nbkit.export import describe_export, export_if_requested, normalized_formats, push_to_hub
 from nbkit.train import TrainConfig, train
 from nbkit.workspace import Workspace
@@ -56,6 +56,8 @@ def test_push_fails_fast_when_offline(model_folder, monkeypatch):
 def test_push_fails_fast_when_the_hub_is_unreachable(model_folder, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: refused at once
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):  # behind a proxy the probe is skipped
+        monkeypatch.delenv(var, raising=False)
     started = time.monotonic()
     with pytest.raises(NbkitError, match="unreachable"):
         push_to_hub(model_folder, "someone/my-model")
@@ -159,5 +161,5 @@ def test_gguf_export_refuses_what_it_has_not_been_checked_on(tmp_path):
     other = variant("other-pre")
     (other / "tokenizer.json").write_text(json.dumps(tokenizer))
     assert "pre-tokenizer is not one llama.cpp" in gguf_problem(other)
-    with pytest.raises(ValueError, match="cannot be exported to GGUF: the GGUF export supports"):
+    with pytest.raises(ExportError, match="cannot be exported to GGUF: the GGUF export supports"):
         write_gguf(qwen, tmp_path / "x.gguf")

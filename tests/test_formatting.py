@@ -9,8 +9,9 @@ import pytest
 
 from nbkit.collect import CollectConfig, collect
 from nbkit.errors import ConfigError, DataError
-from nbkit.formatting import (IGNORE_INDEX, FormatConfig, answers_without_end_of_turn, encode_chat, format_rows,
-                              mask_problems, mask_segments, redact_row, render, tokenize_chat, unrendered_tools)
+from nbkit.formatting import FormatConfig, format_rows, redact_row
+from nbkit.loss_mask import (IGNORE_INDEX, answers_without_end_of_turn, encode_chat, mask_problems, mask_segments,
+                             render, tokenize_chat, unrendered_tools)
 from nbkit.models import EMBEDDED_MODEL
 from nbkit.workspace import Workspace, read_jsonl, write_jsonl
 

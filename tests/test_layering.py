@@ -5,7 +5,9 @@ import sys
 
 CORE = ["nbkit", "nbkit.collect", "nbkit.formatting", "nbkit.split", "nbkit.train", "nbkit.evaluate",
         "nbkit.models", "nbkit.runs", "nbkit.metrics", "nbkit.pipeline", "nbkit.cli", "nbkit.quality",
-        "nbkit.ratings", "nbkit.playground", "nbkit.report", "nbkit.export", "nbkit.colab_setup"]
+        "nbkit.ratings", "nbkit.playground", "nbkit.report", "nbkit.export", "nbkit.colab_setup",
+        "nbkit.near_duplicates", "nbkit.pii", "nbkit.diversity", "nbkit.loss_mask", "nbkit.train_config",
+        "nbkit.train_log", "nbkit.errors", "nbkit.readers", "nbkit.hub", "nbkit.schemas"]
 
 
 def test_core_imports_with_ipywidgets_blocked():

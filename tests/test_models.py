@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nbkit.errors import ConfigError
-from nbkit.formatting import IGNORE_INDEX, mask_problems, tokenize_chat
+from nbkit.loss_mask import IGNORE_INDEX, mask_problems, tokenize_chat
 from nbkit.models import EMBEDDED_MODEL, load_model, resolve_model
 
 pytestmark = pytest.mark.model

@@ -73,7 +73,7 @@ def test_parameters_are_typed_commented_and_known_to_the_config(name):
     assert len(declared) == len([line for line in source if line.strip()]), "papermill could not parse every line"
     assert all(p["help"] for p in declared.values()), "each parameter needs a comment"
     fields = {f.name for f in dataclasses.fields(CONFIGS[name])}
-    assert set(declared) - {"interactive"} <= fields
+    assert set(declared) - {"interactive"} == fields, "the parameters cell declares every config field, no other"
     assert "interactive" in declared and "workspace" in declared
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nbkit.chat_format import RecordError
+from nbkit.schemas import RecordError
 from nbkit.collect import CollectConfig, collect
 from nbkit.playground import load_chat_model, promote, stream_reply
 from nbkit.train import TrainConfig, train

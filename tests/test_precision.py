@@ -17,7 +17,9 @@ import pytest
 
 from nbkit.devices import DeviceFacts, forced, plan_for
 from nbkit.models import pick_device
-from nbkit.train import BATCHING, CHECKPOINTING, TRAIN_METHODS, TrainConfig, build_trainer, read_metrics, train
+from nbkit.runs import read_metrics
+from nbkit.train import build_trainer, train
+from nbkit.train_config import BATCHING, CHECKPOINTING, TRAIN_METHODS, TrainConfig
 
 T4 = DeviceFacts("cuda", "Tesla T4", 14.7, (7, 5))
 L4 = DeviceFacts("cuda", "NVIDIA L4", 22.0, (8, 9))

@@ -11,9 +11,11 @@ import pytest
 
 from nbkit.collect import CollectConfig, collect
 from nbkit.errors import ConfigError
-from nbkit.quality import (QualityConfig, cross_near_duplicates, diversity_map, find_pii, mask_secret,
-                           minhash_signatures, near_duplicate_clusters, quality_report, redact_pii, row_text,
-                           shingle_hash, shingles, verdict_text)
+from nbkit.diversity import diversity_map
+from nbkit.near_duplicates import (cross_near_duplicates, minhash_signatures, near_duplicate_clusters, row_text,
+                                   shingle_hash, shingles)
+from nbkit.pii import find_pii, mask_secret, redact_pii
+from nbkit.quality import QualityConfig, quality_report, verdict_text
 from nbkit.workspace import Workspace, read_jsonl
 
 TICKET = ("Hello, I ordered a pair of headphones three weeks ago and the tracking page still says the parcel is "

@@ -10,7 +10,7 @@ from nbkit import replay
 from nbkit.models import EMBEDDED_MODEL
 from nbkit.forgetting import (FORGETTING_PROBE, KEPT_ENOUGH, forgetting_reading, forgetting_scores, kept_share,
                               probe_conversations)
-from nbkit.quality import cross_near_duplicates, normalize_text
+from nbkit.near_duplicates import cross_near_duplicates, normalize_text
 from nbkit.workspace import Workspace, read_jsonl
 
 

@@ -18,7 +18,10 @@ import nbkit.train
 from nbkit.errors import WorkspaceError
 from nbkit.estimate import estimate_fit, model_shape, train_lengths
 from nbkit.models import EMBEDDED_MODEL
-from nbkit.train import OutOfMemory, RunControl, TrainConfig, diagnose, read_metrics, train
+from nbkit.errors import OutOfMemory
+from nbkit.runs import read_metrics
+from nbkit.train import RunControl, TrainConfig, train
+from nbkit.train_log import diagnose
 from nbkit.workspace import Workspace, read_jsonl, write_jsonl
 
 TINY = dict(batch_size=2, max_seq_len=96, lora_r=4, lora_alpha=8, logging_steps=1, eval_steps=2, save_steps=2,

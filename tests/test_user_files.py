@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nbkit import chat_format
+from nbkit import schemas
 from nbkit.collect import CollectConfig, collect, describe_report
 from nbkit.errors import DataError
 from nbkit.workspace import Workspace, read_jsonl
@@ -133,15 +133,15 @@ def test_common_pairs_are_recognised_ignoring_case():
              ("context", "response"): "context → user, response → assistant",
              ("Instruction", "Output"): "Instruction → user, Output → assistant"}
     for (user, assistant), layout in cases.items():
-        record, described = chat_format.map_record({user: "the question", assistant: "the answer", "id": 7})
+        record, described = schemas.map_record({user: "the question", assistant: "the answer", "id": 7})
         assert described == layout
-        assert chat_format.to_messages(record) == [{"role": "user", "content": "the question"},
+        assert schemas.to_messages(record) == [{"role": "user", "content": "the question"},
                                                    {"role": "assistant", "content": "the answer"}], (user, assistant)
-    record, described = chat_format.map_record({"System Prompt": "Be brief.", "Question": "q", "Answer": "a"})
+    record, described = schemas.map_record({"System Prompt": "Be brief.", "Question": "q", "Answer": "a"})
     assert described == "System Prompt → system, Question → user, Answer → assistant"
-    assert chat_format.to_messages(record)[0] == {"role": "system", "content": "Be brief."}
+    assert schemas.to_messages(record)[0] == {"role": "system", "content": "Be brief."}
     # Already a recognised schema: nothing renamed, nothing described.
-    assert chat_format.map_record({"prompt": "p", "completion": "c", "answer": "x"})[1] is None
+    assert schemas.map_record({"prompt": "p", "completion": "c", "answer": "x"})[1] is None
 
 
 def test_an_explicit_mapping_wins_over_recognition(tmp_path):
@@ -226,10 +226,10 @@ def test_a_corrupt_xlsx_is_reported_not_raised(tmp_path):
 ])
 def test_openai_message_rules(messages, category):
     if category is None:
-        assert chat_format.validate_messages(messages)
+        assert schemas.validate_messages(messages)
         return
-    with pytest.raises(chat_format.RecordError) as info:
-        chat_format.validate_messages(messages)
+    with pytest.raises(schemas.RecordError) as info:
+        schemas.validate_messages(messages)
     assert info.value.category == category
 
 

@@ -14,14 +14,15 @@ from typing import Any, Callable
 import ipywidgets as widgets
 import yaml
 
-from nbkit.chat_format import INVALID_JSON, RecordError, parse_text_block
+from nbkit.schemas import INVALID_JSON, RecordError, parse_text_block
 from nbkit.collect import CollectConfig, add_manual_example, manual_path
 from nbkit.errors import ConfigError
+from nbkit.readers import SUFFIXES
 from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 from nbkit.workspace import Workspace, describe_provenance, read_jsonl
 
-UPLOAD_TYPES = ".jsonl,.json,.csv,.tsv,.parquet,.txt,.xlsx,.xlsm"
+UPLOAD_TYPES = ",".join(SUFFIXES)  # the file types collect reads
 TEXTAREA = {"layout": widgets.Layout(width="640px"), "style": {"description_width": "90px"}}
 
 

@@ -7,6 +7,7 @@ import html
 from typing import Any
 
 from nbkit.evaluate import EvalConfig
+from nbkit.metrics import TASK_METRIC_CHOICES
 from nbkit.runs import list_runs
 from nbkit.widgets.pager import Pager
 from nbkit.widgets.panel import ConfigForm, css
@@ -14,7 +15,7 @@ from nbkit.widgets.panel import ConfigForm, css
 
 def eval_panel(config: EvalConfig) -> ConfigForm:
     runs = list_runs(config.workspace)
-    choices = {"task_metric": ("", "exact_match", "macro_f1", "accuracy", "rouge_l", "bleu", "field_accuracy")}
+    choices = {"task_metric": TASK_METRIC_CHOICES}
     if runs:
         choices["run_id"] = tuple([""] + runs[::-1])
     fields = ["run_id", "max_examples", "max_new_tokens", "batch_size", "task_metric", "export_formats"]

@@ -35,15 +35,17 @@ class Pager(Panel):
         self.view.value = self.render(self.items[self.index])
 
 
+def bubble_html(message: dict[str, Any], classes: str) -> str:
+    """One message as a bubble coloured by its role (the previews and the playground's transcript)."""
+    role = str(message["role"])
+    return (f'<div class="{classes}" style="background:{ROLE_COLOURS.get(role, "#fff")};border-radius:8px;'
+            f'padding:6px 10px;margin:4px 0;white-space:pre-wrap"><b>{html.escape(role)}</b><br>'
+            f'{html.escape(message.get("content") or "")}</div>')
+
+
 def chat_html(row: dict[str, Any]) -> str:
     """A conversation as coloured bubbles, with its provenance underneath."""
-    bubbles = []
-    for message in row["messages"]:
-        colour = ROLE_COLOURS.get(message["role"], "#fff")
-        bubbles.append(
-            f'<div class="nbkit-msg-{message["role"]}" style="background:{colour};border-radius:8px;'
-            f'padding:6px 10px;margin:4px 0;white-space:pre-wrap"><b>{message["role"]}</b><br>'
-            f'{html.escape(message["content"])}</div>')
+    bubbles = [bubble_html(m, f"nbkit-msg-{m['role']}") for m in row["messages"]]
     meta = ", ".join(f"{k}={v}" for k, v in row.get("meta", {}).items())
     return "".join(bubbles) + f'<div style="color:#888;font-size:small">{html.escape(meta)}</div>'
 

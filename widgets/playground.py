@@ -18,7 +18,7 @@ import ipywidgets as widgets
 from nbkit.playground import SamplingSettings, conversation, load_chat_model, promote, stream_reply
 from nbkit.runs import resolve_run
 from nbkit.widgets.collect import guarded
-from nbkit.widgets.pager import ROLE_COLOURS
+from nbkit.widgets.pager import bubble_html
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 
 TEXTAREA = {"layout": widgets.Layout(width="640px"), "style": {"description_width": "120px"}}
@@ -29,10 +29,7 @@ def transcript_html(messages: list[dict[str, str]], partial: str | None = None) 
     shown = list(messages) + ([{"role": "assistant", "content": partial + " ▌"}] if partial is not None else [])
     if not shown:
         return '<i style="color:#888">Type a message and press Send.</i>'
-    return "".join(
-        f'<div class="nbkit-playground-msg nbkit-playground-msg-{m["role"]}" style="background:'
-        f'{ROLE_COLOURS.get(m["role"], "#fff")};border-radius:8px;padding:6px 10px;margin:4px 0;white-space:pre-wrap">'
-        f'<b>{html.escape(m["role"])}</b><br>{html.escape(m["content"])}</div>' for m in shown)
+    return "".join(bubble_html(m, f"nbkit-playground-msg nbkit-playground-msg-{m['role']}") for m in shown)
 
 
 class ChatPlayground(Panel):
@@ -133,7 +130,7 @@ class ChatPlayground(Panel):
 
     def promote(self) -> Any:
         """Append the exchange (with the edited answer) to data/manual.jsonl; show where, or why not."""
-        from nbkit.chat_format import RecordError
+        from nbkit.schemas import RecordError
 
         turns = self.history()
         if not turns or turns[-1]["role"] != "assistant":

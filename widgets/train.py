@@ -19,8 +19,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.train import (RunControl, TrainConfig, checkpoint_step, format_log, last_checkpoint,
-                         latest_checkpointed_run, metric_series, print_log)
+from nbkit.runs import checkpoint_step, last_checkpoint, latest_checkpointed_run, metric_series, read_metrics
+from nbkit.train_config import TrainConfig
+from nbkit.train_log import RunControl, format_log, print_log
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -297,7 +298,6 @@ def loss_curves_figure(workspace: str, run_ids: list[str]):
     """Training (dotted) and validation (solid) loss of several runs on one chart."""
     import plotly.graph_objects as go
 
-    from nbkit.train import read_metrics
     from nbkit.workspace import Workspace
 
     fig = go.Figure()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from nbkit.collect import CollectConfig, collect
-from nbkit.quality import near_duplicate_clusters, row_text
+from nbkit.near_duplicates import near_duplicate_clusters, row_text
 from nbkit.split import SplitConfig, find_leaks, split_rows
 from nbkit.workspace import read_jsonl
 

@@ -42,7 +42,7 @@ PACKAGES = {
     "nltk": "rouge-score",
     "defusedxml": "nltk",
     "six": "rouge-score",
-    "datasketch": "nbkit.quality (near-duplicates)",
+    "datasketch": "nbkit.near_duplicates",
     "gguf": "transformers' GGUF support, nbkit's export",
     "requests": "gguf (imported at import time)",
     "urllib3": "requests",

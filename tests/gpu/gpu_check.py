@@ -250,7 +250,7 @@ def quiet_log(store: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
 
 
 def loss_series(run_dir: Path) -> list[float]:
-    from nbkit.train import metric_series, read_metrics
+    from nbkit.runs import metric_series, read_metrics
 
     return metric_series(read_metrics(run_dir / "metrics.jsonl"), "loss")[1]
 
@@ -432,7 +432,7 @@ def stage_load_4bit(check: Check, r: dict[str, Any]) -> str:
     import bitsandbytes as bnb
     import torch
 
-    from nbkit.formatting import tokenize_chat
+    from nbkit.loss_mask import tokenize_chat
     from nbkit.models import load_model, load_tokenizer
     from nbkit.workspace import Workspace, read_jsonl
 

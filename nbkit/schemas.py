@@ -1,4 +1,4 @@
-"""Turn one input record into canonical chat messages, or say exactly why it cannot be used.
+"""Stage 01's record schemas: turn one input record into canonical chat messages, or say exactly why it cannot be used.
 
 Recognised schemas (first match wins):
     messages                    [{"role", "content"}, ...]        (OpenAI / TRL chat)
