@@ -17,6 +17,14 @@ class DataError(NbkitError):
     """Input data cannot be used (missing file, nothing valid left, ...)."""
 
 
+class UnreadableFile(DataError):
+    """A whole file cannot be read; collect reports it and goes on with the other sources."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"{reason} — {fix}")
+        self.reason, self.fix = reason, fix
+
+
 class ChatTemplateError(DataError):
     """The model's chat template raised on a conversation (a role, key or tool layout it does not accept)."""
 

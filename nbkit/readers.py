@@ -42,7 +42,7 @@ from typing import Any, Iterator, Mapping
 
 from nbkit import schemas
 from nbkit.schemas import RecordError
-from nbkit.errors import DataError
+from nbkit.errors import UnreadableFile
 from nbkit.workspace import iter_lines
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".xlsx", ".xlsm")
@@ -70,14 +70,6 @@ class Reading:
     roles: Mapping[str, str]
     sheet: str = ""
     unreadable: list = dc_field(default_factory=list)
-
-
-class UnreadableFile(DataError):
-    """A whole file cannot be read; collect reports it and goes on with the other sources."""
-
-    def __init__(self, reason: str, fix: str) -> None:
-        super().__init__(f"{reason} — {fix}")
-        self.reason, self.fix = reason, fix
 
 
 def read_file(reader, path: Path, reading: Reading) -> Iterator[Item]:

@@ -109,6 +109,16 @@ def type_into(page, selector: str, text: str) -> None:
     field.press("Tab")
 
 
+def open_section(page, selector: str, title: str) -> None:
+    """Open a collapsed Accordion section (ConfigForm's `advanced`) by clicking its title, as a person does;
+    nothing to do when it is open. Its inputs are hidden until then, so typing into them would time out."""
+    section = page.locator(selector)
+    first_input = section.locator(".nbkit-field").first
+    if not first_input.is_visible():
+        section.get_by_text(title).first.click()
+    first_input.wait_for(state="visible")
+
+
 def refuse_then_accept(page, panel: str, field: str, bad: str, why: str, good: str) -> None:
     """Type an invalid value: the form says why and keeps the old one; a valid value clears the message."""
     selector = f"{panel} .nbkit-field-{field} input"
@@ -225,6 +235,10 @@ def test_04_train_panel_then_live_plot_grows(page, lab):
     refuse_then_accept(page, ".nbkit-train-panel", "batch_size", "0", "batch_size", "4")
     type_into(page, ".nbkit-train-panel .nbkit-field-max_steps input", str(TRAIN_STEPS))
     snapshot(page.locator(".nbkit-train-panel"), "04_train_panel")
+    # Every other setting waits in the collapsed "Advanced" section: open it, then edit there.
+    open_section(page, ".nbkit-train-panel .nbkit-advanced", "Advanced")
+    refuse_then_accept(page, ".nbkit-train-panel", "lora_dropout", "1.5", "lora_dropout", "0.05")
+    type_into(page, ".nbkit-train-panel .nbkit-field-seed input", "7")
 
     declared = papermill.inspect_notebook(str(NOTEBOOKS / "04_train.ipynb"))
     every = SMALL["logging_steps"] if "logging_steps" in declared else TrainConfig().logging_steps
@@ -250,7 +264,8 @@ def test_04_train_panel_then_live_plot_grows(page, lab):
     expect_text(page, ".nbkit-train-status", rf"/{TRAIN_STEPS}\b")
     snapshot(page.locator(".nbkit-train-monitor").first, "04_train_monitor")
     (run_dir,) = [p for p in (lab.workspace / "runs").iterdir() if p.is_dir()]
-    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == TRAIN_STEPS  # the panel's value
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["max_steps"], saved["seed"]) == (TRAIN_STEPS, 7)  # the panel's values, main and Advanced
 
     # Stop from the page while the cell runs: a long run, stopped once its first points are drawn.
     type_into(page, ".nbkit-train-panel .nbkit-field-max_steps input", "200")

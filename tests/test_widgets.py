@@ -46,6 +46,52 @@ def test_presets_fill_the_config_and_the_inputs():
     assert config.max_steps == 0 and config.num_train_epochs == 3.0
 
 
+def walk(widget):
+    """The widget and everything inside it, in display order."""
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from walk(child)
+
+
+def shown_fields(widget, skip=None) -> list[str]:
+    """Config fields with an input under `widget`, in display order, leaving out the subtree `skip`."""
+    if widget is skip:
+        return []
+    names = [c[len("nbkit-field-"):] for c in getattr(widget, "_dom_classes", ()) if c.startswith("nbkit-field-")]
+    return names + [name for child in getattr(widget, "children", ()) for name in shown_fields(child, skip)]
+
+
+def test_train_panel_shows_the_main_fields_first_and_the_rest_under_advanced():
+    import dataclasses
+
+    config = TrainConfig()
+    panel = nw.TrainPanel(config)
+    advanced = panel.form.advanced
+    assert isinstance(advanced, widgets.Accordion) and "nbkit-advanced" in advanced._dom_classes
+    assert advanced.selected_index is None, "collapsed until the user opens it (ipywidgets 7 opens page 0 by default)"
+    assert advanced.get_title(0).startswith("Advanced: ")
+    main, tucked = shown_fields(panel.box, skip=advanced), shown_fields(advanced)
+    assert main == ["base_model", "method", "max_steps", "learning_rate", "batch_size", "max_seq_len"]
+    order = list(walk(panel.box))
+    assert order.index(panel.preset) < order.index(panel.form.inputs["base_model"]) < order.index(advanced)
+    assert order.index(advanced) < order.index(panel.form.error), "errors show with Advanced closed too"
+    # Together exactly TrainConfig's fields, each once: a new field shows up here or fails this test.
+    # workspace alone stays out: the parameters cell sets it and the notebook's later cells read that folder.
+    assert len(main + tucked) == len(set(main + tucked))
+    assert set(main + tucked) | {"workspace"} == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert "workspace" not in main + tucked
+
+    panel.form.inputs["lora_r"].value = 4  # an Advanced field writes into the config like any other
+    panel.form.inputs["report_to"].value = "none"
+    panel.form.inputs["resume"].value = True
+    assert (config.lora_r, config.report_to, config.resume) == (4, "none", True)
+    panel.form.inputs["lora_dropout"].value = 1.5
+    assert config.lora_dropout == 0.05 and "`lora_dropout` must be in [0, 1)" in panel.form.error.value
+    panel.preset.value = "thorough"  # presets fill Advanced fields and their inputs too
+    assert (config.num_train_epochs, config.lora_r, config.eval_steps) == (3.0, 32, 50)
+    assert (panel.form.inputs["num_train_epochs"].value, panel.form.inputs["save_steps"].value) == (3.0, 50)
+
+
 def test_every_stage_panel_builds_with_stable_css_classes():
     panels = [nw.CollectPanel(CollectConfig()), nw.format_panel(FormatConfig()), nw.split_panel(SplitConfig()),
               nw.TrainPanel(TrainConfig()), nw.eval_panel(EvalConfig(workspace="/nonexistent"))]

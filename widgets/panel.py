@@ -55,24 +55,51 @@ class ConfigForm(Panel):
 
     The config object is edited in place, so the notebook's later cells see what the user
     chose. Invalid values are shown in red with the field, the problem and the fix.
+
+    `advanced` puts fields in a collapsed section under the others (an Accordion, class
+    `nbkit-advanced`): a list of names, or {heading: names} to group them under headings. They
+    are inputs like any other (`inputs`, `set`, `refresh`), and the error line stays outside.
     """
 
     def __init__(self, config: Any, fields: list[str] | None = None, choices: dict[str, tuple] | None = None,
-                 title: str = "") -> None:
+                 title: str = "", advanced: list[str] | dict[str, list[str]] | None = None,
+                 advanced_title: str = "Advanced") -> None:
         self.config = config
         self.inputs: dict[str, widgets.Widget] = {}
         self.error = css(widgets.HTML(""), "nbkit-error")
-        hints = typing.get_type_hints(type(config))
-        helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config)}
-        rows = []
-        for name in fields or [f.name for f in dataclasses.fields(config)]:
-            control = self._control(name, hints[name], getattr(config, name), (choices or {}).get(name))
-            css(control, "nbkit-field", f"nbkit-field-{name}")
-            control.observe(lambda change, name=name: self.set(name, change["new"]), names="value")
-            self.inputs[name] = control
-            rows.append(widgets.HBox([control, widgets.HTML(f'<span style="color:#666">{html.escape(helps[name])}</span>')]))
+        self._hints = typing.get_type_hints(type(config))
+        self._helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config)}
+        self._choices = choices or {}
+        groups = advanced if isinstance(advanced, dict) else {"": list(advanced or [])}
+        tucked = [name for names in groups.values() for name in names]
+        if not fields:
+            fields = [f.name for f in dataclasses.fields(config) if f.name not in tucked]
+        if set(fields) & set(tucked):  # one input per field: two would disagree after a refresh
+            raise ValueError(f"ConfigForm: {sorted(set(fields) & set(tucked))} are in both fields and advanced")
         header = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
+        rows = [self._row(name) for name in fields]
+        self.advanced: widgets.Accordion | None = None
+        if tucked:
+            inner = []
+            for heading, names in groups.items():
+                if heading:
+                    inner.append(css(widgets.HTML(f"<b>{html.escape(heading)}</b>"), "nbkit-advanced-heading"))
+                inner += [self._row(name) for name in names]
+            # selected_index=None: collapsed (ipywidgets 7 opens the first page by default);
+            # set_title works on 7.x and 8.x alike (8.x also has `titles=`, 7.x does not).
+            self.advanced = css(widgets.Accordion(children=[widgets.VBox(inner)], selected_index=None),
+                                "nbkit-advanced")
+            self.advanced.set_title(0, advanced_title)
+            rows.append(self.advanced)
         self.box = css(widgets.VBox(header + rows + [self.error]), "nbkit-form")
+
+    def _row(self, name: str) -> widgets.HBox:
+        """The input for one field, wired to `set`, with its help text beside it."""
+        control = self._control(name, self._hints[name], getattr(self.config, name), self._choices.get(name))
+        css(control, "nbkit-field", f"nbkit-field-{name}")
+        control.observe(lambda change, name=name: self.set(name, change["new"]), names="value")
+        self.inputs[name] = control
+        return widgets.HBox([control, widgets.HTML(f'<span style="color:#666">{html.escape(self._helps[name])}</span>')])
 
     @staticmethod
     def _control(name: str, hint: Any, value: Any, choices: tuple | None) -> widgets.Widget:

@@ -19,8 +19,9 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from nbkit.errors import ConfigError
 from nbkit.runs import checkpoint_step, last_checkpoint, latest_checkpointed_run, metric_series, read_metrics
-from nbkit.train_config import TrainConfig
+from nbkit.train_config import BATCHING, CHECKPOINTING, TRAIN_METHODS, TrainConfig
 from nbkit.train_log import RunControl, format_log, print_log
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 
@@ -32,22 +33,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "thorough": {"max_steps": 0, "num_train_epochs": 3.0, "learning_rate": 5e-4, "lora_r": 32, "lora_alpha": 64,
                  "eval_steps": 50, "save_steps": 50},
 }
-FIELDS = ["base_model", "method", "max_steps", "num_train_epochs", "learning_rate", "batch_size",
-          "gradient_accumulation_steps", "max_seq_len", "batching", "gradient_checkpointing", "lora_r", "lora_alpha",
-          "lora_dropout", "target_modules", "warmup_ratio", "weight_decay", "eval_steps", "save_steps",
-          "early_stopping_patience", "load_best", "report_to", "seed", "resume", "run_id"]
-CHOICES = {"method": ("qlora", "lora", "full"),
-           "batching": ("length-grouped", "padded", "padding-free", "packed"),
-           "gradient_checkpointing": ("auto", "on", "off")}
+# What most runs change, shown first (after the preset); every other setting waits under "Advanced",
+# grouped as TrainConfig's docstring groups them. tests/test_widgets.py checks that the two together are
+# exactly TrainConfig's fields less NOT_IN_PANEL, so a new field cannot go missing from the panel.
+MAIN_FIELDS = ["base_model", "method", "max_steps", "learning_rate", "batch_size", "max_seq_len"]
+ADVANCED_FIELDS = {
+    "Schedule": ["num_train_epochs", "warmup_ratio", "weight_decay", "gradient_accumulation_steps", "seed"],
+    "Memory and batching": ["batching", "gradient_checkpointing"],
+    "LoRA": ["lora_r", "lora_alpha", "lora_dropout", "target_modules"],
+    "Evaluation and logging": ["eval_steps", "early_stopping_patience", "load_best", "logging_steps", "report_to"],
+    "Checkpoints and resuming": ["save_steps", "resume", "run_id"],
+}
+ADVANCED_TITLE = "Advanced: schedule, batching, LoRA, evaluation, checkpoints"
+# The workspace is set once in the parameters cell: the notebook's later cells (show_runs) read that folder.
+NOT_IN_PANEL = ("workspace",)
+CHOICES = {"method": TRAIN_METHODS, "batching": BATCHING, "gradient_checkpointing": CHECKPOINTING}
 
 
 class TrainPanel(Panel):
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.form = ConfigForm(config, FIELDS, choices=CHOICES, title="Training settings")
+        self.form = ConfigForm(config, MAIN_FIELDS, choices=CHOICES, advanced=ADVANCED_FIELDS,
+                               advanced_title=ADVANCED_TITLE)
         self.preset = css(widgets.Dropdown(options=["(custom)"] + list(PRESETS), value="(custom)",
-                                           description="preset"), "nbkit-preset")
+                                           description="preset", style={"description_width": "170px"},
+                                           layout=widgets.Layout(width="420px")), "nbkit-preset")
         self.preset.observe(lambda change: self.apply_preset(change["new"]), names="value")
+        preset_row = widgets.HBox([self.preset, widgets.HTML(
+            '<span style="color:#666">Fills max_steps and learning_rate here, and the epochs, LoRA size and '
+            'eval/save intervals under Advanced; every field stays editable.</span>')])
         self.estimate_button = css(widgets.Button(description="Will it fit?", icon="calculator",
                                                   tooltip="Estimate memory and time for these settings"),
                                    "nbkit-train-estimate")
@@ -59,7 +73,7 @@ class TrainPanel(Panel):
                                  "nbkit-train-resume")
         self.resume_button.on_click(lambda _b: self.resume_latest())
         self.resume_view = css(widgets.HTML(""), "nbkit-train-resume-result")
-        self.box = css(widgets.VBox([self.preset, self.form.box,
+        self.box = css(widgets.VBox([widgets.HTML("<b>Training settings</b>"), preset_row, self.form.box,
                                      widgets.HBox([self.estimate_button, self.resume_button]),
                                      self.estimate_view, self.resume_view]), "nbkit-train-panel")
 
@@ -104,10 +118,12 @@ class TrainPanel(Panel):
             "started with.", "ok")
 
     def apply_preset(self, name: str) -> None:
+        """Set the preset's fields together: one by one, eval_steps=50 would be refused next to save_steps=20."""
         if name in PRESETS:
-            for field, value in PRESETS[name].items():
-                self.form.set(field, value)
-            self.form.refresh()
+            try:
+                self.form.load(self.config.replace(**PRESETS[name]))
+            except ConfigError as err:
+                self.form.error.value = message_html(str(err), "error")
 
 
 class TextProgress:
