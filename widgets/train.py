@@ -28,7 +28,7 @@ from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 PRESETS: dict[str, dict[str, Any]] = {
     "quick look": {"max_steps": 30, "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16, "eval_steps": 10,
                    "save_steps": 10},
-    "balanced": {"max_steps": 60, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 20,
+    "balanced": {"max_steps": 71, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 20,
                  "save_steps": 20},
     "thorough": {"max_steps": 0, "num_train_epochs": 3.0, "learning_rate": 5e-4, "lora_r": 32, "lora_alpha": 64,
                  "eval_steps": 50, "save_steps": 50},
