@@ -1,7 +1,7 @@
 """Stage 04: QLoRA fine-tuning with TRL's SFTTrainer, recorded under runs/<run_id>/.
 
 QLoRA = the base model frozen in 4-bit NF4 (double-quantized) + small trainable LoRA
-matrices on every linear layer. Only assistant tokens carry loss (see formatting).
+matrices on every linear layer. Only assistant tokens carry loss (see nbkit.loss_mask).
 
 The settings are nbkit.train_config.TrainConfig, the log and its diagnosis nbkit.train_log, and the run
 folder (records, metrics, checkpoints) nbkit.runs; this module assembles the trainer and runs it.
@@ -33,7 +33,6 @@ from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
 
 # What notebook 04 imports from here: `from nbkit.train import TrainConfig, format_diagnosis, train`.
 __all__ = ["RunControl", "TrainConfig", "build_trainer", "format_diagnosis", "is_main_process", "print_log", "train"]
-
 
 
 def is_main_process() -> bool:

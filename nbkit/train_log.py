@@ -17,6 +17,7 @@ from nbkit.runs import metric_series
 
 LogFn = Callable[[dict[str, Any]], None]
 
+
 class RunControl:
     """Buttons for a running training, as plain methods: a panel calls them, the trainer obeys.
 
@@ -91,7 +92,6 @@ def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunCont
                 on_log(record)
 
     return MetricsCallback()
-
 
 
 def format_log(record: dict[str, Any]) -> str:
