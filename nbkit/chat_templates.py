@@ -23,6 +23,7 @@ model and into the GGUF) render the same way.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # Gemma 3 instruct's template (text turns): role "model", the system prompt folded into the first user turn.
@@ -71,6 +72,7 @@ FAMILY_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "llama3": (LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
 }
 THINKING_SWITCH = "enable_thinking"
+THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _MARK = "\x01ANSWER\x01"
 
 
@@ -96,7 +98,16 @@ def has_thinking_switch(template: str | None) -> bool:
 
 def end_of_turn(tokenizer) -> str | None:
     """The text the chat template closes an assistant turn with (whitespace around it left out), or None when
-    the template writes nothing after an answer."""
+    the template writes nothing after an answer. Read once per template and kept on the tokenizer."""
+    cached = getattr(tokenizer, "_nbkit_end_of_turn", None)
+    if cached and cached[0] == tokenizer.chat_template:
+        return cached[1]
+    value = _read_end_of_turn(tokenizer)
+    tokenizer._nbkit_end_of_turn = (tokenizer.chat_template, value)
+    return value
+
+
+def _read_end_of_turn(tokenizer) -> str | None:
     def after(messages: list[dict[str, Any]]) -> str:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         return text[text.index(_MARK) + len(_MARK):]
@@ -122,3 +133,8 @@ def end_of_turn_token_id(tokenizer) -> int | None:
         return None
     ids = tokenizer.encode(text, add_special_tokens=False)
     return ids[0] if len(ids) == 1 else None
+
+
+def final_answer(text: str) -> str:
+    """A generated answer without the think block a thinking model writes first (empty or not), stripped."""
+    return THINK_BLOCK.sub("", text, count=1).strip()

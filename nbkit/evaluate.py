@@ -29,8 +29,9 @@ from nbkit.forgetting import (FORGETTING_PROBE, KEPT_ENOUGH, PROBE_MAX_NEW_TOKEN
 from nbkit.formatting import prompt_messages, reference_answer
 from nbkit.loss_mask import IGNORE_INDEX, tokenize_chat
 from nbkit.memory import release_memory
-from nbkit.models import (end_of_turn_ids, load_model, load_tokenizer, load_trained_model, pick_device,
-                          quiet_library_notices)
+from nbkit.chat_templates import final_answer
+from nbkit.models import (end_of_turn_ids, load_model, load_trained_model, pick_device, quiet_library_notices,
+                          run_tokenizer)
 from nbkit.runs import load_run, resolve_run, run_config
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
 
@@ -85,8 +86,8 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
 
 def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
                         batch_size: int = 32) -> tuple[list[str], list[bool]]:
-    """Greedy answers, and for each whether it ended with an end-of-turn token (False: it ran to
-    max_new_tokens, a "runaway" answer). Prompts are padded on the left, as generation needs; the
+    """Greedy answers (a leading think block left out), and for each whether it ended with an end-of-turn token
+    (the chat template's, or one the generation config stops at; False: it ran to max_new_tokens, a "runaway"). Prompts are padded on the left, as generation needs; the
     tokenizer's own padding side is restored afterwards."""
     import torch
 
@@ -100,10 +101,12 @@ def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
             inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
+                # Every end-of-turn id stops it, not only the generation config's (Gemma's says <eos>, its
+                # template closes turns with <end_of_turn>).
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, use_cache=True)
+                                     eos_token_id=sorted(stops), pad_token_id=tokenizer.pad_token_id, use_cache=True)
             new_tokens = out[:, inputs["input_ids"].shape[1]:]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            answers += [final_answer(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             # A finished row is padded to the batch's length, with the pad token (often the EOS itself).
             stopped += [any(int(t) in stops for t in row) or len(row) < max_new_tokens for row in new_tokens]
     finally:
@@ -214,7 +217,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     prompts = [prompt_messages(r["messages"]) for r in rows]
     references = [reference_answer(r["messages"]) for r in rows]
 
-    tokenizer = load_tokenizer(run["base_model"])
+    tokenizer = run_tokenizer(run)
     max_new = config.max_new_tokens or answer_budget(tokenizer, references)
     plan = pick_device()
     batch_size = config.batch_size or plan.eval_batch_size

@@ -20,9 +20,11 @@ within max_seq_len (they add nothing but a zero loss).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from nbkit.chat_templates import end_of_turn, has_thinking_switch
 from nbkit.config import Config, field
 from nbkit.errors import ChatTemplateError, DataError
 from nbkit.loss_mask import (IGNORE_INDEX, answers_without_end_of_turn, encode_chat, is_trained, mask_problems,
@@ -30,7 +32,7 @@ from nbkit.loss_mask import (IGNORE_INDEX, answers_without_end_of_turn, encode_c
 from nbkit.models import EMBEDDED_MODEL, load_tokenizer
 from nbkit.near_duplicates import near_duplicate_clusters, row_text, validate_threshold
 from nbkit.pii import redact_pii
-from nbkit.quality import summary_stats
+from nbkit.quality import record_replay_off, summary_stats
 from nbkit.replay import DEFAULT_SHARE, MAX_SHARE, write_pool
 from nbkit.workspace import POSITION_KEYS, Workspace, describe_provenance, read_jsonl, write_json, write_jsonl
 
@@ -48,6 +50,10 @@ class FormatConfig(Config):
     workspace: str = field("workspace", "Folder that holds every stage's output.")
     base_model: str = field(EMBEDDED_MODEL, "Model whose tokenizer and chat template are used (Hub id or path).")
     max_seq_len: int = field(512, "Longest example in tokens; longer ones are flagged and truncated in training.")
+    thinking: bool = field(
+        False, "Templates with a thinking switch (Qwen3): True trains the model to write its (empty) think block "
+               "before each answer; False, the default, puts the empty block in the prompt instead, as the "
+               "template's enable_thinking=False does. Kept the same in training, evaluation and export.")
     redact_pii: bool = field(
         False, "Replace emails, phone numbers, card numbers, IPs and API keys with placeholders before training.")
     drop_near_duplicates: bool = field(
@@ -66,6 +72,31 @@ class FormatConfig(Config):
                      f"must be between 0.05 and {MAX_SHARE}, got {self.replay_share}",
                      f"{DEFAULT_SHARE} is a good default; set replay_guard = False to turn replay off")
         validate_threshold(self, "near_duplicate_threshold")
+
+
+def describe_template(tokenizer, config: FormatConfig) -> dict[str, Any]:
+    """Which chat template the rows are rendered with, what closes an answer, and what a thinking switch does —
+    the format report's "chat_template" section, with a one-line summary for the notebook."""
+    source = tokenizer.nbkit_template
+    eot = end_of_turn(tokenizer)
+    switch = has_thinking_switch(tokenizer.chat_template)
+    if source == "model":
+        summary = f"Chat template: {config.base_model}'s own; answers end with {eot}."
+    elif source == "plain":
+        summary = (f"Chat template: {config.base_model} has none (a base model) and its vocabulary has no known turn "
+                   f"tokens, so rows are rendered as plain '### User:' / '### Assistant:' turns, each answer closed "
+                   f"by its EOS token {eot}; the tuned model learns that format.")
+    else:
+        summary = (f"Chat template: {config.base_model} has none (a base model); its vocabulary already has the "
+                   f"{source} turn tokens, so rows use that family's instruct template; answers end with {eot}.")
+    if switch:
+        summary += (" Thinking: on — every trained answer starts with the model's think block (empty in this data)."
+                    if config.thinking else " Thinking: off — the empty think block is part of the prompt, not "
+                    "trained (set thinking = True to train it).")
+    elif config.thinking:
+        warnings.warn(f"thinking = True is ignored: the chat template of {config.base_model} has no thinking switch.",
+                      stacklevel=3)
+    return {"source": source, "end_of_turn": eot, "thinking_switch": switch, "summary": summary}
 
 
 # -- rows -----------------------------------------------------------------------------------
@@ -176,7 +207,9 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
         rows = redacted
         dropped = [{**d, "messages": redact_row(d)["messages"]} for d in dropped]
 
-    tokenizer = load_tokenizer(config.base_model)
+    tokenizer = load_tokenizer(config.base_model, thinking=config.thinking)
+    template = describe_template(tokenizer, config)
+    print(template["summary"], flush=True)
     out, lengths, trained, over = [], [], [], []
     problems: dict[str, int] = {}
     problem_rows, first_problem = 0, None
@@ -229,6 +262,9 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
     report = {
         "base_model": config.base_model,
         "max_seq_len": config.max_seq_len,
+        "thinking": config.thinking,
+        # which chat template rendered the rows (the model's own, or one nbkit chose) and its end of turn
+        "chat_template": template,
         "redact_pii": config.redact_pii,
         "drop_near_duplicates": config.drop_near_duplicates,
         "near_duplicate_threshold": config.near_duplicate_threshold,
@@ -255,6 +291,8 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
         "first_mask_problem": first_problem,
     }
     report["replay"] = write_pool(config, tokenizer, len(out))
+    if report["replay"].get("off_reason"):
+        record_replay_off(config.workspace, report["replay"]["off_reason"])
     write_json(ws.format_report, report)
     if rows and not out:
         causes = "; ".join(f"{n} {category} (first: {first_reason[category]})"

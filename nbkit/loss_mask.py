@@ -1,6 +1,6 @@
 """The chat template applied to a row, its tokens, and the loss mask: what the model reads and what it learns.
 
-By default only assistant turns (and their end-of-turn token) are trained; system, user and tool text is
+By default only assistant turns (and their end-of-turn token, read off the template: nbkit.chat_templates) are trained; system, user and tool text is
 context, not target, and so is an assistant turn with `"weight": 0` (the OpenAI fine-tuning convention). The
 row's tool definitions reach the template (`apply_chat_template(tools=...)`); `unrendered_tools` tells when a
 template leaves them out. Stage 02 (nbkit.formatting), training, evaluation and the mask viewer all use this.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from nbkit.chat_templates import end_of_turn
 from nbkit.errors import ChatTemplateError
 
 IGNORE_INDEX = -100  # label value that PyTorch's cross-entropy skips
@@ -35,13 +36,29 @@ def assistant_turns(tokenizer, messages: list[dict[str, Any]],
 
     The span runs from the end of the prompt-with-generation-header to the end of the conversation-up-to-this-turn,
     so it holds whatever the template writes for the turn: the reply, its tool calls, its end-of-turn token.
+    Some templates write a turn differently once more turns follow (Qwen3 leaves out the think block of answers
+    before the last question); such a turn is found in the full text instead: its content, after the messages
+    before it, through the next end of turn.
     """
-    turns = []
+    full = render(tokenizer, messages, tools)
+    turns, cursor = [], 0
     for i, message in enumerate(messages):
+        content = (message.get("content") or "").strip()
         if message["role"] == "assistant":
-            start = len(render(tokenizer, messages[:i], tools, add_generation_prompt=True))
-            end = len(render(tokenizer, messages[: i + 1], tools).rstrip())
-            turns.append((i, start, end))
+            prompt = render(tokenizer, messages[:i], tools, add_generation_prompt=True)
+            upto = render(tokenizer, messages[: i + 1], tools).rstrip()
+            if full.startswith(upto) and upto.startswith(prompt):
+                turns.append((i, len(prompt), len(upto)))
+            else:
+                start = full.find(content, cursor) if content else -1
+                eot = end_of_turn(tokenizer) or ""
+                end = full.find(eot, start + len(content)) if start >= 0 and eot else -1
+                if end < 0:
+                    raise ChatTemplateError("the chat template writes an assistant turn differently when more "
+                                            "turns follow, and the turn could not be found in the full text")
+                turns.append((i, start, end + len(eot)))
+        if content and full.find(content, cursor) >= 0:
+            cursor = full.find(content, cursor) + len(content)
     return turns
 
 
@@ -51,8 +68,10 @@ def encode_chat(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | N
     spans = [(s, e) for i, s, e in assistant_turns(tokenizer, messages, tools) if is_trained(messages[i])]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = [tuple(o) for o in encoded["offset_mapping"]]
-    labels = [token if any(s <= a < e for s, e in spans) else IGNORE_INDEX
-              for token, (a, _b) in zip(encoded["input_ids"], offsets)]
+    # A token that straddles the start of an answer ("]{" in SentencePiece after Mistral's "[/INST]") is trained:
+    # it is the first thing the answer must produce.
+    labels = [token if any(a < e and b > s for s, e in spans) else IGNORE_INDEX
+              for token, (a, b) in zip(encoded["input_ids"], offsets)]
     return {"input_ids": list(encoded["input_ids"]), "labels": labels, "offsets": offsets, "spans": spans}
 
 
@@ -115,9 +134,9 @@ def mask_problems(tokenizer, messages: list[dict[str, Any]], encoded: dict[str, 
         elif content and content in trained and not any(content in r for r in replies):
             problems.append("a weight-0 assistant turn is trained" if message["role"] == "assistant"
                             else f"{message['role']} text is trained")
-    eos = tokenizer.eos_token
-    if eos and trained.count(eos) < sum(is_trained(m) for m in messages):
-        problems.append(f"the end-of-turn token {eos} is not trained, so the model may never stop")
+    eot = end_of_turn(tokenizer)
+    if eot and trained.count(eot) < sum(is_trained(m) for m in messages):
+        problems.append(f"the end-of-turn token {eot} is not trained, so the model may never stop")
     if not masked and len(messages) > 1:
         problems.append("nothing is masked")
     return sorted(set(problems))
@@ -126,14 +145,14 @@ def mask_problems(tokenizer, messages: list[dict[str, Any]], encoded: dict[str, 
 def answers_without_end_of_turn(tokenizer, encoded: dict[str, list]) -> int:
     """Trained assistant turns with no trained end-of-turn token (encode_chat's output): each teaches the model
     to run on past its answer."""
-    eos = tokenizer.eos_token
-    if not eos:
+    eot = end_of_turn(tokenizer)
+    if not eot:
         return 0
     missing = 0
     for start, end in encoded["spans"]:
-        ids = [token for token, label, (a, _b) in zip(encoded["input_ids"], encoded["labels"], encoded["offsets"])
-               if start <= a < end and label != IGNORE_INDEX]
-        missing += eos not in tokenizer.decode(ids)
+        ids = [token for token, label, (a, b) in zip(encoded["input_ids"], encoded["labels"], encoded["offsets"])
+               if a < end and b > start and label != IGNORE_INDEX]
+        missing += eot not in tokenizer.decode(ids)
     return missing
 
 

@@ -154,6 +154,11 @@ def load_tokenizer(name: str, *, padding_side: str = "right", thinking: bool = F
     return tokenizer
 
 
+def run_tokenizer(run: dict[str, Any]):
+    """The tokenizer a run was trained with (its run.json): base model and thinking choice."""
+    return load_tokenizer(run["base_model"], thinking=bool(run.get("thinking", False)))
+
+
 def end_of_turn_ids(generation_config, tokenizer) -> list[int]:
     """Tokens an answer ends at: the chat template's end of turn, the tokenizer's EOS, then the generation
     config's EOS ids (one or several)."""

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from nbkit.collect import add_manual_example, manual_path
 from nbkit.config import Config, field
-from nbkit.models import load_tokenizer, load_trained_model, pick_device, quiet_library_notices
+from nbkit.models import end_of_turn_ids, load_trained_model, run_tokenizer, pick_device, quiet_library_notices
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace
 
@@ -40,7 +40,7 @@ def load_chat_model(workspace: str | Path, run_id: str = ""):
     ws = Workspace(workspace)
     run_id = resolve_run(ws.root, run_id)
     run = load_run(ws.root, run_id)
-    tokenizer = load_tokenizer(run["base_model"])
+    tokenizer = run_tokenizer(run)
     with quiet_library_notices():
         model = load_trained_model(run, ws.run_dir(run_id), pick_device())
     return model, tokenizer
@@ -52,9 +52,11 @@ def conversation(messages: list[dict[str, str]], system: str = "") -> list[dict[
     return ([{"role": "system", "content": system}] if system.strip() else []) + rest
 
 
-def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float,
+                      generation_config=None) -> dict[str, Any]:
+    """generate()'s settings: the sampling asked for, and every end-of-turn id as a stop (end_of_turn_ids)."""
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-                              "use_cache": True}
+                              "use_cache": True, "eos_token_id": end_of_turn_ids(generation_config, tokenizer)}
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:  # greedy; clear sampling defaults a model's generation_config may carry
@@ -81,7 +83,8 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], *, system: st
         try:
             with quiet_library_notices():
                 model.generate(**inputs, streamer=streamer,
-                               **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p))
+                               **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p,
+                                                   getattr(model, "generation_config", None)))
         except BaseException as err:  # noqa: BLE001 — handed to the caller below
             failure.append(err)
             streamer.end()  # unblock the iterator

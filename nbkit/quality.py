@@ -25,7 +25,7 @@ from nbkit.diversity import diversity_map
 from nbkit.near_duplicates import near_duplicate_clusters, normalize_text, row_text, validate_threshold
 from nbkit.pii import PII_KINDS, mask_secret, pii_spans
 from nbkit.replay import DEFAULT_SHARE
-from nbkit.workspace import Workspace, provenance, read_jsonl, write_json
+from nbkit.workspace import Workspace, provenance, read_json, read_jsonl, write_json
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -176,6 +176,18 @@ def quality_report(config: QualityConfig) -> dict[str, Any]:
     return report
 
 
+def record_replay_off(workspace: str, reason: str) -> None:
+    """The quality report (written before formatting) learns that 02's formatting turned the replay guard off, so
+    its verdict never says "on" over an empty replay pool."""
+    ws = Workspace(workspace)
+    if not ws.quality_report.exists():
+        return
+    report = read_json(ws.quality_report)
+    report["replay"] = {**report["replay"], "enabled": False, "share": 0.0, "off_reason": reason}
+    report["verdict"] = verdict(report, QualityConfig.from_dict(report["config"], strict=False))
+    write_json(ws.quality_report, report)
+
+
 # -- the verdict -------------------------------------------------------------------------------
 
 FORMAT_PARAMS = "02_format's parameters cell (or the quality panel)"
@@ -282,6 +294,10 @@ def verdict(report: dict[str, Any], config: QualityConfig) -> list[dict[str, str
 
 def _replay_item(report: dict[str, Any]) -> dict[str, str]:
     replay, n = report["replay"], report["rows"]
+    if replay.get("off_reason"):
+        return _item("warn", f"Replay guard off: {replay['off_reason']}. Watch the forgetting probe in 05_evaluate "
+                             "all the same.", "Nothing to change for a base model; with a chat model, check that "
+                             "its chat template is right.")
     if not replay["enabled"]:
         return _item("warn", "Replay guard off: nothing in training reminds the model how it answered ordinary "
                              "requests, so it may answer everything like the task. Watch the forgetting probe in "

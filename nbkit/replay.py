@@ -34,6 +34,9 @@ from typing import Any
 from nbkit.models import cache_dir
 
 REPLAY_MAX_NEW_TOKENS = 80
+# The model does not answer general prompts (a base model) when fewer than this share of the first MIN_ASKED ended.
+MIN_ASKED = 16
+MIN_ANSWERED_SHARE = 0.25
 DEFAULT_SHARE = 0.15  # measured on the demo: see README, "The replay guard"
 MAX_SHARE = 0.5
 
@@ -106,9 +109,9 @@ def is_replay(row: dict[str, Any]) -> bool:
     return bool(row.get("meta", {}).get("replay"))
 
 
-def cache_file(base_model: str, method: str) -> Path:
-    """One cache file per base model, load method and answer length."""
-    key = json.dumps([base_model, method, REPLAY_MAX_NEW_TOKENS])
+def cache_file(base_model: str, method: str, thinking: bool = False) -> Path:
+    """One cache file per base model, load method, answer length (and thinking, when on)."""
+    key = json.dumps([base_model, method, REPLAY_MAX_NEW_TOKENS, *(["thinking"] if thinking else [])])
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", base_model).strip("_")[-60:]
     return cache_dir() / "replay" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsonl"
 
@@ -132,8 +135,11 @@ def _write_cache(path: Path, answers: dict[str, dict[str, Any]]) -> None:
     os.replace(tmp, path)  # atomic: two processes filling the same cache never leave half a file
 
 
-def base_answers(base_model: str, n_rows: int, batch_size: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Cached greedy answers of the base model, in prompt order, until n_rows of them ended by themselves.
+def base_answers(base_model: str, n_rows: int, batch_size: int = 0,
+                 thinking: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Cached greedy answers of the base model, in prompt order, until n_rows of them ended by themselves — or
+    until it is clear the model does not answer general prompts (a base model without chat training: fewer than
+    MIN_ANSWERED_SHARE of at least MIN_ASKED ended by themselves), then "gave_up" is True.
 
     Returns the answers ({"prompt", "answer", "ended"}) and what it took: prompts asked, answers generated now
     (0 when the cache had them all), seconds, the cache file.
@@ -144,23 +150,31 @@ def base_answers(base_model: str, n_rows: int, batch_size: int = 0) -> tuple[lis
     plan = pick_device()
     # The model QLoRA starts from, which the evaluation compares against: 4-bit (plain without bitsandbytes).
     method = "qlora" if bitsandbytes_problem() is None else "lora"
-    path = cache_file(base_model, method)
+    path = cache_file(base_model, method, thinking)
     cached = _read_cache(path)
     model = tokenizer = None
     generated, started = 0, time.perf_counter()
     order: list[dict[str, Any]] = []
     ended = 0
+    gave_up = False
     for start, prompt in enumerate(REPLAY_PROMPTS):
         if ended >= n_rows:
             break
+        if len(order) >= MIN_ASKED and ended < MIN_ANSWERED_SHARE * len(order):
+            gave_up = True  # asking the rest would cost minutes and give as little
+            break
         if prompt not in cached:
+            tokenizer = tokenizer or load_tokenizer(base_model, thinking=thinking)
             # Ask for the rest in one go: enough prompts for the rows still missing, assuming one in eight runs long.
+            # A model without a chat template of its own (a base model) is first asked MIN_ASKED only: it may well
+            # answer none of them.
             missing = n_rows - ended
+            if tokenizer.nbkit_template != "model" and len(order) < MIN_ASKED:
+                missing = min(missing, MIN_ASKED - len(order))
             ask = [p for p in REPLAY_PROMPTS[start:start + math.ceil(missing * 1.15) + 2] if p not in cached]
             if model is None:
                 print(f"Replay guard: the base model answers {len(ask)} general prompts (once per model; cached in "
                       f"{path.parent})...", flush=True)
-                tokenizer = load_tokenizer(base_model)
                 with quiet_library_notices():
                     model, _ = load_model(base_model, method, plan)
                 model.eval()
@@ -184,13 +198,14 @@ def base_answers(base_model: str, n_rows: int, batch_size: int = 0) -> tuple[lis
         del model
         release_memory()
     return order, {"asked": len(order), "generated": generated, "seconds": round(time.perf_counter() - started, 1),
-                   "cache": str(path), "method": method}
+                   "cache": str(path), "method": method, "gave_up": gave_up}
 
 
-def replay_rows(base_model: str, n_rows: int, batch_size: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def replay_rows(base_model: str, n_rows: int, batch_size: int = 0,
+                thinking: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Up to n_rows replay rows (fewer when the prompt set runs out) and a report of how they were made."""
-    answers, report = base_answers(base_model, n_rows, batch_size) if n_rows > 0 else ([], {
-        "asked": 0, "generated": 0, "seconds": 0.0, "cache": "", "method": ""})
+    answers, report = base_answers(base_model, n_rows, batch_size, thinking) if n_rows > 0 else ([], {
+        "asked": 0, "generated": 0, "seconds": 0.0, "cache": "", "method": "", "gave_up": False})
     rows = [{"messages": [{"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["answer"]}],
              "meta": {"source": "replay", "index": i, "replay": True, "model": base_model}}
             for i, a in enumerate(answers) if a["ended"]][:n_rows]
@@ -210,7 +225,7 @@ def write_pool(config, tokenizer, n_task_rows: int) -> dict[str, Any]:
         write_jsonl(ws.replay, [])
         return {"enabled": False, "rows": 0}
     wanted = replay_needed(n_task_rows, config.replay_share)
-    rows, report = replay_rows(config.base_model, wanted)
+    rows, report = replay_rows(config.base_model, wanted, thinking=config.thinking)
     kept, too_long = [], 0
     for row in rows:
         encoded = tokenize_chat(tokenizer, row["messages"])
@@ -219,6 +234,15 @@ def write_pool(config, tokenizer, n_task_rows: int) -> dict[str, Any]:
             continue
         kept.append({**row, "n_tokens": len(encoded["input_ids"]),
                      "n_trained": sum(label != IGNORE_INDEX for label in encoded["labels"])})
+    if report["gave_up"] or (wanted and not kept):
+        write_jsonl(ws.replay, [])
+        reason = (f"{config.base_model} ended {len(rows)} of its {report['asked']} answers to general prompts by "
+                  f"itself{f' and {too_long} of those were over max_seq_len' if too_long else ''} (the rest ran past "
+                  f"{REPLAY_MAX_NEW_TOKENS} tokens), so there is nothing worth replaying: a base model without chat "
+                  "training does not answer ordinary requests yet, and has no such behaviour to lose")
+        print(f"Replay guard turned off: {reason}.", flush=True)
+        return {"enabled": False, "rows": 0, "off_reason": reason, "wanted": wanted,
+                "runaway_answers_left_out": report["runaway"], "model": config.base_model, "cache": report["cache"]}
     write_jsonl(ws.replay, kept)
     return {"enabled": True, "share": config.replay_share, "wanted": wanted, "rows": len(kept),
             "runaway_answers_left_out": report["runaway"], "over_max_seq_len_left_out": too_long,

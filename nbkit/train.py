@@ -24,10 +24,10 @@ from nbkit.devices import PrecisionPlan
 from nbkit.errors import DataError, OutOfMemory
 from nbkit.loss_mask import IGNORE_INDEX, tokenize_chat
 from nbkit.memory import memory_gib, release_memory, reset_peak_memory
-from nbkit.models import load_model, load_tokenizer, pick_device, quiet_library_notices
+from nbkit.models import load_model, pick_device, quiet_library_notices
 from nbkit.runs import (checkpoint_step, environment, last_checkpoint, metric_series, new_run_id, read_metrics,
                         run_to_resume, write_metrics)
-from nbkit.train_config import TrainConfig
+from nbkit.train_config import TrainConfig, formatted_settings, formatted_tokenizer
 from nbkit.train_log import LogFn, RunControl, diagnose, format_diagnosis, make_callback, print_log
 from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
 
@@ -123,7 +123,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
     val_rows = read_jsonl(ws.split("validation"))
     plan = plan or pick_device(config.method)
     say(f"Device: {plan.reason}.")
-    tokenizer = load_tokenizer(config.base_model)
+    tokenizer = formatted_tokenizer(config)
     train_ds = tokenized_split(train_rows, tokenizer, config.max_seq_len)
     val_ds = tokenized_split(val_rows, tokenizer, config.max_seq_len) if val_rows else None
     checkpointing = use_checkpointing(config, [len(ids) for ids in train_ds["input_ids"]], plan)
@@ -320,6 +320,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
     record = {
         "run_id": run_id,
         "base_model": config.base_model,
+        "thinking": formatted_settings(config.workspace)["thinking"],  # how the chat template rendered (Qwen3)
         "method": method,
         "status": status,
         "device": str(args.device),

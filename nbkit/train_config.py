@@ -137,10 +137,19 @@ class TrainConfig(Config):
 
 
 def formatted_settings(workspace: str) -> dict:
-    """base_model and max_seq_len as 02_format used them (its format_report.json), else 02's defaults."""
+    """base_model, max_seq_len and thinking as 02_format used them (its format_report.json), else 02's defaults."""
     from nbkit.formatting import FormatConfig
 
-    owner = {f.name: f.default for f in dataclasses.fields(FormatConfig) if f.name in ("base_model", "max_seq_len")}
+    owner = {f.name: f.default for f in dataclasses.fields(FormatConfig)
+             if f.name in ("base_model", "max_seq_len", "thinking")}
     report_path = Workspace(workspace).format_report
     report = read_json(report_path) if report_path.exists() else {}
-    return {name: report.get(name) or default for name, default in owner.items()}
+    return {name: report.get(name, default) if name == "thinking" else report.get(name) or default
+            for name, default in owner.items()}
+
+
+def formatted_tokenizer(config):
+    """The tokenizer of a resolved config's base model, rendering as 02_format did (its thinking choice)."""
+    from nbkit.models import load_tokenizer
+
+    return load_tokenizer(config.base_model, thinking=formatted_settings(config.workspace)["thinking"])

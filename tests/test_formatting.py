@@ -51,7 +51,7 @@ def messy_workspace(tmp_path):
 @pytest.fixture
 def shared_tokenizer(monkeypatch, tokenizer):
     """format_rows loads its tokenizer by name; hand it the session's copy to keep the tests fast."""
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name: tokenizer)
+    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: tokenizer)
     return tokenizer
 
 
@@ -117,7 +117,7 @@ def test_mask_problems_are_counted_over_every_row(messy_workspace, tokenizer, mo
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
         "{% if not (message['role'] == 'assistant' and message['content'] == 'technical') %}{{ '<|im_end|>' }}"
         "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name: broken)
+    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: broken)
     report = format_rows(FormatConfig(workspace=str(messy_workspace)))
     (problem,) = report["mask_problems"]
     assert "end-of-turn token" in problem
@@ -252,7 +252,7 @@ def test_a_tool_aware_template_keeps_tool_rows_and_training_tokenizes_their_tool
     from nbkit.train import tokenized_split
     from nbkit.widgets.format import mask_viewer
 
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name: tool_tokenizer)
+    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: tool_tokenizer)
     ws = write_clean(tmp_path, [{"messages": TOOL_MESSAGES, "tools": [WEATHER_TOOL]}, chat(OTHERS[0], "billing")])
     report = format_rows(FormatConfig(workspace=str(tmp_path)))
     assert report["rows"] == 2 and report["rejected_rows"] == {"tools_not_rendered": 0, "template_error": 0,
@@ -297,7 +297,7 @@ def test_a_template_that_raises_on_a_row_drops_it_instead_of_crashing(tmp_path, 
                             "{{ raise_exception('Tool messages are not supported') }}{% endif %}"
                             "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
                             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name: strict)
+    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: strict)
     ws = write_clean(tmp_path, [{"messages": TOOL_MESSAGES}, chat(OTHERS[2], "account")])
     report = format_rows(FormatConfig(workspace=str(tmp_path)))
     assert report["rows"] == 1 and report["rejected_rows"]["tools_not_rendered"] == 1
@@ -358,7 +358,7 @@ def test_training_refuses_a_split_with_no_trained_token_before_loading_a_model(t
     write_jsonl(ws.split("train"), weighted_out)
     write_jsonl(ws.split("validation"), [])
     ws.manifest.write_text("{}")
-    monkeypatch.setattr("nbkit.train.load_tokenizer", lambda name: tokenizer)
+    monkeypatch.setattr("nbkit.train.formatted_tokenizer", lambda config: tokenizer)
     monkeypatch.setattr("nbkit.train.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(DataError, match="nothing to learn"):
         build_trainer(TrainConfig(workspace=str(tmp_path)), tmp_path / "run")

@@ -102,6 +102,13 @@ def test_every_stage_panel_builds_with_stable_css_classes():
     assert "nbkit-field-max_steps" in nw.TrainPanel(TrainConfig()).form.inputs["max_steps"]._dom_classes
 
 
+def test_format_panel_offers_the_thinking_switch():
+    form = nw.format_panel(FormatConfig())
+    assert form.config.thinking is False
+    form.inputs["thinking"].value = True
+    assert form.config.thinking is True  # format_rows renders with it (tests/test_families.py checks both values)
+
+
 def test_split_panel_validates_fractions_together():
     config = SplitConfig()
     panel = nw.split_panel(config)

@@ -1,4 +1,4 @@
-"""Panel for notebook 02: model and length limit, then a loss-mask viewer over the formatted rows."""
+"""Panel for notebook 02: model, length limit and thinking switch, then a loss-mask viewer over the formatted rows."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nbkit.widgets.panel import ConfigForm, css
 
 
 def format_panel(config: FormatConfig) -> ConfigForm:
-    form = ConfigForm(config, ["base_model", "max_seq_len"], title="Chat template and length")
+    form = ConfigForm(config, ["base_model", "max_seq_len", "thinking"], title="Chat template and length")
     css(form.box, "nbkit-format-panel")
     return form
 
