@@ -2,13 +2,25 @@
 its stop tokens and the system prompt the training data used.
 
 Ollama renders prompts with Go's text/template over `.Messages` (each with `.Role` and `.Content`). The
-model's own template is Jinja, and no general translation exists; but chat templates of the per-message kind
-(ChatML, Llama 3, ...) are "a fixed text before the first message, the message, a fixed separator and role
-header before each next one, and a generation header at the end". Those texts are read off the model's own
-template by rendering a conversation whose contents are markers (`template_parts`), written into a Go template
-of that shape, and checked: `render_parts` (the same shape in Python) must reproduce the chat template exactly
-on fixed conversations, else no Modelfile is written (`OllamaError` says why). A test renders the written
-TEMPLATE with Go's text/template itself.
+model's own template is Jinja, and no general translation exists; but the chat templates of the families users
+tune (ChatML with or without a default system prompt, Qwen3, Llama 3.x, Phi-3.5, Gemma 3, Mistral) are "a fixed
+text before the first message, a fixed text between two messages that depends on their roles, and a fixed text
+after the last one (its end of turn and the generation prompt)", with the system prompt in one of two places:
+- where it stands, first (its own turn: ChatML, Llama 3, Phi; or the start of the first user turn: Gemma 3);
+- inside the LAST user turn (Mistral Nemo: `[INST]{system}\\n\\n{user}[/INST]`).
+Those texts are read off the model's own template by rendering conversations whose contents are markers
+(`template_parts`), written into a Go template of that shape (`go_template`), and checked: `render_parts` (the
+same shape in Python) must reproduce the chat template exactly on the conversations `CHECKS`, else no Modelfile
+is written (`OllamaError` says why). A test renders the written TEMPLATE with Go's text/template itself.
+
+What the TEMPLATE does not do, by design or because Go templates cannot:
+- a leading BOS the chat template writes is left out when the tokenizer adds BOS itself (the GGUF then says
+  add_bos_token and Ollama prepends it: written in the TEMPLATE too, the prompt would start with two);
+- texts of the day are fixed at export: Llama 3.1+ writes "Today Date: <strftime_now>", read here once;
+- contents are written as sent: Gemma and Llama trim them (`| trim`), which Go templates cannot; Qwen3 rewrites
+  earlier answers that contain `</think>`; tool calls, images and empty contents are not covered;
+- the checked conversations end with a user turn, as Ollama's prompts for a reply do.
+`notes` (in write_modelfile's record) names the trimming, and a BOS the tokenizer adds that the template lacks.
 """
 
 from __future__ import annotations
@@ -23,7 +35,8 @@ from nbkit.errors import OllamaError
 
 MARKS = {"system": "\x01SYSTEM\x01", "user": "\x01USER-1\x01", "assistant": "\x01ASSISTANT-1\x01",
          "user2": "\x01USER-2\x01"}
-# Conversations the translated template must render exactly as the chat template does.
+# Conversations the translated template must render exactly as the chat template does (roles alternate, as
+# Gemma's and Mistral's templates require; each ends with a user turn, as a prompt for a reply does).
 CHECKS = (
     [{"role": "user", "content": "Hi there"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
@@ -31,69 +44,113 @@ CHECKS = (
      {"role": "user", "content": "Tell me a joke.\nA short one."}],
     [{"role": "system", "content": "You triage tickets."}, {"role": "user", "content": "Login fails"},
      {"role": "assistant", "content": "{\"team\": \"auth\"}"}, {"role": "user", "content": "Invoice wrong"}],
+    [{"role": "system", "content": "You answer in lists.\nNo more than three items."},
+     {"role": "user", "content": "Fruits?"}, {"role": "assistant", "content": "- apple\n- pear"},
+     {"role": "user", "content": "Colours?"}, {"role": "assistant", "content": "- red\n\n- blue"},
+     {"role": "user", "content": "Quotes \" and {{ braces }} and ünïcode"}],
+    [{"role": "user", "content": "One"}, {"role": "assistant", "content": "1"}, {"role": "user", "content": "Two"},
+     {"role": "assistant", "content": "2"}, {"role": "user", "content": "Three\n\nand a line"}],
 )
+OLLAMA_QUANTIZE = ("q4_K_M", "q4_K_S", "q8_0")  # what `ollama create --quantize` accepts (from F16/BF16/F32)
 
 
 @dataclass(frozen=True)
 class TemplateParts:
-    """The fixed texts of a per-message chat template."""
+    """The fixed texts of a chat template of the shape this module translates."""
 
-    first: dict[str, str]  # before the first message, by its role (system or user)
-    separator: str  # after every message (its end-of-turn) and before the next role header
-    header: dict[str, str]  # role header before a message that is not the first
-    generation: str  # what opens the assistant's answer, after the separator
+    first: dict[str, str]  # before the first message's content, by its role ("system" or "user")
+    between: dict[str, str]  # between two contents, by "previous>next" role: system>user, user>assistant, ...
+    end: str  # after the last (user) message: its end of turn and the generation prompt
+    # (before, after) the system prompt when it goes inside the last user turn; None: it stays where it stands
+    system_in_last: tuple[str, str] | None = None
+    bos: str = ""  # the chat template's leading BOS, left out of the TEMPLATE: the runtime adds it
 
 
 def _render(tokenizer, messages: list[dict[str, str]]) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # the template raises on this layout (e.g. Gemma 2 on a system message)
+        raise OllamaError(f"the chat template refuses the conversation {json.dumps(messages)[:80]}...: "
+                          f"{err}") from None
+
+
+def _split(text: str, marks: list[str]) -> list[str]:
+    """The texts before, between and after `marks`, each written once and in this order; else ValueError."""
+    pieces = []
+    for mark in marks:
+        if text.count(mark) != 1:
+            raise ValueError(mark)
+        before, text = text.split(mark)
+        pieces.append(before)
+    return [*pieces, text]
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether tokenizing adds BOS by itself: what nbkit.gguf_export writes as the GGUF's add_bos_token."""
+    return tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
 
 
 def template_parts(tokenizer) -> TemplateParts:
-    """Read the fixed texts off the tokenizer's chat template; OllamaError when it is not per-message."""
-    sys_, user, assistant, user2 = (MARKS[k] for k in ("system", "user", "assistant", "user2"))
-    full = _render(tokenizer, [{"role": "system", "content": sys_}, {"role": "user", "content": user},
-                               {"role": "assistant", "content": assistant}, {"role": "user", "content": user2}])
-    no_system = _render(tokenizer, [{"role": "user", "content": user}])
+    """Read the fixed texts off the tokenizer's chat template, checked on CHECKS; OllamaError when it has
+    another shape. Texts of the day (Llama 3.1+'s "Today Date") are read now: the TEMPLATE keeps the export's."""
+    S, U, A, U2 = (MARKS[k] for k in ("system", "user", "assistant", "user2"))
+    # Rendered once, at export: a date the template writes (Llama 3.1+'s strftime_now) becomes a fixed text.
+    full = _render(tokenizer, [{"role": "system", "content": S}, {"role": "user", "content": U},
+                               {"role": "assistant", "content": A}, {"role": "user", "content": U2}])
+    plain = _render(tokenizer, [{"role": "user", "content": U}, {"role": "assistant", "content": A},
+                                {"role": "user", "content": U2}])
     try:
-        head, rest = full.split(sys_)
-        to_user, rest = rest.split(user)
-        to_assistant, rest = rest.split(assistant)
-        to_user2, tail = rest.split(user2)
-        head_user = no_system.split(user)[0]
+        head_user, user_assistant, assistant_user, end = _split(plain, [U, A, U2])
+        order = sorted((S, U, A, U2), key=full.find) if all(full.count(m) == 1 for m in (S, U, A, U2)) else None
+        between = {"user>assistant": user_assistant, "assistant>user": assistant_user}
+        if order == [S, U, A, U2]:  # first: its own turn, or the start of the first user turn (Gemma 3)
+            head_system, between["system>user"] = _split(full, order)[:2]
+            first, fold = {"system": head_system, "user": head_user}, None
+        elif order == [U, A, S, U2]:  # inside the last user turn (Mistral): skipped where it stands
+            to_system, fold = _split(full, order)[2:4]
+            if not to_system.startswith(assistant_user):
+                raise OllamaError("the chat template changes the last user turn's header when it carries the "
+                                  "system prompt")
+            fold = (to_system[len(assistant_user):], fold)
+            first, between["system>user"] = {"system": head_user, "user": head_user}, ""
+        else:
+            raise OllamaError("the chat template writes the system prompt neither first nor inside the last user "
+                              "turn")
     except ValueError:
-        raise OllamaError("the chat template does not write each message's content once, in order") from None
-    separator = _common_prefix([to_user, to_assistant, to_user2, tail])
-    parts = TemplateParts(first={"system": head, "user": head_user}, separator=separator,
-                          header={"user": to_user[len(separator):], "assistant": to_assistant[len(separator):]},
-                          generation=tail[len(separator):])
-    if to_user2 != separator + parts.header["user"]:
-        raise OllamaError("the chat template writes a user turn differently after a system message and after an "
-                          "assistant message")
+        raise OllamaError("the chat template does not write each message's content once") from None
+    bos = tokenizer.bos_token or ""
+    if bos and adds_bos(tokenizer) and all(text.startswith(bos) for text in first.values()):
+        first = {role: text[len(bos):] for role, text in first.items()}
+    else:
+        bos = ""
+    parts = TemplateParts(first=first, between=between, end=end, system_in_last=fold, bos=bos)
     for messages in CHECKS:
-        if render_parts(parts, messages) != _render(tokenizer, messages):
-            raise OllamaError(f"the chat template renders {json.dumps(messages)[:80]}... in a way a per-message "
-                              "TEMPLATE cannot reproduce")
+        if parts.bos + render_parts(parts, messages) != _render(tokenizer, messages):
+            raise OllamaError(f"the chat template renders {json.dumps(messages)[:80]}... in a way a TEMPLATE of "
+                              "fixed texts between messages cannot reproduce")
     return parts
 
 
-def _common_prefix(texts: list[str]) -> str:
-    prefix = texts[0]
-    for text in texts[1:]:
-        while not text.startswith(prefix):
-            prefix = prefix[:-1]
-    return prefix
-
-
 def render_parts(parts: TemplateParts, messages: list[dict[str, str]]) -> str:
-    """The prompt the Go TEMPLATE of `go_template(parts)` renders for `messages` (same shape, in Python)."""
-    out = []
+    """The prompt the Go TEMPLATE of `go_template(parts)` renders for `messages` (same steps, in Python)."""
+    folded = parts.system_in_last is not None
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    out, previous = [], ""
     for i, message in enumerate(messages):
-        if i == 0:
-            out.append(parts.first.get(message["role"], parts.first["user"]))
+        role = message["role"]
+        if folded and role == "system":
+            continue
+        if not previous:
+            out.append(parts.first["system" if role == "system" else "user"])
+        elif previous == "system":
+            out.append(parts.between["system>user"])
         else:
-            out.append(parts.separator + parts.header.get(message["role"], parts.header["user"]))
+            out.append(parts.between["user>assistant" if role == "assistant" else "assistant>user"])
+        if folded and role == "user" and i == len(messages) - 1 and system is not None:
+            out.append(parts.system_in_last[0] + system + parts.system_in_last[1])
         out.append(message["content"])
-    return "".join(out) + parts.separator + parts.generation
+        previous = role
+    return "".join(out) + parts.end
 
 
 def _go(text: str) -> str:
@@ -103,15 +160,39 @@ def _go(text: str) -> str:
 
 def go_template(parts: TemplateParts) -> str:
     """The TEMPLATE: one line of Go text/template actions, every fixed text as a quoted literal (so no
-    whitespace of the template's own layout reaches the prompt)."""
-    return ("{{- range $i, $m := .Messages }}"
-            "{{- if eq $i 0 }}{{ if eq $m.Role \"system\" }}" + "{{ " + _go(parts.first["system"]) + " }}"
-            "{{ else }}{{ " + _go(parts.first["user"]) + " }}{{ end }}"
-            "{{- else }}{{ " + _go(parts.separator) + " }}"
-            "{{- if eq $m.Role \"assistant\" }}{{ " + _go(parts.header["assistant"]) + " }}"
-            "{{ else }}{{ " + _go(parts.header["user"]) + " }}{{ end }}{{ end }}"
-            "{{- $m.Content }}{{ end }}"
-            "{{ " + _go(parts.separator + parts.generation) + " }}")
+    whitespace of the template's own layout reaches the prompt). `$prev` is the previous message's role."""
+    def say(text: str) -> str:
+        return "{{ " + _go(text) + " }}" if text else ""
+
+    folded = parts.system_in_last is not None
+    system = "(index $.Messages 0)"
+    return ("{{- $prev := \"\" }}{{- range $i, $m := .Messages }}"
+            + ("{{- if ne $m.Role \"system\" }}" if folded else "")
+            + "{{- if eq $prev \"\" }}{{ if eq $m.Role \"system\" }}" + say(parts.first["system"])
+            + "{{ else }}" + say(parts.first["user"]) + "{{ end }}"
+            + "{{- else if eq $prev \"system\" }}" + say(parts.between["system>user"])
+            + "{{- else if eq $m.Role \"assistant\" }}" + say(parts.between["user>assistant"])
+            + "{{- else }}" + say(parts.between["assistant>user"]) + "{{ end }}"
+            + ("{{- if and (eq $m.Role \"user\") (eq (len (slice $.Messages $i)) 1) (eq " + system
+               + ".Role \"system\") }}" + say(parts.system_in_last[0]) + "{{ " + system + ".Content }}"
+               + say(parts.system_in_last[1]) + "{{ end }}" if folded else "")
+            + "{{- $m.Content }}{{ $prev = $m.Role }}"
+            + ("{{ end }}" if folded else "")
+            + "{{- end }}" + say(parts.end))
+
+
+def notes(tokenizer) -> list[str]:
+    """What the chat template does that the TEMPLATE does not, for contents unlike CHECKS'."""
+    content = " " + MARKS["user"] + "\n"
+    text = _render(tokenizer, [{"role": "user", "content": content}])
+    found = []
+    if content not in text:
+        found.append("the chat template trims each message's content and Go templates cannot: Ollama writes "
+                     "contents as sent, so send them without surrounding whitespace")
+    if adds_bos(tokenizer) and not text.startswith(tokenizer.bos_token):  # training renders add no BOS
+        found.append(f"the tokenizer adds {tokenizer.bos_token} and the chat template writes none: Ollama starts "
+                     "every prompt with a BOS the model was not trained with")
+    return found
 
 
 def stop_tokens(tokenizer, model_dir: str | Path) -> list[str]:
@@ -146,12 +227,19 @@ def modelfile(gguf_name: str, parts: TemplateParts, stops: list[str], system: st
 
 
 def write_modelfile(out_dir: str | Path, gguf_name: str, tokenizer, model_dir: str | Path,
-                    train_rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    """Write out_dir/Modelfile next to the GGUF; returns its path, the commands to run it, stops and system."""
+                    train_rows: list[dict[str, Any]], name: str, quantize: str | None = None) -> dict[str, Any]:
+    """Write out_dir/Modelfile next to the GGUF; returns its path, the commands to run it, stops, system,
+    quantize and notes. With `quantize` (e.g. "q4_K_M") the GGUF is F16 and `ollama create` quantizes it."""
+    if quantize is not None and quantize.lower() not in {q.lower() for q in OLLAMA_QUANTIZE}:
+        raise OllamaError(f"`quantize` must be one of {', '.join(OLLAMA_QUANTIZE)} (what `ollama create --quantize` "
+                          f"accepts), got {quantize!r}")
     parts = template_parts(tokenizer)
     stops = stop_tokens(tokenizer, model_dir)
     system = data_system_prompt(train_rows)
     path = Path(out_dir) / "Modelfile"
     path.write_text(modelfile(gguf_name, parts, stops, system), encoding="utf-8")
-    return {"path": str(path), "stop": stops, "system": system, "name": name,
-            "commands": [f"cd {Path(out_dir).resolve()}", f"ollama create {name} -f Modelfile", f"ollama run {name}"]}
+    create = f"ollama create --quantize {quantize} {name} -f Modelfile" if quantize else \
+        f"ollama create {name} -f Modelfile"
+    return {"path": str(path), "stop": stops, "system": system, "name": name, "quantize": quantize,
+            "notes": notes(tokenizer),
+            "commands": [f"cd {Path(out_dir).resolve()}", create, f"ollama run {name}"]}
