@@ -87,8 +87,8 @@ def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_ne
 def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
                         batch_size: int = 32) -> tuple[list[str], list[bool]]:
     """Greedy answers (a leading think block left out), and for each whether it ended with an end-of-turn token
-    (the chat template's, or one the generation config stops at; False: it ran to max_new_tokens, a "runaway"). Prompts are padded on the left, as generation needs; the
-    tokenizer's own padding side is restored afterwards."""
+    (the chat template's, or one the generation config stops at; False: it ran to max_new_tokens, a "runaway").
+    Prompts are padded on the left, as generation needs; the tokenizer's own padding side is restored afterwards."""
     import torch
 
     stops = set(end_of_turn_ids(getattr(model, "generation_config", None), tokenizer))

@@ -1,9 +1,9 @@
 """The chat template applied to a row, its tokens, and the loss mask: what the model reads and what it learns.
 
-By default only assistant turns (and their end-of-turn token, read off the template: nbkit.chat_templates) are trained; system, user and tool text is
-context, not target, and so is an assistant turn with `"weight": 0` (the OpenAI fine-tuning convention). The
-row's tool definitions reach the template (`apply_chat_template(tools=...)`); `unrendered_tools` tells when a
-template leaves them out. Stage 02 (nbkit.formatting), training, evaluation and the mask viewer all use this.
+By default only assistant turns (and their end-of-turn token, read off the template: nbkit.chat_templates) are
+trained; system, user and tool text is context, not target, and so is an assistant turn with `"weight": 0` (the
+OpenAI fine-tuning convention). The row's tool definitions reach the template (`apply_chat_template(tools=...)`);
+`unrendered_tools` tells when a template leaves them out. Stage 02 (nbkit.formatting), training, evaluation and the mask viewer all use this.
 """
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantize a GGUF file into a plain safetensors checkpoint (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Converting {gguf_path.name} into a safetensors checkpoint at {target} (once; ~20 s)...", flush=True)
+    print(f"Converting {gguf_path.name} into a safetensors checkpoint at {target} (once; under a minute)...",
+          flush=True)
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
@@ -129,6 +130,22 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ships_chat_template(name: str) -> bool | None:
+    """Whether model `name` comes with a chat template of its own, read from its files without loading anything;
+    None when that cannot be told here (a Hub id not in the local cache)."""
+    import json
+
+    if name in EMBEDDED_MODELS:
+        return name != EMBEDDED_GEMMA  # Gemma 3 270M is the pretrained base model
+    folder = Path(name)
+    if not folder.is_dir():
+        return None
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template")) if config.is_file() else None
 
 
 def load_tokenizer(name: str, *, padding_side: str = "right", thinking: bool = False):

@@ -22,6 +22,7 @@ import numpy as np
 
 from nbkit.config import Config, field
 from nbkit.diversity import diversity_map
+from nbkit.models import ships_chat_template
 from nbkit.near_duplicates import near_duplicate_clusters, normalize_text, row_text, validate_threshold
 from nbkit.pii import PII_KINDS, mask_secret, pii_spans
 from nbkit.replay import DEFAULT_SHARE
@@ -36,6 +37,8 @@ class QualityConfig(Config):
     """What the data quality report checks, and which fixes formatting will apply (to word the verdict)."""
 
     workspace: str = field("workspace", "Folder that holds every stage's output.")
+    base_model: str = field("", "Model formatting will use (for the replay guard's verdict: a base model may answer "
+                                "no general prompt).")
     near_duplicate_threshold: float = field(
         0.8, "Similarity (0.5-1.0) from which two rows count as near-duplicates; 1.0 finds exact copies only.")
     redact_pii: bool = field(False, "Formatting will replace personal data with placeholders.")
@@ -168,6 +171,8 @@ def quality_report(config: QualityConfig) -> dict[str, Any]:
         "labels": label_report(rows, config.label_field),
         "diversity": {k: v for k, v in diversity.items() if k not in ("x", "y", "cluster")},
         "replay": {"enabled": config.replay_guard, "share": config.replay_share if config.replay_guard else 0.0,
+                   "base_model_without_template": bool(config.base_model)
+                   and ships_chat_template(config.base_model) is False,
                    "rows_with_system_prompt": sum(any(m["role"] == "system" for m in r["messages"]) for r in rows)},
         "config": config.to_dict(),
     }
@@ -302,6 +307,11 @@ def _replay_item(report: dict[str, Any]) -> dict[str, str]:
         return _item("warn", "Replay guard off: nothing in training reminds the model how it answered ordinary "
                              "requests, so it may answer everything like the task. Watch the forgetting probe in "
                              "05_evaluate.", f"Set replay_guard = True in {FORMAT_PARAMS}.")
+    if replay.get("base_model_without_template"):
+        return _item("warn", f"Replay guard on, but {report['config']['base_model']} ships no chat template (a base model): it may "
+                             "answer no general prompt, and then formatting turns the guard off and says why — there "
+                             "is no chat behaviour to keep yet.", "Nothing to change; read the formatting cell's "
+                             "replay line.")
     without = n - replay["rows_with_system_prompt"]
     if without > n / 2:
         return _item("warn", f"Replay guard on, but {_count(without, 'row')} of {n:,} have no system prompt: the "

@@ -160,7 +160,9 @@ def test_each_family_formats_and_trains_with_qlora(name, family_model, collected
     if guard:
         from nbkit.quality import QualityConfig, quality_report
 
-        assert quality_report(QualityConfig(workspace=str(ws)))["replay"]["enabled"]
+        before = quality_report(QualityConfig(workspace=str(ws), base_model=str(folder)))
+        assert before["replay"]["enabled"] and before["replay"]["base_model_without_template"]
+        assert any("ships no chat template (a base model)" in item["message"] for item in before["verdict"])
     report = format_rows(FormatConfig(workspace=str(ws), base_model=str(folder), max_seq_len=256,
                                       replay_guard=guard))
     assert report["mask_problems"] == {} and report["answers_without_end_of_turn"] == 0
@@ -179,3 +181,42 @@ def test_each_family_formats_and_trains_with_qlora(name, family_model, collected
     assert run["thinking"] is False and losses and losses[-1] < losses[0]
     adapter = load_file(Workspace(ws).run_dir("tiny") / "adapter" / "adapter_model.safetensors")
     assert any(k.endswith("lora_B.weight") and torch.count_nonzero(v) for k, v in adapter.items())
+
+
+@pytest.mark.model
+def test_the_real_gemma_3_270m_loads_in_4bit_continues_text_and_learns_its_turn_format(tmp_path):
+    """The second embedded model, real weights (dequantized from the packaged Q4_K_M): 4-bit QLoRA load, a sane
+    continuation, and a few steps on one chat row in Gemma's own template lower that row's loss."""
+    import importlib.util
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from nbkit.loss_mask import tokenize_chat
+    from nbkit.models import EMBEDDED_GEMMA, EMBEDDED_MODELS, load_model
+
+    if importlib.util.find_spec(EMBEDDED_MODELS[EMBEDDED_GEMMA][0]) is None:
+        pytest.skip(f"{EMBEDDED_GEMMA} is not installed: {EMBEDDED_MODELS[EMBEDDED_GEMMA][2]}")
+    tokenizer = load_tokenizer(EMBEDDED_GEMMA)
+    assert tokenizer.nbkit_template == "gemma3" and end_of_turn(tokenizer) == "<end_of_turn>"
+    model, method = load_model(EMBEDDED_GEMMA, "qlora")
+    assert method == "qlora" and type(model).__name__ == "Gemma3ForCausalLM"
+    inputs = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        continued = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert "France" in tokenizer.decode(continued[0][inputs["input_ids"].shape[1]:]) or \
+        "Paris" in tokenizer.decode(continued[0])
+
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    row = tokenize_chat(tokenizer, CONVERSATIONS[0])
+    batch = {"input_ids": torch.tensor([row["input_ids"]]), "labels": torch.tensor([row["labels"]])}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
