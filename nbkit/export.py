@@ -2,8 +2,9 @@
 check that every export answers like the evaluated model, push to the Hub.
 
 Everything lands in runs/<run_id>/export/: merged/ (an ordinary Hugging Face checkpoint),
-<run_id>-f16.gguf and <run_id>-q8_0.gguf (llama.cpp, LM Studio; nbkit.gguf_export), Modelfile
-(Ollama; nbkit.ollama) and parity.json with every comparison.
+<run_id>-f16.gguf and <run_id>-q8_0.gguf (llama.cpp's converter; llama.cpp, LM Studio; nbkit.gguf_export),
+<run_id>-q4_k_m.gguf where llama.cpp's quantizer is installed (else Ollama quantizes the f16 file on
+`ollama create --quantize q4_K_M`), Modelfile (Ollama; nbkit.ollama) and parity.json with every comparison.
 
 Why merge: a merged model is one ordinary checkpoint — it loads without peft and serves at
 base-model speed (no adapter matmuls). The merge is done into an UNQUANTIZED base: folding the
@@ -24,15 +25,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-from nbkit.errors import ConfigError, NbkitError
+from nbkit.errors import ConfigError, ExportError, NbkitError
 from nbkit.evaluate import answer_budget, generate_with_stops, runaway_count
 from nbkit.formatting import prompt_messages, reference_answer
-from nbkit.gguf_export import GGUF_TYPES
+from nbkit.gguf_export import GGUF_TYPES, OLLAMA_QUANTIZE, QUANTIZED
 from nbkit.hub import hub_endpoint, hub_offline, hub_unreachable
 from nbkit.devices import local_rank
 from nbkit.memory import release_memory
 from nbkit.models import (load_model, load_saved_model, load_tokenizer, load_trained_model, pick_device,
-                          quiet_library_notices, resolve_model)
+                          quiet_library_notices, resolve_model, run_tokenizer)
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace, read_jsonl, write_json
 
@@ -40,8 +41,9 @@ PARITY_PROMPTS = 8
 EXPORT_FORMATS = ("merged", "gguf", "ollama")
 # Share of greedy answers a GGUF file (read back through transformers' GGUF loader) must give exactly as the
 # merged model does: f16 rounds every weight once (a near-tie token may flip and change one answer), Q8_0 keeps
-# 8 bits per weight in blocks of 32 with one scale (answers may drift after a few tokens).
-GGUF_TOLERANCE = {"f16": 0.75, "q8_0": 0.5}
+# 8 bits per weight in blocks of 32 with one scale (answers may drift after a few tokens), Q4_K_M ~4.8 bits (more
+# answers drift; not measured here, where no quantizer is installed).
+GGUF_TOLERANCE = {"f16": 0.75, "q8_0": 0.5, QUANTIZED: 0.25}
 
 
 # Share of greedy answers of the merged model that must equal those of the model evaluation scored. All of
@@ -80,7 +82,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         return {"run_id": run_id, "path": str(path), "merged": False}
     prompts, max_new = parity_prompts(ws, run["base_model"], n_prompts)
     out = Path(out_dir) if out_dir else ws.run_dir(run_id) / "merged"
-    tokenizer = load_tokenizer(run["base_model"])
+    tokenizer = run_tokenizer(run)  # the template training rendered with (thinking default included)
     plan = pick_device()
     dtype = saved_dtype(resolve_model(run["base_model"]))
     where = merge_device(plan, run["base_model"], dtype)
@@ -99,7 +101,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         if out.exists():
             shutil.rmtree(out)
         merged.save_pretrained(out)
-        tokenizer.save_pretrained(out)
+        save_tokenizer(tokenizer, out)
         del merged, base
         release_memory()
         print(f"Saved the merged model to {out}; reloading it to check parity...", flush=True)
@@ -136,6 +138,17 @@ def parity_prompts(ws: Workspace, base_model: str, n_prompts: int) -> tuple[list
     rows = read_jsonl(ws.require(ws.split("test"), "03_split"))[:n_prompts]
     budget = answer_budget(load_tokenizer(base_model), [reference_answer(r["messages"]) for r in rows])
     return [prompt_messages(r["messages"]) for r in rows], budget
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """Save the tokenizer nbkit rendered with next to the merged weights, its chat template included (a base
+    model's comes from nbkit, Qwen3's carries the run's thinking default): the GGUF takes the template from here."""
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(out)
+    if AutoTokenizer.from_pretrained(out).chat_template != tokenizer.chat_template:
+        raise ExportError(f"the chat template did not survive saving the tokenizer to {out} — the exports would "
+                          "render prompts differently from training; check the tokenizer files there.")
 
 
 def merge_base(run: dict[str, Any], dtype: str, where: str):
@@ -189,9 +202,9 @@ def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] =
     "ollama" the GGUF), checking each export against the evaluated model; writes and returns parity.json's
     record: {"run_id", "formats", "merged": {...}, "gguf": {type: {...}}, "ollama": {...}}.
 
-    A format the model cannot take (gguf_export.gguf_problem, an unusual chat template) is refused with the
-    reason in the record and a warning; the other formats are still written."""
-    from nbkit.gguf_export import gguf_problem
+    A format the model cannot take (gguf_export.gguf_problem, a converter failure, an unusual chat template) is
+    refused with the reason in the record and a warning; the other formats are still written. The Modelfile
+    points at the Q4_K_M file, or where none could be written here at the f16 file, quantized by `ollama create`."""
     from nbkit.ollama import OllamaError, write_modelfile
 
     formats = normalized_formats(formats)
@@ -207,27 +220,52 @@ def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] =
         record["merged"]["answers"] = [{"messages": c, "answer": a}
                                        for c, a in zip(merged["conversations"], merged["answers"])]
     if "gguf" in formats:
-        model_dir = Path(merged["path"])
-        problem = gguf_problem(model_dir)
-        if problem:
-            record["gguf"] = {"refused": problem}
-            warnings.warn(f"No GGUF export for run {run_id}: {problem}", stacklevel=2)
-        else:
-            if "answers" not in merged:  # a fully fine-tuned run: its answers were not generated by a merge
-                merged.update(reference_answers(ws, run, model_dir, n_prompts))
-            record["gguf"] = {t: export_gguf(model_dir, out / f"{run_id}-{t}.gguf", t, merged) for t in GGUF_TYPES}
+        record["gguf"] = export_ggufs(ws, run, run_id, Path(merged["path"]), merged, n_prompts)
     if "ollama" in formats and "refused" not in record.get("gguf", {}):
-        gguf_name = f"{run_id}-q8_0.gguf"
+        q4 = record["gguf"][QUANTIZED]
+        # No Q4_K_M file here: Ollama quantizes the f16 one when it creates the model.
+        gguf_name, quantize = (Path(q4["path"]).name, None) if q4["written"] else \
+            (f"{run_id}-f16.gguf", OLLAMA_QUANTIZE)
         try:
-            record["ollama"] = write_modelfile(out, gguf_name, load_tokenizer(run["base_model"]), merged["path"],
+            record["ollama"] = write_modelfile(out, gguf_name, run_tokenizer(run), merged["path"],
                                                read_jsonl(ws.require(ws.split("train"), "03_split")),
-                                               name=f"nbkit-{run_id}".lower())
+                                               name=f"nbkit-{run_id}".lower(), quantize=quantize)
             print("Ollama: " + " && ".join(record["ollama"]["commands"]), flush=True)
         except OllamaError as err:
             record["ollama"] = {"refused": str(err)}
             warnings.warn(f"No Ollama Modelfile for run {run_id}: {err}", stacklevel=2)
     write_json(out / "parity.json", record)
     return record
+
+
+def export_ggufs(ws: Workspace, run: dict[str, Any], run_id: str, model_dir: Path, merged: dict[str, Any],
+                 n_prompts: int) -> dict[str, Any]:
+    """The GGUF files of a run, each read back and checked: f16 and Q8_0 by llama.cpp's converter, Q4_K_M by its
+    quantizer where llama-cpp-python is installed (else an entry saying Ollama quantizes the f16 file). {"refused":
+    why} when the converter cannot take the model or fails."""
+    from nbkit.gguf_export import add_sentencepiece_file, gguf_problem, quantized_by_ollama, quantizer_available
+
+    source = add_sentencepiece_file(model_dir, run["base_model"])
+    if source:
+        print(f"The converter reads this SentencePiece vocabulary from tokenizer.model: {source}.", flush=True)
+    problem = gguf_problem(model_dir)
+    if problem:
+        warnings.warn(f"No GGUF export for run {run_id}: {problem}", stacklevel=3)
+        return {"refused": problem}
+    if "answers" not in merged:  # a fully fine-tuned run: its answers were not generated by a merge
+        merged.update(reference_answers(ws, run, model_dir, n_prompts))
+    out = ws.run_dir(run_id) / "export"
+    f16 = out / f"{run_id}-f16.gguf"
+    entries: dict[str, Any] = {}
+    try:
+        for kind in GGUF_TYPES:
+            entries[kind] = export_gguf(model_dir, out / f"{run_id}-{kind}.gguf", kind, merged)
+        entries[QUANTIZED] = export_gguf(model_dir, out / f"{run_id}-{QUANTIZED}.gguf", QUANTIZED, merged, f16) \
+            if quantizer_available() else quantized_by_ollama(f16)
+    except ExportError as err:
+        warnings.warn(f"No GGUF export for run {run_id}: {err}", stacklevel=3)
+        return {"refused": str(err)}
+    return entries
 
 
 def describe_export(record: dict[str, Any] | None) -> str:
@@ -245,10 +283,15 @@ def describe_export(record: dict[str, Any] | None) -> str:
     if "refused" in gguf:
         lines.append(f"  GGUF: not written — {gguf['refused']}")
     for kind, entry in gguf.items() if "refused" not in gguf else ():
+        if not entry["written"]:
+            lines.append(f"  {kind}: not written here — {entry['reason']} (`{entry['quantize_with']}` from "
+                         f"{Path(entry['from']).name}; not checked for parity here)")
+            continue
         verdict = "within" if entry["within_tolerance"] else "OUTSIDE"
         lines.append(f"  {Path(entry['path']).name}: {entry['bytes'] / 2**20:.0f} MiB, {entry['identical']} of "
                      f"{entry['prompts']} answers identical to the merged model ({verdict} {entry['tolerance']:.0%}), "
-                     f"{entry['runaway']} runaway, end-of-turn {entry['eos_token']}")
+                     f"{entry['runaway']} runaway, end-of-turn {entry['end_of_turn']}"
+                     f"{'' if entry['tokens_identical'] else ', tokenizes DIFFERENTLY'}")
     ollama = record.get("ollama")
     if ollama and "refused" in ollama:
         lines.append(f"  Ollama: no Modelfile — {ollama['refused']}")
@@ -284,44 +327,55 @@ def reference_answers(ws: Workspace, run: dict[str, Any], model_dir: Path, n_pro
     return {"answers": answers, "conversations": prompts, "max_new_tokens": max_new}
 
 
-def export_gguf(model_dir: Path, path: Path, gguf_type: str, merged: dict[str, Any]) -> dict[str, Any]:
-    """Write one GGUF file and read it back (weights, tokenizer and chat template from the file alone, through
-    transformers' GGUF loader): its greedy answers against the merged model's, and its runaway answers."""
-    import time
+def export_gguf(model_dir: Path, path: Path, gguf_type: str, merged: dict[str, Any],
+                f16: Path | None = None) -> dict[str, Any]:
+    """Write one GGUF file (Q4_K_M: quantized from the `f16` file) and read it back from the file alone through
+    transformers' GGUF loader: its greedy answers against the merged model's, its runaway answers, its chat
+    template and end of turn, and whether it tokenizes the conversations (answers included) as the merged
+    model's tokenizer does."""
+    from transformers import AutoTokenizer
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from nbkit.chat_templates import end_of_turn, end_of_turn_token_id
+    from nbkit.gguf_export import read_back, write_gguf, write_q4_k_m
 
-    from nbkit.gguf_export import write_gguf
-
-    started = time.perf_counter()
-    written = write_gguf(model_dir, path, gguf_type)
-    seconds = time.perf_counter() - started
-    print(f"Wrote {path.name} ({written['bytes'] / 2**20:.0f} MiB in {seconds:.0f} s); reading it back to check "
-          "parity...", flush=True)
+    print(f"Writing {path.name} with llama.cpp's {'quantizer' if gguf_type == QUANTIZED else 'converter'} (its log: "
+          f"{path.with_suffix('.log').name})...", flush=True)
+    written = write_q4_k_m(f16, path) if gguf_type == QUANTIZED else write_gguf(model_dir, path, gguf_type)
+    print(f"Wrote {path.name} ({written['bytes'] / 2**20:.0f} MiB in {written['seconds']:.0f} s); reading it back to "
+          "check parity...", flush=True)
     with quiet_library_notices():
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype="float32")
+        tokenizer, model = read_back(path)
         answers, stops = generate_with_stops(model, tokenizer, merged["conversations"], merged["max_new_tokens"])
         del model
         release_memory()
+    reference = AutoTokenizer.from_pretrained(model_dir)  # what training and the merged model's answers used
+    texts = [reference.apply_chat_template([*c, {"role": "assistant", "content": a}], tokenize=False)
+             for c, a in zip(merged["conversations"], merged["answers"])]
+    same_tokens = all(reference.encode(t, add_special_tokens=False) == tokenizer.encode(t, add_special_tokens=False)
+                      for t in texts)
     mismatches = [{"prompt": c[-1]["content"], "merged": m, "gguf": g}
                   for c, m, g in zip(merged["conversations"], merged["answers"], answers) if m != g]
     n = len(answers)
     agreement = (n - len(mismatches)) / max(n, 1)
     tolerance = GGUF_TOLERANCE[gguf_type]
-    result = {**written, "seconds": round(seconds, 1), "prompts": n, "identical": n - len(mismatches),
+    turn_end = end_of_turn(tokenizer) if tokenizer.chat_template else None
+    result = {**written, "written": True, "prompts": n, "identical": n - len(mismatches),
               "agreement": round(agreement, 3), "tolerance": tolerance, "within_tolerance": agreement >= tolerance,
               "compared_with": "merged model", "read_with": "transformers (GGUF loader)",
-              "chat_template_in_file": tokenizer.chat_template is not None,
-              "eos_token": tokenizer.eos_token, "runaway": runaway_count(stops), "mismatches": mismatches}
+              "chat_template_in_file": tokenizer.chat_template is not None, "end_of_turn": turn_end,
+              "end_of_turn_in_vocab": bool(turn_end) and end_of_turn_token_id(tokenizer) is not None,
+              "tokens_identical": same_tokens, "runaway": runaway_count(stops), "mismatches": mismatches}
     verdict = "within" if result["within_tolerance"] else "OUTSIDE"
     print(f"Parity {gguf_type}: {result['identical']} of {n} greedy answers identical to the merged model ({verdict} "
-          f"the tolerance of {tolerance:.0%}); {result['runaway']} ran to the length limit without "
-          f"{tokenizer.eos_token}.", flush=True)
-    if not result["within_tolerance"] or not result["chat_template_in_file"]:
+          f"the tolerance of {tolerance:.0%}); {result['runaway']} ran to the length limit without {turn_end}.",
+          flush=True)
+    expected = end_of_turn(reference)
+    if not result["within_tolerance"] or not result["chat_template_in_file"] or not same_tokens \
+            or turn_end != expected or (expected and not result["end_of_turn_in_vocab"]):
         warnings.warn(f"{path} answers differently from the merged model on {len(mismatches)} of {n} prompts "
-                      f"(tolerance {tolerance:.0%}) or lacks a chat template: do not ship it before checking "
-                      "parity.json.", stacklevel=2)
+                      f"(tolerance {tolerance:.0%}), or tokenizes differently (identical: {same_tokens}), or lacks "
+                      f"its chat template or end of turn {expected!r} (found {turn_end!r}): do not ship it before "
+                      "checking parity.json.", stacklevel=2)
     return result
 
 
