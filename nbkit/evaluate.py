@@ -55,8 +55,9 @@ class EvalConfig(Config):
                                          "sums, short instructions, formatting, refusals) to notice what the "
                                          "tuned model forgot; takes seconds.")
     export_formats: list = field([], "After evaluating, export to runs/<run_id>/export/: \"merged\" (the adapter "
-                                     "merged into an unquantized base), \"gguf\" (f16 and Q8_0 for llama.cpp / LM "
-                                     "Studio), \"ollama\" (a Modelfile for the GGUF); each checked for parity.")
+                                     "merged into an unquantized base), \"gguf\" (f16, Q8_0 and, with a quantizer, "
+                                     "Q4_K_M, by llama.cpp's converter, for llama.cpp / LM Studio), \"ollama\" (a "
+                                     "Modelfile for the GGUF); each checked for parity.")
 
     def validate(self) -> None:
         for name in ("max_examples", "max_new_tokens"):

@@ -414,4 +414,5 @@ def test_verdict_says_whether_the_replay_guard_is_on_and_what_triggers_the_task(
     bare = quality_report(QualityConfig(workspace=str(ws)))
     item = next(i for i in bare["verdict"] if "Replay guard on" in i["message"])
     assert item["level"] == "warn" and "120 rows of 120 have no system prompt" in item["message"]
-    assert bare["replay"] == {"enabled": True, "share": 0.15, "rows_with_system_prompt": 0}
+    assert bare["replay"] == {"enabled": True, "share": 0.15, "rows_with_system_prompt": 0,
+                              "base_model_without_template": False}
