@@ -351,6 +351,8 @@ def quality_warnings(summary: dict[str, Any], manifest: dict[str, Any]) -> list[
     if forgetting and kept_share(forgetting) < KEPT_ENOUGH:
         replay = summary.get("replay") or {}
         more = (f"raise replay_share in 02_format (now {replay['share']:.0%} of training)" if replay.get("rows")
+                else "mix in your own general examples: the replay guard turned itself off, since the base model "
+                     "answers no general prompt by itself (a base model)" if replay.get("off_reason")
                 else "turn the replay guard on in 02_format (replay_guard = True)")
         found.append(
             f"The tuned model forgot general skills: it {forgetting['reading'].split(' — ')[0]}. Train fewer steps, "
@@ -392,6 +394,7 @@ def describe_forgetting(summary: dict[str, Any]) -> str:
         return "Forgetting probe: not run (forgetting_probe = False)."
     metric = summary["task_metric"]
     guard = (f"replay guard on ({replay['rows']} replay rows, {replay['share']:.0%} of training)" if replay.get("rows")
+             else "replay guard off: the base model answers no general prompt" if replay.get("off_reason")
              else "replay guard off")
     scores = f"{summary['base'].get(metric, float('nan')):.3f} -> {summary['tuned'].get(metric, float('nan')):.3f}"
     return (f"Task: {metric} {scores}. "

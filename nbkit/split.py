@@ -221,7 +221,8 @@ def mix_in_replay(ws: Workspace, splits: dict[str, list[dict[str, Any]]], seed: 
     settings = read_json(ws.format_report).get("replay", {}) if ws.format_report.exists() else {}
     pool = read_jsonl(ws.replay) if settings.get("enabled") and ws.replay.exists() else []
     if not pool:
-        return {"enabled": bool(settings.get("enabled")), "rows": 0, "share": 0.0}
+        return {"enabled": bool(settings.get("enabled")), "rows": 0, "share": 0.0,
+                **({"off_reason": settings["off_reason"]} if settings.get("off_reason") else {})}
     n_task = len(splits["train"])
     wanted = replay_needed(n_task, settings["share"])
     chosen = [{"messages": r["messages"], "meta": r["meta"]} for r in pool[:wanted]]

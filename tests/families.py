@@ -30,8 +30,9 @@ from typing import Any
 LLAMA_CPP_SDIST = "llama-cpp-python==0.3.36"
 CACHE = Path(os.environ.get("NBKIT_TEST_ASSETS") or Path.home() / ".cache" / "nbkit-test-assets")
 ASSETS = CACHE / "llama.cpp-0.3.36"  # vocab GGUFs and templates
-BUILT = CACHE / "families-v1"  # one folder per family: tokenizer, config, random weights, generation config
+BUILT = CACHE / "families-v2"  # one folder per family: tokenizer, config, random weights, generation config
 VOCABS = ("qwen2", "llama-bpe", "phi-3", "llama-spm")
+SENTENCEPIECE = ("phi-3", "llama-spm", "gemma3")  # vocabularies whose repositories ship a tokenizer.model
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 2048}
@@ -107,16 +108,19 @@ def assets_problem() -> str | None:
     return None
 
 
+def _vocab_file(family: Family) -> Path:
+    if family.vocab == "gemma3":
+        from nbkit.models import EMBEDDED_GEMMA, embedded_gguf
+
+        return embedded_gguf(EMBEDDED_GEMMA)
+    return ASSETS / f"ggml-vocab-{family.vocab}.gguf"
+
+
 def _tokenizer(family: Family):
     from transformers import AutoTokenizer
 
-    if family.vocab == "gemma3":
-        from nbkit.models import embedded_gguf
-
-        gguf_path = embedded_gguf("embedded:gemma-3-270m")
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(ASSETS), gguf_file=f"ggml-vocab-{family.vocab}.gguf")
+    path = _vocab_file(family)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer.eos_token = family.eos_token
     tokenizer.chat_template = (ASSETS / "templates" / family.template).read_text(encoding="utf-8") \
         if family.template else None
@@ -147,6 +151,10 @@ def build(name: str) -> Path:
     staging = Path(tempfile.mkdtemp(dir=BUILT.mkdir(parents=True, exist_ok=True) or BUILT))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    if family.vocab in SENTENCEPIECE:  # as the repositories ship it beside tokenizer.json (llama.cpp's converter reads it)
+        from nbkit.gguf_export import sentencepiece_from_gguf
+
+        sentencepiece_from_gguf(_vocab_file(family), staging)
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=ids,
                      pad_token_id=tokenizer.pad_token_id).save_pretrained(staging)
     (staging / "family.json").write_text(json.dumps({"family": name, "template": family.template}), encoding="utf-8")

@@ -93,3 +93,24 @@ def test_users_own_files_run_through_collect_and_format(tmp_path):
     assert formatted["rows"] == 16 and formatted["rejected_rows"]["tools_not_rendered"] == 1
     assert formatted["rows"] + formatted["dropped_rows"] == formatted["clean_rows"] == 17
     assert formatted["replay"] == {"enabled": False, "rows": 0} and ws.replay.read_text() == ""  # switched off
+
+
+def test_a_base_gemma_checkpoint_runs_the_five_notebooks_and_exports(tmp_path, family_model):
+    """A non-Llama family through every notebook, headless: a tiny Gemma 3 checkpoint with the real Gemma 3 270M
+    tokenizer and no chat template (as a base model ships). 02 gives it Gemma's template and says so; the replay
+    guard finds nothing to replay and turns itself off; 05 exports GGUF and an Ollama Modelfile, each checked."""
+    folder = family_model("gemma3")
+    ws = Workspace(tmp_path / "workspace")
+    assert main(["run", "--workspace", str(ws.root), "--quiet", *SMALL, "-p", "base_model", str(folder),
+                 "-p", "export_formats", '["gguf", "ollama"]']) == 0
+    printed = json.dumps(outputs(ws.executed / "02_format.ipynb"))
+    assert "its vocabulary already has the gemma3 turn tokens" in printed and "Replay guard turned off" in printed
+    formatted = json.loads(ws.format_report.read_text())
+    assert formatted["chat_template"]["end_of_turn"] == "<end_of_turn>" and formatted["mask_problems"] == {}
+    (run_dir,) = [p for p in ws.runs.iterdir() if p.is_dir()]
+    parity = json.loads((run_dir / "export" / "parity.json").read_text())
+    assert {"f16", "q8_0"} <= set(parity["gguf"]) and "refused" not in parity["gguf"]
+    assert all(parity["gguf"][kind]["chat_template_in_file"] and parity["gguf"][kind]["end_of_turn"] == "<end_of_turn>"
+               for kind in ("f16", "q8_0"))
+    modelfile = (run_dir / "export" / "Modelfile").read_text()
+    assert "<end_of_turn>" in modelfile and "<start_of_turn>model" in modelfile
