@@ -185,8 +185,8 @@ def test_each_family_formats_and_trains_with_qlora(name, family_model, collected
 
 @pytest.mark.model
 def test_the_real_gemma_3_270m_loads_in_4bit_continues_text_and_learns_its_turn_format(tmp_path):
-    """The second embedded model, real weights (dequantized from the packaged Q4_K_M): 4-bit QLoRA load, a sane
-    continuation, and a few steps on one chat row in Gemma's own template lower that row's loss."""
+    """The second embedded model, real weights (dequantized from the packaged Q4_K_M): 4-bit QLoRA load, a low loss
+    on plain English, and a few steps on one chat row in Gemma's own template lower that row's loss."""
     import importlib.util
 
     import torch
@@ -201,11 +201,10 @@ def test_the_real_gemma_3_270m_loads_in_4bit_continues_text_and_learns_its_turn_
     assert tokenizer.nbkit_template == "gemma3" and end_of_turn(tokenizer) == "<end_of_turn>"
     model, method = load_model(EMBEDDED_GEMMA, "qlora")
     assert method == "qlora" and type(model).__name__ == "Gemma3ForCausalLM"
-    inputs = tokenizer("The capital of France is", return_tensors="pt")
+    # Real weights read plain English easily (loss 2.35 here); random ones sit near ln(262144) = 12.5.
+    inputs = tokenizer("The capital of France is Paris. It is the largest city in the country.", return_tensors="pt")
     with torch.no_grad():
-        continued = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert "France" in tokenizer.decode(continued[0][inputs["input_ids"].shape[1]:]) or \
-        "Paris" in tokenizer.decode(continued[0])
+        assert model(**inputs, labels=inputs["input_ids"]).loss.item() < 4.0
 
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
     row = tokenize_chat(tokenizer, CONVERSATIONS[0])
