@@ -186,6 +186,7 @@ def test_gguf_export_refuses_what_the_converter_cannot_do(tmp_path, family_model
         write_gguf(unknown, tmp_path / "x.gguf")
     phi = tmp_path / "phi"
     shutil.copytree(family_model("phi3.5"), phi)
+    (phi / "tokenizer.model").unlink()  # a merged folder as transformers 5 saves it: tokenizer.json only
     assert "has no tokenizer.model" in gguf_problem(phi)
     broken = variant("broken")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
@@ -204,6 +205,7 @@ def test_a_sentencepiece_vocabulary_gets_back_the_tokenizer_model_the_converter_
     (base / "tokenizer.model").write_bytes(b"the base model's SentencePiece file")
     merged = tmp_path / "merged"
     shutil.copytree(family_model("phi3.5"), merged)
+    (merged / "tokenizer.model").unlink()  # transformers 5 saves tokenizer.json only
     assert "has no tokenizer.model" in gguf_problem(merged)
     assert add_sentencepiece_file(merged, str(base)) == f"copied from {base / 'tokenizer.model'}"
     assert (merged / "tokenizer.model").read_bytes() == (base / "tokenizer.model").read_bytes()

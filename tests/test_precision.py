@@ -120,9 +120,13 @@ def test_fp16_steps_train_with_float32_trainable_weights(method, prepared_worksp
 
 @pytest.mark.model
 @pytest.mark.parametrize("batching", [b for b in BATCHING if b != "length-grouped"])  # the default: every run
-def test_every_batching_mode_trains(batching, prepared_workspace, tmp_path):
+def test_every_batching_mode_trains(batching, prepared_workspace, tmp_path, monkeypatch):
     """padding-free and packed put several rows in one flat sequence: their first loss must equal the padded
-    batches' (same rows, same order), or rows attended to each other across their boundaries."""
+    batches' (same rows, same order), or rows attended to each other across their boundaries.
+
+    In float32: under bf16 autocast the flat and the padded batches round differently (first losses 3.814 against
+    3.824 with transformers 5.25), which says nothing about attention; in float32 they agree to 1e-7."""
+    monkeypatch.setattr("nbkit.models.cpu_supports_bf16", lambda: False)
     config = TrainConfig(workspace=str(prepared_workspace), batching=batching, run_id=f"batching-{batching}", **TINY)
     record = train(config, on_log=None, run_dir=tmp_path / batching)
     first = [r["loss"] for r in read_metrics(tmp_path / batching / "metrics.jsonl") if "loss" in r][0]
