@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from nbkit import metrics
+from nbkit.chat_templates import final_answer
 from nbkit.config import Config, field
 from nbkit.forgetting import (FORGETTING_PROBE, KEPT_ENOUGH, PROBE_MAX_NEW_TOKENS, forgetting_scores, kept_share,
                               probe_conversations)
 from nbkit.formatting import prompt_messages, reference_answer
 from nbkit.loss_mask import IGNORE_INDEX, tokenize_chat
 from nbkit.memory import release_memory
-from nbkit.chat_templates import final_answer
 from nbkit.models import (end_of_turn_ids, load_model, load_trained_model, pick_device, quiet_library_notices,
                           run_tokenizer)
 from nbkit.runs import load_run, resolve_run, run_config

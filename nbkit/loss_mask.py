@@ -3,7 +3,8 @@
 By default only assistant turns (and their end-of-turn token, read off the template: nbkit.chat_templates) are
 trained; system, user and tool text is context, not target, and so is an assistant turn with `"weight": 0` (the
 OpenAI fine-tuning convention). The row's tool definitions reach the template (`apply_chat_template(tools=...)`);
-`unrendered_tools` tells when a template leaves them out. Stage 02 (nbkit.formatting), training, evaluation and the mask viewer all use this.
+`unrendered_tools` tells when a template leaves them out. Stage 02 (nbkit.formatting), training, evaluation and
+the mask viewer all use this.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ def assistant_turns(tokenizer, messages: list[dict[str, Any]],
                     raise ChatTemplateError("the chat template writes an assistant turn differently when more "
                                             "turns follow, and the turn could not be found in the full text")
                 turns.append((i, start, end + len(eot)))
-        if content and full.find(content, cursor) >= 0:
-            cursor = full.find(content, cursor) + len(content)
+        found = full.find(content, cursor) if content else -1
+        if found >= 0:
+            cursor = found + len(content)
     return turns
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from nbkit.collect import add_manual_example, manual_path
 from nbkit.config import Config, field
-from nbkit.models import end_of_turn_ids, load_trained_model, run_tokenizer, pick_device, quiet_library_notices
+from nbkit.models import end_of_turn_ids, load_trained_model, pick_device, quiet_library_notices, run_tokenizer
 from nbkit.runs import load_run, resolve_run
 from nbkit.workspace import Workspace
 

@@ -308,7 +308,8 @@ def _replay_item(report: dict[str, Any]) -> dict[str, str]:
                              "requests, so it may answer everything like the task. Watch the forgetting probe in "
                              "05_evaluate.", f"Set replay_guard = True in {FORMAT_PARAMS}.")
     if replay.get("base_model_without_template"):
-        return _item("warn", f"Replay guard on, but {report['config']['base_model']} ships no chat template (a base model): it may "
+        model = report["config"]["base_model"]
+        return _item("warn", f"Replay guard on, but {model} ships no chat template (a base model): it may "
                              "answer no general prompt, and then formatting turns the guard off and says why — there "
                              "is no chat behaviour to keep yet.", "Nothing to change; read the formatting cell's "
                              "replay line.")

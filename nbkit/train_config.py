@@ -144,8 +144,7 @@ def formatted_settings(workspace: str) -> dict:
              if f.name in ("base_model", "max_seq_len", "thinking")}
     report_path = Workspace(workspace).format_report
     report = read_json(report_path) if report_path.exists() else {}
-    return {name: report.get(name, default) if name == "thinking" else report.get(name) or default
-            for name, default in owner.items()}
+    return {name: report.get(name) or default for name, default in owner.items()}
 
 
 def formatted_tokenizer(config):
