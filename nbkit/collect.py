@@ -43,7 +43,7 @@ from nbkit.errors import DataError
 from nbkit.hub import (HUB_PREFIX, HubSource, SavedDataset, dataset_items, hub_source, is_hf_dataset,
                        is_saved_dataset, read_hub, read_saved_dataset)
 from nbkit.readers import DELIMITERS, READERS, SUFFIXES, Item, Reading, clean_cells, raw_text, read_file
-from nbkit.workspace import Workspace, describe_provenance, write_json, write_jsonl
+from nbkit.workspace import Workspace, append_jsonl, describe_provenance, file_records, write_json, write_jsonl
 
 SAMPLE_DATA = Path(__file__).parent / "sample_data" / "support_triage.jsonl"
 
@@ -136,6 +136,7 @@ def collect(config: CollectConfig) -> dict[str, Any]:
         "sources": {src: source_report(c, layouts.get(src), rejected_by_source.get(src, []), firsts[src])
                     for src, c in per_source.items()},
         "unreadable": reading.unreadable,
+        "files": file_records(ws.clean, ws.rejected),  # written first: 02 checks them against this
     }
     for entry in reading.unreadable:
         counts = report["sources"].setdefault(entry["source"], {"read": 0, "kept": 0, "rejected": 0})
@@ -255,12 +256,7 @@ def add_manual_example(workspace: str | Path, record: dict[str, Any], *, columns
     row = {"messages": messages, **side_fields(record)}
     if fixed_from:
         row["fixed_from"] = fixed_from
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = path.read_bytes() if path.exists() else b""
-    prefix = "\n" if data and not data.endswith(b"\n") else ""  # a hand-edited file may lack the last newline
-    with open(path, "a", encoding="utf-8", newline="\n") as fh:
-        fh.write(prefix + json.dumps(row, ensure_ascii=False) + "\n")
-    return data.count(b"\n") + len(prefix) + 1
+    return append_jsonl(path, row)
 
 
 def _find_conversation(key: str, manual: Path, clean: Path) -> str | None:

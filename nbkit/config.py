@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import typing
 from pathlib import Path
 from typing import Any, Mapping
 
 from nbkit.errors import ConfigError
+from nbkit.workspace import write_text
 
 FIX_HINT = "set it in the parameters cell or the panel (or with `nbkit run -p NAME VALUE`)"
 
@@ -94,13 +94,8 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written aside and renamed: another process (accelerate launch) may be reading the file.
-        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        partial.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(partial, path)
-        return path
+        # Written aside and renamed (write_text): another process (accelerate launch) may be reading the file.
+        return write_text(Path(path), self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path):

@@ -297,12 +297,12 @@ def train_lengths(config) -> list[int]:
     """Token counts of the training split's rows (tokenizer only: fast, no weights)."""
     from nbkit.loss_mask import tokenize_chat
     from nbkit.train_config import formatted_tokenizer
-    from nbkit.workspace import Workspace, read_jsonl
+    from nbkit.workspace import Workspace
 
     config = config.resolved()
     ws = Workspace(config.workspace)
     tokenizer = formatted_tokenizer(config)
-    rows = read_jsonl(ws.require(ws.split("train"), "03_split"))
+    rows = ws.read_split("train")
     return [len(tokenize_chat(tokenizer, r["messages"], config.max_seq_len)["input_ids"]) for r in rows]
 
 

@@ -33,7 +33,7 @@ from nbkit.memory import release_memory
 from nbkit.models import (end_of_turn_ids, load_model, load_trained_model, pick_device, quiet_library_notices,
                           run_tokenizer)
 from nbkit.runs import load_run, resolve_run, run_config
-from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
+from nbkit.workspace import Workspace, read_json, write_json, write_jsonl
 
 TOO_GOOD = 0.95  # a tuned task score at or above this is checked against the split's leakage counts
 FEW_ROWS = 30  # below this many test rows, one row moves the score by more than 3 points
@@ -212,7 +212,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     run_id = resolve_run(ws.root, config.run_id)
     run = load_run(ws.root, run_id)
     train_config = run_config(ws.root, run_id)
-    rows = read_jsonl(ws.require(ws.split("test"), "03_split"))
+    rows = ws.read_split("test")
     if config.max_examples:
         rows = rows[: config.max_examples]
     prompts = [prompt_messages(r["messages"]) for r in rows]

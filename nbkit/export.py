@@ -20,7 +20,6 @@ within a stated tolerance (the 4-bit base of a QLoRA run rounds differently from
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,7 +34,7 @@ from nbkit.memory import release_memory
 from nbkit.models import (load_model, load_saved_model, load_tokenizer, load_trained_model, pick_device,
                           quiet_library_notices, resolve_model, run_tokenizer)
 from nbkit.runs import load_run, resolve_run
-from nbkit.workspace import Workspace, read_jsonl, write_json
+from nbkit.workspace import Workspace, atomic_folder, write_json
 
 PARITY_PROMPTS = 8
 EXPORT_FORMATS = ("merged", "gguf", "ollama")
@@ -98,10 +97,9 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         merged = PeftModel.from_pretrained(base, ws.run_dir(run_id) / "adapter").merge_and_unload()
         merged.to(plan.torch_dtype(dtype))
         merged.config.use_cache = True  # training turned the cache off; generation wants it
-        if out.exists():
-            shutil.rmtree(out)
-        merged.save_pretrained(out)
-        save_tokenizer(tokenizer, out)
+        with atomic_folder(out) as folder:  # a kill mid-save leaves the old folder (or none), never half of one
+            merged.save_pretrained(folder)
+            save_tokenizer(tokenizer, folder)
         del merged, base
         release_memory()
         print(f"Saved the merged model to {out}; reloading it to check parity...", flush=True)
@@ -135,7 +133,7 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
 
 def parity_prompts(ws: Workspace, base_model: str, n_prompts: int) -> tuple[list[list[dict[str, str]]], int]:
     """The first test prompts and the answer length every parity check uses (evaluation's `answer_budget`)."""
-    rows = read_jsonl(ws.require(ws.split("test"), "03_split"))[:n_prompts]
+    rows = ws.read_split("test")[:n_prompts]
     budget = answer_budget(load_tokenizer(base_model), [reference_answer(r["messages"]) for r in rows])
     return [prompt_messages(r["messages"]) for r in rows], budget
 
@@ -213,6 +211,8 @@ def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] =
     run = load_run(ws.root, run_id)
     out = ws.run_dir(run_id) / "export"
     out.mkdir(parents=True, exist_ok=True)
+    # Written last: an export killed part-way has none, so nothing reads its files as checked.
+    (out / "parity.json").unlink(missing_ok=True)
     merged = merge_adapter(ws.root, run_id, out / "merged", n_prompts)
     record: dict[str, Any] = {"run_id": run_id, "formats": formats,
                               "merged": {k: v for k, v in merged.items() if k not in ("answers", "conversations")}}
@@ -228,7 +228,7 @@ def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] =
             (f"{run_id}-f16.gguf", OLLAMA_QUANTIZE)
         try:
             record["ollama"] = write_modelfile(out, gguf_name, run_tokenizer(run), merged["path"],
-                                               read_jsonl(ws.require(ws.split("train"), "03_split")),
+                                               ws.read_split("train"),
                                                name=f"nbkit-{run_id}".lower(), quantize=quantize)
             print("Ollama: " + " && ".join(record["ollama"]["commands"]), flush=True)
         except OllamaError as err:

@@ -34,7 +34,8 @@ from nbkit.near_duplicates import near_duplicate_clusters, row_text, validate_th
 from nbkit.pii import redact_pii
 from nbkit.quality import record_replay_off, summary_stats
 from nbkit.replay import DEFAULT_SHARE, MAX_SHARE, write_pool
-from nbkit.workspace import POSITION_KEYS, Workspace, describe_provenance, read_jsonl, write_json, write_jsonl
+from nbkit.workspace import (POSITION_KEYS, Workspace, describe_provenance, file_records, read_jsonl, write_json,
+                             write_jsonl)
 
 # Why format_rows sets a row aside (the prefix of its dropped.jsonl `reason`, the keys of `rejected_rows`).
 TOOLS_NOT_RENDERED = "tools_not_rendered"
@@ -194,6 +195,7 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
     Raises DataError when no row is left with a trained token (training would see a loss of 0 throughout).
     """
     ws = Workspace(config.workspace)
+    ws.checked(ws.collect_report, "01_collect", required=False)
     rows = read_jsonl(ws.require(ws.clean, "01_collect"))
     clean_rows = len(rows)
     dropped: list[dict[str, Any]] = []
@@ -293,6 +295,7 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
     report["replay"] = write_pool(config, tokenizer, len(out))
     if report["replay"].get("off_reason"):
         record_replay_off(config.workspace, report["replay"]["off_reason"])
+    report["files"] = file_records(ws.formatted, ws.dropped, ws.replay)  # written first: 03 checks them
     write_json(ws.format_report, report)
     if rows and not out:
         causes = "; ".join(f"{n} {category} (first: {first_reason[category]})"

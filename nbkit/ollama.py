@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nbkit.errors import OllamaError
+from nbkit.workspace import write_text
 
 MARKS = {"system": "\x01SYSTEM\x01", "user": "\x01USER-1\x01", "assistant": "\x01ASSISTANT-1\x01",
          "user2": "\x01USER-2\x01"}
@@ -237,7 +238,7 @@ def write_modelfile(out_dir: str | Path, gguf_name: str, tokenizer, model_dir: s
     stops = stop_tokens(tokenizer, model_dir)
     system = data_system_prompt(train_rows)
     path = Path(out_dir) / "Modelfile"
-    path.write_text(modelfile(gguf_name, parts, stops, system), encoding="utf-8")
+    write_text(path, modelfile(gguf_name, parts, stops, system))
     create = f"ollama create --quantize {quantize} {name} -f Modelfile" if quantize else \
         f"ollama create {name} -f Modelfile"
     return {"path": str(path), "stop": stops, "system": system, "name": name, "quantize": quantize,

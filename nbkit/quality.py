@@ -135,6 +135,7 @@ def label_report(rows: list[dict[str, Any]], field_name: str) -> dict[str, Any]:
 def quality_report(config: QualityConfig) -> dict[str, Any]:
     """Read data/clean.jsonl; write data/quality_report.json and data/diversity_map.json; return the report."""
     ws = Workspace(config.workspace)
+    ws.checked(ws.collect_report, "01_collect", required=False)
     rows = read_jsonl(ws.require(ws.clean, "01_collect"))
     texts = [row_text(r) for r in rows]
 

@@ -13,7 +13,6 @@ interval: with few ratings the interval is wide, and that width is the honest an
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import random
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Iterable
 
 from nbkit.errors import ConfigError
 from nbkit.runs import resolve_run
-from nbkit.workspace import Workspace, read_jsonl
+from nbkit.workspace import Workspace, append_jsonl, read_appended, read_jsonl
 
 CHOICES = ("A", "B", "tie")
 Z_95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -76,16 +75,13 @@ def save_rating(run_dir: str | Path, pair: dict[str, Any], choice: str) -> dict[
     """Append one verdict to RUN_DIR/eval/ratings.jsonl and return the record written."""
     record = {"prompt": pair["prompt"], "choice": choice, "winner": winner_of(pair, choice),
               "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    path = ratings_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8", newline="\n") as fh:
-        fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    append_jsonl(ratings_path(run_dir), record)
     return record
 
 
 def load_ratings(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = ratings_path(run_dir)
-    return read_jsonl(path) if path.is_file() else []
+    """Every complete rating; a line cut off by a kill mid-write is set aside with a warning (read_appended)."""
+    return read_appended(ratings_path(run_dir))
 
 
 def unrated(pairs: list[dict[str, Any]], ratings: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

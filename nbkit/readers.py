@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 from nbkit import schemas
 from nbkit.schemas import RecordError
 from nbkit.errors import UnreadableFile
-from nbkit.workspace import iter_lines
+from nbkit.workspace import iter_lines, unclosed_object
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".xlsx", ".xlsm")
 DELIMITERS = (",", ";", "\t", "|")
@@ -145,8 +145,10 @@ def _jsonl_item(path: Path, number: int, text: str, reading: Reading) -> Iterato
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
+        # What a kill mid-append leaves (manual.jsonl): said as such, so the fix is plain (re-add that example).
+        cut = " — the line stops mid-record, cut off by an interrupted write" if unclosed_object(text) else ""
         yield Item(str(path), "line", number, text,
-                   error=RecordError(schemas.INVALID_JSON, f"invalid JSON: {err.msg} at column {err.colno}"))
+                   error=RecordError(schemas.INVALID_JSON, f"invalid JSON: {err.msg} at column {err.colno}{cut}"))
         return
     yield Item(str(path), "line", number, text, record)
 

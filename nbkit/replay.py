@@ -25,13 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+from nbkit.errors import DataError
 from nbkit.models import cache_dir
+from nbkit.workspace import Workspace, read_appended, write_jsonl
 
 REPLAY_MAX_NEW_TOKENS = 80
 # The model does not answer general prompts (a base model) when fewer than this share of the first MIN_ASKED ended.
@@ -117,22 +119,17 @@ def cache_file(base_model: str, method: str, thinking: bool = False) -> Path:
 
 
 def _read_cache(path: Path) -> dict[str, dict[str, Any]]:
-    answers: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                item = json.loads(line)
-                answers[item["prompt"]] = item
-            except (ValueError, KeyError, TypeError):  # a line cut by a crash: answered again when needed
-                continue
-    return answers
+    """The cached answers by prompt. The cache is rewritten whole (atomically), but one written by an older
+    version could end in a cut-off line: that one is set aside and answered again (read_appended)."""
+    try:
+        return {item["prompt"]: item for item in read_appended(path) if "prompt" in item}
+    except DataError as err:  # a damaged cache costs answers, never the run
+        warnings.warn(f"{err} The replay cache is rebuilt.", stacklevel=2)
+        return {}
 
 
 def _write_cache(path: Path, answers: dict[str, dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers.values()), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: two processes filling the same cache never leave half a file
+    write_jsonl(path, answers.values())  # atomic: two processes filling the same cache never leave half a file
 
 
 def base_answers(base_model: str, n_rows: int, batch_size: int = 0,
@@ -218,7 +215,6 @@ def write_pool(config, tokenizer, n_task_rows: int) -> dict[str, Any]:
     n_task_rows, each within max_seq_len, written to data/formatted/replay.jsonl (empty when the guard is off).
     Returns the format report's "replay" section."""
     from nbkit.loss_mask import IGNORE_INDEX, tokenize_chat
-    from nbkit.workspace import Workspace, write_jsonl
 
     ws = Workspace(config.workspace)
     if not config.replay_guard:

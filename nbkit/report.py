@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from nbkit.workspace import write_text
+
 CLIP = 300  # characters of a prompt or answer shown in the report; the full text is in predictions.jsonl
 
 
@@ -152,8 +154,8 @@ def write_report(summary: dict[str, Any], predictions: list[dict[str, Any]], run
     eval_dir = Path(run_dir) / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     markdown = eval_dir / "report.md"
-    markdown.write_text(markdown_report(summary, predictions), encoding="utf-8")
-    (eval_dir / "report.html").write_text(html_report(summary, predictions), encoding="utf-8")
+    write_text(markdown, markdown_report(summary, predictions))
+    write_text(eval_dir / "report.html", html_report(summary, predictions))
     return markdown
 
 

@@ -11,7 +11,6 @@ runs/<run_id>/
 from __future__ import annotations
 
 import datetime as dt
-import json
 import platform
 import secrets
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 from nbkit.errors import WorkspaceError
 from nbkit.train_config import TrainConfig
-from nbkit.workspace import Workspace, read_json
+from nbkit.workspace import Workspace, read_appended, read_json, write_jsonl
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
                     "nbkit-finetune")
@@ -115,11 +114,12 @@ def compare_runs(workspace: str | Path):
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The logs of a run (append-only: a line cut off when the runtime died is set aside, read_appended)."""
+    return read_appended(path)
 
 
 def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    write_jsonl(path, records)
 
 
 def metric_series(logs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -19,7 +19,8 @@ from nbkit.diversity import diversity_map
 from nbkit.errors import DataError
 from nbkit.near_duplicates import cross_near_duplicates, row_text, validate_threshold
 from nbkit.replay import is_replay, replay_needed
-from nbkit.workspace import SPLITS, Workspace, provenance, read_json, read_jsonl, write_json, write_jsonl
+from nbkit.workspace import (SPLITS, Workspace, file_records, provenance, read_json, read_jsonl, write_json,
+                             write_jsonl)
 
 
 @dataclass
@@ -169,6 +170,7 @@ def fingerprint(rows: list[dict[str, Any]]) -> str:
 def split_dataset(config: SplitConfig) -> dict[str, Any]:
     """Read data/formatted/rows.jsonl, write the three splits and manifest.json; return the manifest."""
     ws = Workspace(config.workspace)
+    ws.checked(ws.format_report, "02_format", required=False)
     rows = read_jsonl(ws.require(ws.formatted, "02_format"))
     if len(rows) < 10:
         raise DataError(f"only {len(rows)} usable rows in {ws.formatted}: too few to hold data out — collect more "
@@ -210,6 +212,7 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
         "labels": {name: _label_counts([r for r in part if not is_replay(r)], config.stratify_by)
                    for name, part in splits.items()},
         "replay": replay,
+        "files": file_records(*(ws.split(name) for name in SPLITS), ws.leaked),  # 04 and 05 check them
     }
     write_json(ws.manifest, manifest)
     return manifest

@@ -29,7 +29,7 @@ from nbkit.runs import (checkpoint_step, environment, last_checkpoint, metric_se
                         run_to_resume, write_metrics)
 from nbkit.train_config import TrainConfig, formatted_settings, formatted_tokenizer
 from nbkit.train_log import LogFn, RunControl, diagnose, format_diagnosis, make_callback, print_log
-from nbkit.workspace import Workspace, read_json, read_jsonl, write_json
+from nbkit.workspace import Workspace, replace_folder, write_json
 
 # What notebook 04 imports from here: `from nbkit.train import TrainConfig, format_diagnosis, train`.
 __all__ = ["RunControl", "TrainConfig", "build_trainer", "format_diagnosis", "is_main_process", "print_log", "train"]
@@ -119,8 +119,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
     config = config.resolved()
     ws = Workspace(config.workspace)
     ws.require(ws.manifest, "03_split")
-    train_rows = read_jsonl(ws.split("train"))
-    val_rows = read_jsonl(ws.split("validation"))
+    train_rows, val_rows = ws.read_split("train"), ws.read_split("validation")
     plan = plan or pick_device(config.method)
     say(f"Device: {plan.reason}.")
     tokenizer = formatted_tokenizer(config)
@@ -245,7 +244,7 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
     """
     config = config.resolved(warn=say)  # base_model and max_seq_len as 02 formatted, unless set here
     ws = Workspace(config.workspace)
-    manifest = read_json(ws.require(ws.manifest, "03_split"))
+    manifest = ws.checked(ws.manifest, "03_split")
     replay_model = (manifest.get("replay") or {}).get("model")
     if replay_model and replay_model != config.base_model:
         say(f"Warning: the split's replay rows are {replay_model}'s own answers, but this run trains "
@@ -301,15 +300,18 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
     weights_dir = run_dir / ("model" if method == "full" else "adapter")
     if method == "full":  # a standalone model: generation wants the cache that training turned off
         trainer.model.config.use_cache = True
-    # Collective under FSDP (gathers shards); writes on the main process only.
-    trainer.save_model(str(weights_dir))
+    # Collective under FSDP (gathers shards); writes on the main process only. Saved aside and moved into place
+    # whole: a run counts as finished once its adapter/ (or model/) folder exists (runs.list_runs).
+    partial = run_dir / f".{weights_dir.name}.partial"
+    trainer.save_model(str(partial))
     state, args = trainer.state, trainer.args
     trainer.accelerator.free_memory()  # drops the accelerator's references to the model and optimizer
     del trainer
     release_memory()
     if not main:
         return {}
-    tokenizer.save_pretrained(weights_dir)
+    tokenizer.save_pretrained(partial)
+    replace_folder(partial, weights_dir)
 
     logs = read_metrics(metrics_path)
     _, losses = metric_series(logs, "loss")

@@ -7,13 +7,13 @@ one-line text; `diagnose` reads the curves in plain language (overfitting, under
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from nbkit.memory import memory_gib
 from nbkit.runs import metric_series
+from nbkit.workspace import append_jsonl
 
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -86,8 +86,7 @@ def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunCont
                 record["tokens_per_s"] = round((state.num_input_tokens_seen - self.first_tokens) / elapsed, 1)
                 record["eta_s"] = round((state.max_steps - state.global_step) * elapsed / done, 1)
                 record["memory_gib"] = round(memory_gib(), 3)
-            with open(metrics_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+            append_jsonl(metrics_path, record)
             if on_log is not None:
                 on_log(record)
 

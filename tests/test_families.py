@@ -11,7 +11,7 @@ import pytest
 
 from families import FAMILIES
 from nbkit.chat_templates import CHATML, PLAIN, end_of_turn, final_answer, template_for
-from nbkit.loss_mask import IGNORE_INDEX, answers_without_end_of_turn, encode_chat, mask_problems, mask_segments
+from nbkit.loss_mask import answers_without_end_of_turn, encode_chat, mask_problems, mask_segments
 from nbkit.models import end_of_turn_ids, load_tokenizer
 
 NAMES = list(FAMILIES)
