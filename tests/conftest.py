@@ -56,3 +56,19 @@ def family_model():
                 pytest.skip(f"the Gemma 3 tokenizer comes with {EMBEDDED_GEMMA}: {EMBEDDED_MODELS[EMBEDDED_GEMMA][2]}")
         return families.build(name)
     return build
+
+
+@pytest.fixture(scope="session")
+def sft_run(prepared_workspace, tmp_path_factory) -> tuple[Path, str]:
+    """(workspace, run_id): one small finished QLoRA run on the embedded model, in its own copy of the prepared
+    workspace — the SFT parent the preference tests share (trained once per session). Tests that write into
+    this workspace use their own run ids and file names, and never rely on "the latest run"."""
+    import shutil
+
+    from nbkit.train import TrainConfig, train
+
+    ws = tmp_path_factory.mktemp("sft") / "workspace"
+    shutil.copytree(prepared_workspace / "data", ws / "data")
+    train(TrainConfig(workspace=str(ws), run_id="sft", max_steps=8, batch_size=4, max_seq_len=160,
+                      learning_rate=2e-3, logging_steps=1, eval_steps=0, lora_r=8, lora_alpha=16), on_log=None)
+    return ws, "sft"
