@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from split_edits import rewrite_split
 
 import nbkit.estimate
 import nbkit.train
@@ -23,7 +24,7 @@ from nbkit.models import EMBEDDED_MODEL
 from nbkit.runs import read_metrics
 from nbkit.train import RunControl, TrainConfig, train
 from nbkit.train_log import diagnose
-from nbkit.workspace import Workspace, read_jsonl, write_jsonl
+from nbkit.workspace import Workspace, read_jsonl
 
 TINY = dict(batch_size=2, max_seq_len=96, lora_r=4, lora_alpha=8, logging_steps=1, eval_steps=2, save_steps=2,
             early_stopping_patience=0, load_best=False, report_to="none", learning_rate=2e-3)
@@ -119,13 +120,13 @@ def diverging_workspace(prepared_workspace, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("diverging")
     shutil.copytree(prepared_workspace / "data", root / "data")
     ws = Workspace(root)
-    write_jsonl(ws.split("train"), [r for r in read_jsonl(ws.split("train")) if not is_replay(r)])
+    rewrite_split(ws, "train", [r for r in read_jsonl(ws.split("train")) if not is_replay(r)])
     plain = [("What is the capital of France?", "The capital of France is Paris."),
              ("How many days are in a week?", "There are seven days in a week."),
              ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
              ("Name a fruit that is yellow.", "A banana is a yellow fruit.")]
-    write_jsonl(ws.split("validation"), [{"messages": [{"role": "user", "content": q},
-                                                       {"role": "assistant", "content": a}]} for q, a in plain])
+    rewrite_split(ws, "validation", [{"messages": [{"role": "user", "content": q},
+                                                  {"role": "assistant", "content": a}]} for q, a in plain])
     return root
 
 
@@ -164,8 +165,8 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
 
     shutil.copytree(prepared_workspace / "data", tmp_path / "data")  # a workspace of its own: no other runs
     # Task rows only, so the first and last step's losses compare like with like (a replay row's loss starts low).
-    train_split = Workspace(tmp_path).split("train")
-    write_jsonl(train_split, [r for r in read_jsonl(train_split) if not is_replay(r)])
+    ws = Workspace(tmp_path)
+    rewrite_split(ws, "train", [r for r in read_jsonl(ws.split("train")) if not is_replay(r)])
     config = TrainConfig(workspace=str(tmp_path), run_id="full", method="full", max_steps=4,
                          **{**TINY, "learning_rate": 1e-4, "eval_steps": 0, "save_steps": 4})
     record = train(config, on_log=None)
