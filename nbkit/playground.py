@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from nbkit.chat_templates import final_answer
 from nbkit.collect import add_manual_example, manual_path
 from nbkit.config import Config, field
 from nbkit.models import end_of_turn_ids, load_trained_model, pick_device, quiet_library_notices, run_tokenizer
@@ -101,13 +102,48 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], *, system: st
         raise failure[0]
 
 
-def promote(workspace: str | Path, messages: list[dict[str, str]], run_id: str) -> tuple[Path, int]:
+def sample_answers(model, tokenizer, prompts: list[list[dict[str, str]]], n: int, max_new_tokens: int,
+                   temperature: float, top_p: float, seed: int = 0, progress: bool = False) -> list[list[str]]:
+    """n sampled answers per prompt (`num_return_sequences`), batched with left padding and every end-of-turn id
+    as a stop, like `evaluate.generate_with_stops`; seeded, and with a progress bar when `progress`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p, getattr(model, "generation_config", None))
+    per_batch = max(1, pick_device().eval_batch_size // n)  # as many sequences at once as 05 generates
+    answers: list[list[str]] = []
+    torch.manual_seed(seed)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        with tqdm(total=len(prompts), unit="prompt", desc="sampling", disable=not progress) as bar:
+            for start in range(0, len(prompts), per_batch):
+                batch = prompts[start:start + per_batch]
+                texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
+                inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                with torch.no_grad(), quiet_library_notices():
+                    out = model.generate(**inputs, num_return_sequences=n, **kwargs)
+                texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                answers += [[final_answer(t) for t in texts[i:i + n]] for i in range(0, len(texts), n)]
+                bar.update(len(batch))
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def promote(workspace: str | Path, messages: list[dict[str, str]], run_id: str,
+            model_answer: str = "") -> tuple[Path, int]:
     """Append the exchange to data/manual.jsonl, marked {"promoted_from": run_id}; return (path, line).
+
+    `model_answer`: the model's own last answer. When the user corrected it (it differs from the promoted last
+    answer beyond whitespace), it is kept as {"model_answer": ...}: stage 06 turns the correction into a
+    preference pair (the correction chosen, the model's answer rejected).
 
     Validated exactly as collect validates a record (RecordError, nothing written, when it
     would be rejected — including a conversation already in manual.jsonl or clean.jsonl).
-    The next collect run keeps it with meta["promoted_from"].
+    The next collect run keeps it with meta["promoted_from"] (and meta["model_answer"]).
     """
     record = {"messages": [{"role": m["role"], "content": m["content"]} for m in messages], "promoted_from": run_id}
+    if model_answer.strip() and " ".join(model_answer.split()) != " ".join(messages[-1]["content"].split()):
+        record["model_answer"] = model_answer
     line = add_manual_example(workspace, record)
     return manual_path(workspace), line

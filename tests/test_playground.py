@@ -23,9 +23,10 @@ FEW = 12  # tokens per reply: enough for several chunks, cheap on 2 CPU cores
 
 @pytest.fixture(scope="module")
 def play_workspace(prepared_workspace, tmp_path_factory):
-    """A private copy of the prepared workspace with a 2-step run "play" (the original belongs to other tests)."""
+    """A private copy of the prepared workspace's data with a 2-step run "play", its only run (the original
+    belongs to other tests, which add runs of their own)."""
     ws = tmp_path_factory.mktemp("playground") / "ws"
-    shutil.copytree(prepared_workspace, ws)
+    shutil.copytree(prepared_workspace / "data", ws / "data")
     train(TrainConfig(workspace=str(ws), run_id="play", max_steps=2, batch_size=4, max_seq_len=160, eval_steps=0,
                       lora_r=8, lora_alpha=16, logging_steps=1), on_log=None)
     return ws
@@ -84,6 +85,7 @@ def test_panel_send_fills_the_transcript_and_promote_feeds_collect(play_workspac
     assert row["promoted_from"] == "play"
     assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
     assert row["messages"][-1]["content"] == '{"team": "shipping"}'
+    assert row["model_answer"] == reply  # the model's own answer, kept for stage 06's preference pairs
 
     panel.promote_button.click()  # the same exchange again is refused with the reason
     assert "not saved" in panel.promote_status.value and "same conversation" in panel.promote_status.value
@@ -93,12 +95,14 @@ def test_panel_send_fills_the_transcript_and_promote_feeds_collect(play_workspac
     kept = [r for r in read_jsonl(Workspace(play_workspace).clean) if r["meta"].get("promoted_from") == "play"]
     assert len(kept) == 1 and kept[0]["messages"] == row["messages"]
     assert report["sources"][str(manual)] == {"read": 1, "kept": 1, "rejected": 0}
+    assert kept[0]["meta"]["model_answer"] == reply
 
 
 def test_promote_refuses_duplicates_and_invalid_exchanges(play_workspace):
     exchange = QUESTION + [{"role": "assistant", "content": "It is on its way."}]
-    path, line = promote(play_workspace, exchange, "play")
-    assert json.loads(path.read_text().splitlines()[line - 1])["promoted_from"] == "play"
+    path, line = promote(play_workspace, exchange, "play", model_answer=" It is on  its way. ")
+    written = json.loads(path.read_text().splitlines()[line - 1])
+    assert written["promoted_from"] == "play" and "model_answer" not in written  # not corrected: not recorded
     with pytest.raises(RecordError, match="same conversation"):
         promote(play_workspace, exchange, "play")
     with pytest.raises(RecordError):

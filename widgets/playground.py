@@ -3,7 +3,8 @@
 The model loads on the first Send (a few seconds; the status says so). The reply streams into
 the transcript, redrawn at most ~10 times a second so the browser keeps up. The last reply is
 copied into an editable box: fix it there, then "Promote to dataset" appends the exchange to
-data/manual.jsonl, which the next collect run (01) reads. An edited reply also becomes the
+data/manual.jsonl, which the next collect run (01) reads; a fixed answer keeps the model's own beside it
+(`model_answer`), which stage 06 turns into a preference pair. An edited reply also becomes the
 history the next message is answered from.
 """
 
@@ -129,7 +130,8 @@ class ChatPlayground(Panel):
         self._draw(None)
 
     def promote(self) -> Any:
-        """Append the exchange (with the edited answer) to data/manual.jsonl; show where, or why not."""
+        """Append the exchange (with the edited answer) to data/manual.jsonl; show where, or why not. A corrected
+        answer keeps the model's own beside it (`model_answer`), for stage 06's preference pairs."""
         from nbkit.schemas import RecordError
 
         turns = self.history()
@@ -137,7 +139,8 @@ class ChatPlayground(Panel):
             self.promote_status.value = message_html("nothing to promote yet — send a message first", "error")
             return None
         try:
-            path, line = promote(self.workspace, conversation(turns, self.system.value), self.run_id)
+            path, line = promote(self.workspace, conversation(turns, self.system.value), self.run_id,
+                                 model_answer=self.messages[-1]["content"])
         except RecordError as err:
             self.promote_status.value = message_html(f"not saved: {err}", "error")
             return None
