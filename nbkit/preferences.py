@@ -37,15 +37,16 @@ from nbkit.formatting import prompt_messages, reference_answer
 from nbkit.metrics import kind_of
 from nbkit.playground import load_chat_model, sample_answers
 from nbkit.preference_files import answer_text, parse_preference, prompt_turns
+# Re-exported: the notebook and its panel read the pairs through this module.
+from nbkit.preference_report import COUNTS, describe_pairs, examples, load_pairs, notes, pairs_table  # noqa: F401
 from nbkit.readers import READERS, Reading, read_file
-from nbkit.runs import list_runs, resolve_run
+from nbkit.runs import resolve_parent
 from nbkit.schemas import RecordError
-from nbkit.workspace import (SPLITS, Workspace, append_jsonl, read_appended, read_json, read_jsonl, write_json,
+from nbkit.workspace import (SPLITS, Workspace, append_jsonl, read_appended, read_jsonl, write_json,
                              write_jsonl)
 
 SOURCES = ("ratings", "corrections", "metric", "files")
 SOURCE_NAMES = {"ratings": "rating", "corrections": "correction", "metric": "metric", "files": "file"}
-COUNTS = ("read", "built", "kept", "ties", "not_train", "duplicates", "identical", "no_margin", "rejected")
 CHOICES = ("A", "B", "tie")
 OTHER = {"A": "B", "B": "A"}
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -68,6 +69,8 @@ class PairsConfig(Config):
     min_margin: float = field(0.1, "Metric source: pair the best and worst answers when their scores (0-1) differ "
                                    "by at least this.")
     seed: int = field(42, "Seed for the prompts drawn and the sampling.")
+    rate_prompts: int = field(8, "Training prompts to sample two answers for and rate by hand in 06's panel "
+                                 "(interactive runs only; 0 = no rating).")
 
     def validate(self) -> None:
         self.require(bool(self.workspace), "workspace", "must not be empty")
@@ -82,6 +85,7 @@ class PairsConfig(Config):
         self.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         self.require(self.max_new_tokens >= 0, "max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
         self.require(0 < self.min_margin <= 1, "min_margin", f"must be in (0, 1], got {self.min_margin}")
+        self.require(self.rate_prompts >= 0, "rate_prompts", f"must be >= 0 (0 = no rating), got {self.rate_prompts}")
         if self.files and "files" not in self.sources:
             warnings.warn('`files` is ignored: "files" is not in `sources`.', stacklevel=3)
 
@@ -234,6 +238,20 @@ def sample_rating_pairs(model, tokenizer, rows: list[dict[str, Any]], n: int, se
             for p, r, (a, b) in zip(prompts, chosen, answers) if squash(a) != squash(b)]
 
 
+def candidates_to_rate(config: PairsConfig) -> list[dict[str, Any]]:
+    """`rate_prompts` training prompts, each with two answers sampled from the SFT run (`sample_rating_pairs`, at
+    the metric source's temperature and answer length): what 06's rating panel shows."""
+    from nbkit.evaluate import answer_budget
+    from nbkit.playground import SamplingSettings
+
+    ws = Workspace(config.workspace)
+    rows = [r for r in read_jsonl(ws.require(ws.split("train"), "03_split")) if not r.get("meta", {}).get("replay")]
+    model, tokenizer = load_chat_model(ws.root, sft_run(ws.root, config.parent_run))
+    budget = config.max_new_tokens or answer_budget(tokenizer, [reference_answer(r["messages"]) for r in rows])
+    sampling = SamplingSettings(max_new_tokens=budget, temperature=config.temperature, top_p=config.top_p)
+    return sample_rating_pairs(model, tokenizer, rows, config.rate_prompts, config.seed, sampling)
+
+
 def save_preference_rating(workspace: str | Path, pair: dict[str, Any], choice: str) -> dict[str, Any]:
     """Append a verdict on a sampled pair to data/preferences/ratings.jsonl; return the record written."""
     if choice not in CHOICES:
@@ -274,16 +292,13 @@ def metric_candidates(config: PairsConfig, ws: Workspace, run_id: str, counts: C
 
 
 def sft_run(workspace: str | Path, run_id: str = "", required: bool = True) -> str:
-    """The run named, else the latest run that is not a preference run (one whose run.json has "parent_run")."""
-    if run_id:
-        return resolve_run(workspace, run_id)
-    ws = Workspace(workspace)
-    runs = [r for r in list_runs(ws.root) if not (ws.run_dir(r) / "run.json").is_file()
-            or "parent_run" not in read_json(ws.run_dir(r) / "run.json")]
-    if not runs and required:
-        raise WorkspaceError(f"no finished SFT run in {ws.runs} — run 04_train first (the metric source samples "
-                             "from it).")
-    return runs[-1] if runs else ""
+    """The SFT run pairs are sampled from (runs.resolve_parent); "" when there is none and none is `required`."""
+    try:
+        return resolve_parent(Workspace(workspace), run_id)[0]
+    except WorkspaceError:
+        if required or run_id:
+            raise
+        return ""
 
 
 def build_pairs(config: PairsConfig, progress: bool = True, chat_model=None) -> dict[str, Any]:
@@ -336,49 +351,3 @@ def keep_pairs(candidates: list[dict[str, Any]], prompts: SplitPrompts, counts: 
             count["kept"] += 1
             kept.append({**pair, **({"reference": prompts.train[key]} if key in prompts.train else {})})
     return kept
-
-
-def examples(pairs: list[dict[str, Any]], per_source: int = 2, width: int = 300) -> list[dict[str, str]]:
-    """The first few kept pairs of each source, as text."""
-    shown: Counter = Counter()
-    out = []
-    for pair in pairs:
-        shown[pair["source"]] += 1
-        if shown[pair["source"]] <= per_source:
-            out.append({"source": pair["source"], **{k: v[:width] for k, v in text_row(pair).items()}})
-    return out
-
-
-def notes(report: dict[str, Any]) -> list[str]:
-    """What a person should know about the counts, in plain words."""
-    found = []
-    rating = report["sources"].get("rating", {})
-    if rating.get("not_train"):
-        found.append(f"{rating['not_train']} rated pair(s) are not on training prompts and were left out: 05 rates "
-                     "the test split, and training on test prompts would leak them into training (the test score "
-                     "would stop meaning anything). Rate sampled answers to training prompts in 06 instead.")
-    if report["sources"].get("correction", {}).get("not_train"):
-        found.append(f"{report['sources']['correction']['not_train']} corrected answer(s) are not in the training "
-                     "split yet: run 01 to 03 again to take them in (or they landed in validation or test).")
-    if not report["total"]:
-        found.append("No pairs yet: rate sampled answers in 06, correct and promote answers in the playground, add "
-                     "a preference file, or use the metric source.")
-    return found
-
-
-def load_pairs(workspace: str | Path) -> list[dict[str, Any]]:
-    ws = Workspace(workspace)
-    return read_jsonl(ws.require(ws.pairs, "06 (build_pairs)"))
-
-
-def text_row(pair: dict[str, Any]) -> dict[str, str]:
-    return {"prompt": pair["prompt"][-1]["content"], "chosen": pair["chosen"][0]["content"],
-            "rejected": pair["rejected"][0]["content"]}
-
-
-def pairs_table(pairs: list[dict[str, Any]]):
-    """The pairs as a DataFrame for the notebook's viewer: source, prompt (its last user turn), chosen, rejected."""
-    import pandas as pd
-
-    return pd.DataFrame([{"source": p["source"], **text_row(p)} for p in pairs],
-                        columns=["source", "prompt", "chosen", "rejected"])

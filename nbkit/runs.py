@@ -74,8 +74,32 @@ def load_run(workspace: str | Path, run_id: str) -> dict[str, Any]:
     return read_json(Workspace(workspace).run_dir(run_id) / "run.json")
 
 
+def is_preference_run(workspace: str | Path, run_id: str) -> bool:
+    """Whether a run is a 06 preference run: its run.json (or, before it finishes, config.json) names a parent."""
+    folder = Workspace(workspace).run_dir(run_id)
+    return any("parent_run" in read_json(folder / name) for name in ("run.json", "config.json")
+               if (folder / name).is_file())
+
+
+def resolve_parent(ws: Workspace, parent_run: str = "") -> tuple[str, dict[str, Any]]:
+    """The SFT run a preference run starts from, and its record: the named finished run, or the latest finished
+    run that is not a preference run."""
+    finished = [r for r in list_runs(ws.root) if (ws.run_dir(r) / "run.json").is_file()]
+    if parent_run and parent_run not in finished:
+        raise WorkspaceError(f"`parent_run` {parent_run!r} is not a finished run in {ws.runs} (finished: "
+                             f"{', '.join(finished[-5:]) or 'none yet'}) — fix the id, or leave it empty.")
+    sft = [parent_run] if parent_run else [r for r in finished if not is_preference_run(ws.root, r)]
+    if not sft:
+        raise WorkspaceError(f"no finished 04_train run in {ws.runs} to start from — run 04_train first "
+                             "(preference tuning refines an SFT model), or set `parent_run`.")
+    return sft[-1], read_json(ws.run_dir(sft[-1]) / "run.json")
+
+
 def run_config(workspace: str | Path, run_id: str) -> TrainConfig:
-    """The TrainConfig a run was trained with (runs/<run_id>/config.json), typed and validated."""
+    """The TrainConfig a run was trained with (runs/<run_id>/config.json), typed and validated; for a preference
+    run, its SFT ancestor's (its own config.json is a PreferConfig; max_seq_len and the model are the parent's)."""
+    while is_preference_run(workspace, run_id):
+        run_id = read_json(Workspace(workspace).run_dir(run_id) / "config.json")["parent_run"]
     path = Workspace(workspace).run_dir(run_id) / "config.json"
     if not path.exists():
         raise WorkspaceError(f"run {run_id!r} has no {path.name} in {path.parent} — it was not written by "
@@ -97,6 +121,7 @@ def compare_runs(workspace: str | Path):
         run = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
         config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
         record = {"run_id": run_id, "base_model": run.get("base_model"), "method": run.get("method"),
+                  "objective": run.get("objective", "sft"), "parent_run": run.get("parent_run"),
                   "steps": run.get("steps"), "learning_rate": config.get("learning_rate"),
                   "lora_r": config.get("lora_r"), "train_loss": (run.get("train_loss") or {}).get("last"),
                   "eval_loss": run.get("eval_loss"),
@@ -111,6 +136,53 @@ def compare_runs(workspace: str | Path):
                         record[f"{side}_{name}"] = value
         records.append(record)
     return pd.DataFrame.from_records(records).set_index("run_id") if records else pd.DataFrame()
+
+
+def lineage(workspace: str | Path, run_id: str) -> list[str]:
+    """The runs a run descends from, oldest first, ending with itself: [sft_run, preference_run]."""
+    ws, chain = Workspace(workspace), [run_id]
+    while len(chain) < 16:
+        path = ws.run_dir(chain[0]) / "run.json"
+        parent = read_json(path).get("parent_run") if path.exists() else None
+        if not parent or parent in chain:
+            break
+        chain.insert(0, parent)
+    return chain
+
+
+LINEAGE_ROWS = ("loss", "perplexity", "probe_kept", "runaway")
+
+
+def lineage_table(workspace: str | Path, run_id: str):
+    """Base → SFT → preference run on the held-out test split, one column each (pandas DataFrame): every task
+    metric 05 wrote, perplexity, the share of the base model's right probe answers each model kept, and runaway
+    answers. A run not yet evaluated has an empty column (run 05 on it)."""
+    import pandas as pd
+
+    ws = Workspace(workspace)
+    columns: dict[str, dict[str, Any]] = {}
+    for i, rid in enumerate(lineage(workspace, run_id)):
+        path = ws.run_dir(rid) / "eval" / "summary.json"
+        summary = read_json(path) if path.exists() else {}
+        if i == 0:
+            columns["base"] = _lineage_column(summary, "base")
+        run = read_json(ws.run_dir(rid) / "run.json") if (ws.run_dir(rid) / "run.json").exists() else {}
+        columns[f"{run.get('objective', 'sft')} {rid}"] = _lineage_column(summary, "tuned")
+    table = pd.DataFrame(columns)
+    order = [r for r in table.index if r not in LINEAGE_ROWS] + [r for r in LINEAGE_ROWS if r in table.index]
+    return table.loc[order]
+
+
+def _lineage_column(summary: dict[str, Any], side: str) -> dict[str, Any]:
+    if not summary:
+        return {}
+    column = dict(summary.get(side, {}))
+    forgetting = summary.get("forgetting") or {}
+    if forgetting:
+        right = forgetting.get("base_right") or 0
+        column["probe_kept"] = 1.0 if side == "base" else (forgetting["kept"] / right if right else None)
+    column["runaway"] = (summary.get("runaway") or {}).get(side)
+    return column
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -13,11 +13,14 @@ from nbkit.config import Config, field
 from nbkit.errors import ConfigError, NbkitError
 from nbkit.evaluate import EvalConfig
 from nbkit.formatting import FormatConfig
+from nbkit.prefer_config import PreferConfig
+from nbkit.preferences import PairsConfig
 from nbkit.quality import QualityConfig
 from nbkit.split import SplitConfig
 from nbkit.train import TrainConfig
 
-CONFIG_CLASSES = [CollectConfig, FormatConfig, QualityConfig, SplitConfig, TrainConfig, EvalConfig]
+CONFIG_CLASSES = [CollectConfig, FormatConfig, QualityConfig, SplitConfig, TrainConfig, EvalConfig, PairsConfig,
+                  PreferConfig]
 
 # One instance per class with non-default values, so a round trip that silently
 # falls back to defaults would be caught.
@@ -32,6 +35,10 @@ NON_DEFAULT = {
     TrainConfig: dict(workspace="ws4", method="lora", run_id="r1", max_steps=10, learning_rate=2e-4,
                       lora_r=8, lora_alpha=16, target_modules="q_proj,v_proj", eval_steps=0),
     EvalConfig: dict(workspace="ws5", run_id="r1", max_examples=5, max_new_tokens=32, batch_size=4),
+    PairsConfig: dict(workspace="ws7", parent_run="r1", sources=["metric", "files"], files=["p.jsonl"],
+                      samples_per_prompt=6, max_prompts=8, temperature=0.8, min_margin=0.3, seed=3),
+    PreferConfig: dict(workspace="ws8", method="grpo", parent_run="r1", run_id="r2", beta=0.05, max_steps=5,
+                       batch_size=4, num_generations=4, temperature=0.9, eval_steps=0),
 }
 
 

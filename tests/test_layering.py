@@ -7,7 +7,8 @@ CORE = ["nbkit", "nbkit.collect", "nbkit.formatting", "nbkit.split", "nbkit.trai
         "nbkit.models", "nbkit.runs", "nbkit.metrics", "nbkit.pipeline", "nbkit.cli", "nbkit.quality",
         "nbkit.ratings", "nbkit.playground", "nbkit.report", "nbkit.export", "nbkit.colab_setup",
         "nbkit.near_duplicates", "nbkit.pii", "nbkit.diversity", "nbkit.loss_mask", "nbkit.train_config",
-        "nbkit.train_log", "nbkit.errors", "nbkit.readers", "nbkit.hub", "nbkit.schemas"]
+        "nbkit.train_log", "nbkit.errors", "nbkit.readers", "nbkit.hub", "nbkit.schemas", "nbkit.preferences",
+        "nbkit.preference_files", "nbkit.preference_report", "nbkit.prefer", "nbkit.prefer_config", "nbkit.workspace"]
 
 
 def test_core_imports_with_ipywidgets_blocked():

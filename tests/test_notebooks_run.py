@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nbkit.cli import main
-from nbkit.pipeline import NOTEBOOKS
+from nbkit.pipeline import PIPELINE
 from nbkit.workspace import Workspace
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.model]
@@ -29,7 +29,7 @@ def outputs(path):
 
 
 def test_every_notebook_ran_without_a_traceback(executed):
-    for name in NOTEBOOKS:
+    for name in PIPELINE:
         path = executed.executed / f"{name}.ipynb"
         assert path.exists(), name
         errors = [o for o in outputs(path) if o["output_type"] == "error"]
@@ -52,9 +52,34 @@ def test_the_workspace_contract_is_written(executed):
 
 
 def test_headless_runs_show_no_widgets(executed):
-    for name in NOTEBOOKS:
+    for name in PIPELINE:
         text = json.dumps(outputs(executed.executed / f"{name}.ipynb"))
         assert "application/vnd.jupyter.widget-view+json" not in text, name
+
+
+def test_prefer_runs_headless_from_the_evaluated_run(executed, tmp_path):
+    """06 with `nbkit run --only 06`: pairs from a user's TRL file and from sampled answers, two DPO steps from the
+    SFT run, then base → SFT → DPO on the same test rows."""
+    rows = [json.loads(line) for line in executed.split("train").read_text().splitlines()][:6]
+    pairs = tmp_path / "prefs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": r["messages"][-2]["content"], "chosen": r["messages"][-1]["content"],
+                                         "rejected": "I cannot help with that."}) + "\n"
+                             for r in rows if r["messages"][-2]["role"] == "user"))
+    (sft,) = [p.name for p in executed.runs.iterdir()]
+    assert main(["run", "--workspace", str(executed.root), "--only", "06", "--quiet", "-p", "sources",
+                 '["files", "metric"]', "-p", "files", json.dumps([str(pairs)]), "-p", "max_prompts", "2",
+                 "-p", "samples_per_prompt", "2", "-p", "max_steps", "2", "-p", "batch_size", "2",
+                 "-p", "compare_examples", "6", "-p", "run_id", "dpo"]) == 0
+    nb = executed.executed / "06_prefer.ipynb"
+    assert not [o for o in outputs(nb) if o["output_type"] == "error"]
+    assert "application/vnd.jupyter.widget-view+json" not in json.dumps(outputs(nb))
+    report = json.loads(executed.pairs_report.read_text())
+    assert report["sources"]["file"]["kept"] >= 1 and report["sources"]["metric"]["read"] == 2
+    run = json.loads((executed.run_dir("dpo") / "run.json").read_text())
+    assert run["parent_run"] == sft and run["objective"] == "dpo" and run["steps"] == 2
+    summary = json.loads((executed.run_dir("dpo") / "eval" / "summary.json").read_text())
+    assert summary["n_test"] == 6 and "exact_match" in summary["tuned"]
+    assert "dpo dpo" in json.dumps(outputs(nb)) and f"sft {sft}" in json.dumps(outputs(nb))  # the lineage table
 
 
 def test_a_single_notebook_reruns_alone_from_the_workspace(executed):

@@ -17,12 +17,15 @@ from nbkit.collect import CollectConfig
 from nbkit.evaluate import EvalConfig
 from nbkit.formatting import FormatConfig
 from nbkit.pipeline import NOTEBOOKS as NAMES
+from nbkit.prefer_config import PreferConfig
+from nbkit.preferences import PairsConfig
 from nbkit.split import SplitConfig
 from nbkit.train import TrainConfig
 from notebook_cells import badge_source, colab_url, install_source, repository_url
 
-CONFIGS = {"01_collect": CollectConfig, "02_format": FormatConfig, "03_split": SplitConfig,
-           "04_train": TrainConfig, "05_evaluate": EvalConfig}
+# 06 fills two configs from one parameters cell: the pairs' and the run's (names they share mean the same).
+CONFIGS = {"01_collect": (CollectConfig,), "02_format": (FormatConfig,), "03_split": (SplitConfig,),
+           "04_train": (TrainConfig,), "05_evaluate": (EvalConfig,), "06_prefer": (PairsConfig, PreferConfig)}
 
 
 def cells(name):
@@ -72,7 +75,7 @@ def test_parameters_are_typed_commented_and_known_to_the_config(name):
     source = "".join(parameters_cell(name)[0]["source"]).splitlines()
     assert len(declared) == len([line for line in source if line.strip()]), "papermill could not parse every line"
     assert all(p["help"] for p in declared.values()), "each parameter needs a comment"
-    fields = {f.name for f in dataclasses.fields(CONFIGS[name])}
+    fields = {f.name for cls in CONFIGS[name] for f in dataclasses.fields(cls)}
     assert set(declared) - {"interactive"} == fields, "the parameters cell declares every config field, no other"
     assert "interactive" in declared and "workspace" in declared
 
@@ -82,7 +85,10 @@ def test_notebook_defaults_match_config_defaults(name):
     """The parameters cell and the config agree, so headless and interactive runs start the same."""
     import papermill
 
-    defaults = CONFIGS[name]().to_dict()
+    defaults: dict = {}
+    for cls in CONFIGS[name]:
+        for key, value in cls().to_dict().items():
+            assert defaults.setdefault(key, value) == value, f"{cls.__name__}.{key}: the configs' defaults differ"
     for param, info in papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")).items():
         if param in defaults:
             assert ast.literal_eval(info["default"]) == defaults[param], param

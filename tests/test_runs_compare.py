@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from nbkit.runs import compare_runs
 from nbkit.workspace import Workspace, write_json
 from nbkit.widgets import runs_figure
@@ -49,3 +51,29 @@ def test_diff_marks_only_the_words_that_differ():
     page = comparison_html(row)
     assert page.split("nbkit-answer-tuned")[1].count("<mark") == 0
     assert page.split("nbkit-answer-base")[1].split("nbkit-answer-tuned")[0].count("<mark") == 1
+
+
+def test_lineage_puts_base_sft_and_preference_run_side_by_side(tmp_path):
+    from nbkit.runs import is_preference_run, lineage, lineage_table
+
+    ws = Workspace(tmp_path)
+    fake_run(ws, "20260101-sft", 1e-3, 0.70)
+    fake_run(ws, "20260102-dpo", 5e-5, 0.75)
+    record = {**json.loads((ws.run_dir("20260102-dpo") / "run.json").read_text()),
+              "parent_run": "20260101-sft", "objective": "dpo"}
+    write_json(ws.run_dir("20260102-dpo") / "run.json", record)
+    for run_id, kept, runaway in (("20260101-sft", 8, 1), ("20260102-dpo", 6, 3)):
+        path = ws.run_dir(run_id) / "eval" / "summary.json"
+        summary = json.loads(path.read_text())
+        write_json(path, {**summary, "forgetting": {"base_right": 10, "kept": kept},
+                          "runaway": {"base": 5, "tuned": runaway}})
+    assert lineage(tmp_path, "20260102-dpo") == ["20260101-sft", "20260102-dpo"]
+    assert is_preference_run(tmp_path, "20260102-dpo") and not is_preference_run(tmp_path, "20260101-sft")
+    table = lineage_table(tmp_path, "20260102-dpo")
+    assert list(table.columns) == ["base", "sft 20260101-sft", "dpo 20260102-dpo"]
+    assert table.loc["exact_match"].tolist() == [0.0, 0.70, 0.75]
+    assert table.loc["probe_kept"].tolist() == [1.0, 0.8, 0.6] and table.loc["runaway"].tolist() == [5, 1, 3]
+    assert list(table.index)[-4:] == ["loss", "perplexity", "probe_kept", "runaway"]
+    compared = compare_runs(tmp_path)
+    assert compared.loc["20260102-dpo", "parent_run"] == "20260101-sft"
+    assert compared.loc["20260102-dpo", "objective"] == "dpo" and compared.loc["20260101-sft", "objective"] == "sft"

@@ -34,6 +34,18 @@ def pair_html(pair: dict[str, Any], show_reference: bool = True) -> str:
     return "".join(parts)
 
 
+def choice_buttons(status: widgets.HTML, prefix: str, rate) -> dict[str, widgets.Button]:
+    """"A is better", "Tie", "B is better": each calls rate(choice), its errors shown in `status` (classes
+    `{prefix}-button` and `{prefix}-a|tie|b` for tests)."""
+    buttons = {}
+    for choice, label in (("A", "A is better"), ("tie", "Tie"), ("B", "B is better")):
+        button = css(widgets.Button(description=label, layout=widgets.Layout(width="120px")),
+                     f"{prefix}-button", f"{prefix}-{choice.lower()}")
+        button.on_click(guarded(status, lambda choice=choice: rate(choice)))
+        buttons[choice] = button
+    return buttons
+
+
 class RatingPanel(Panel):
     """Blind A/B rating of runs/<run_id>/eval/predictions.jsonl (written by `evaluate`).
 
@@ -55,12 +67,7 @@ class RatingPanel(Panel):
         self.view = css(widgets.HTML(""), "nbkit-rating-pair")
         self.summary = css(widgets.HTML(""), "nbkit-rating-summary")
         self.status = css(widgets.HTML(""), "nbkit-rating-status")
-        self.buttons = {}
-        for choice, label in (("A", "A is better"), ("tie", "Tie"), ("B", "B is better")):
-            button = css(widgets.Button(description=label, layout=widgets.Layout(width="120px")),
-                         "nbkit-rating-button", f"nbkit-rating-{choice.lower()}")
-            button.on_click(guarded(self.status, lambda choice=choice: self.rate(choice)))
-            self.buttons[choice] = button
+        self.buttons = choice_buttons(self.status, "nbkit-rating", self.rate)
         title = widgets.HTML("<b>Which answer is better? (the models are hidden behind A and B)</b>")
         self.box = css(widgets.VBox([title, self.progress, self.view, widgets.HBox(list(self.buttons.values())),
                                      self.summary, self.status]), "nbkit-rating")
