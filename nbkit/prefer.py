@@ -36,7 +36,7 @@ from nbkit.runs import (checkpoint_step, environment, is_preference_run, last_ch
 __all__ = ["PreferConfig", "build_prefer_trainer", "prefer", "preference_memory_estimate", "resolve_parent"]
 from nbkit.train import cast_trainable, is_main_process, is_out_of_memory, say
 from nbkit.train_log import LogFn, RunControl, format_log, make_callback
-from nbkit.workspace import Workspace, file_record, read_json, read_jsonl, write_json
+from nbkit.workspace import Workspace, file_record, read_json, read_jsonl, replace_folder, write_json
 
 def run_to_continue(ws: Workspace, config: PreferConfig) -> str:
     """With resume=True: the named run, or the latest preference run that has a checkpoint."""
@@ -292,18 +292,20 @@ def prefer(config: PreferConfig, on_log: LogFn | None = print_log, control: RunC
                 control.on_finish()
         seconds = time.monotonic() - started
     weights_dir = run_dir / ("model" if facts["method"] == "full" else "adapter")
+    partial = run_dir / f".{weights_dir.name}.partial"  # moved into place whole, as in 04
     if facts["method"] == "full":
         trainer.model.config.use_cache = True  # a standalone model: generation wants the cache training turned off
-        trainer.save_model(str(weights_dir))
+        trainer.save_model(str(partial))
     elif main:  # the policy only: the reference is the parent's adapter, saved with the parent
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(weights_dir), selected_adapters=["default"])
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(partial), selected_adapters=["default"])
     state, args = trainer.state, trainer.args
     trainer.accelerator.free_memory()
     del trainer
     release_memory()
     if not main:
         return {}
-    tokenizer.save_pretrained(weights_dir)
+    tokenizer.save_pretrained(partial)
+    replace_folder(partial, weights_dir)
     record = run_record(config, facts, read_metrics(metrics_path), manifest, ws, state, args)
     record.update(train_seconds=round(seconds, 1), trainable_parameters=trainable, train_loss={
         **record["train_loss"], "mean": result.training_loss}, resumed_from=checkpoint.name if checkpoint else None,
