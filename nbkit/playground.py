@@ -105,9 +105,11 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], *, system: st
 def sample_answers(model, tokenizer, prompts: list[list[dict[str, str]]], n: int, max_new_tokens: int,
                    temperature: float, top_p: float, seed: int = 0, progress: bool = False) -> list[list[str]]:
     """n sampled answers per prompt (`num_return_sequences`), batched with left padding and every end-of-turn id
-    as a stop, like `evaluate.generate_with_stops`; seeded, and with a progress bar when `progress`."""
+    as a stop, like `evaluate.generate_with_stops`; seeded, and with a progress bar when `progress` (tqdm's text
+    bar: it updates in place in JupyterLab and Colab, and stays plain text in papermill's executed notebooks, where
+    a widget bar would be left unrendered)."""
     import torch
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     kwargs = generation_kwargs(tokenizer, max_new_tokens, temperature, top_p, getattr(model, "generation_config", None))
     per_batch = max(1, pick_device().eval_batch_size // n)  # as many sequences at once as 05 generates
