@@ -91,7 +91,7 @@ $(COLAB_STAMP): pyproject.toml tests/colab_pins.txt tests/notebook_cells.py test
 
 test-colab: $(COLAB_STAMP)
 	NBKIT_COLAB_PINS=tests/colab_pins.txt $(COLAB_PY) -m pytest -ra -p no:cacheprovider tests/test_colab_stack.py \
-		tests/test_colab_setup.py tests/test_widgets.py tests/test_notebooks_run.py
+		tests/test_colab_setup.py tests/test_widgets.py tests/test_prefer_widgets.py tests/test_notebooks_run.py
 	@$(COLAB_PY) tests/colab_install.py --changes
 
 test-fast: $(STAMP)
