@@ -1,4 +1,4 @@
-"""The five notebooks in a real browser: JupyterLab on 127.0.0.1, headless Chromium, every panel clicked.
+"""The six notebooks in a real browser: JupyterLab on 127.0.0.1, headless Chromium, every panel clicked.
 
 One Lab server and one browser for the module; the notebooks run in order on one workspace in a
 temporary folder, with small settings (papermill injects them after the parameters cell, exactly as
@@ -30,7 +30,10 @@ SCREENSHOTS = [ARTIFACTS / "screenshots"] + ([REPO / os.environ["NBKIT_SCREENSHO
                                              if os.environ.get("NBKIT_SCREENSHOTS") else [])
 TRAIN_STEPS = 10  # set in the training panel; the notebook is injected with fewer to prove the panel won
 SMALL = {"max_steps": 4, "batch_size": 4, "eval_steps": 0, "max_seq_len": 160, "lora_r": 8, "lora_alpha": 16,
-         "logging_steps": 2, "max_examples": 4, "forgetting_probe": False, "export_formats": []}
+         "logging_steps": 2, "max_examples": 4, "forgetting_probe": False, "export_formats": [],
+         # 06: few prompts to sample for, a few to rate by hand, the lineage on the rows 05 scored
+         "max_prompts": 2, "samples_per_prompt": 2, "rate_prompts": 3, "compare_examples": 4}
+PREFER_STEPS = 3  # typed into 06's panel; the notebook is injected with SMALL's max_steps
 UPLOADED = ('{"messages": [{"role": "user", "content": "My card was charged twice"}, '
             '{"role": "assistant", "content": "{\\"team\\": \\"billing\\", \\"priority\\": \\"high\\"}"}]}\n')
 
@@ -314,3 +317,38 @@ def test_05_evaluate_viewer_rating_and_playground(page, lab):
     expect_text(page, ".nbkit-playground-promote-status", "manual.jsonl line")
     snapshot(page.locator(".nbkit-playground"), "05_playground")
     assert page.locator(".js-plotly-plot").count() >= 1  # the runs figure
+
+
+def test_06_prefer_rate_answers_build_pairs_and_train(page, lab):
+    """Rate two sampled answers by hand, set the run in the panel, then build pairs and train from the page:
+    the ratings become pairs, the panel's step count is the run's, and the lineage table shows base → SFT → DPO."""
+    notebook = NotebookPage(page, lab, "06_prefer.ipynb").open()
+    build = notebook.cell_index("build_pairs(pairs_config)")
+    notebook.run_all_above(build)
+    assert not notebook.errors(), notebook.errors()
+    refuse_then_accept(page, ".nbkit-prefer-panel", "samples_per_prompt", "1", "samples_per_prompt", "2")
+    type_into(page, ".nbkit-prefer-panel .nbkit-field-max_steps input", str(PREFER_STEPS))
+    snapshot(page.locator(".nbkit-prefer-panel"), "06_prefer_panel")
+
+    shown = expect_text(page, ".nbkit-prefrating-progress", r"rated 0 of [2-9]", timeout=120)
+    page.locator(".nbkit-prefrating-a").click()
+    expect_text(page, ".nbkit-prefrating-progress", r"rated 1 of")
+    snapshot(page.locator(".nbkit-prefrating"), "06_preference_rating")
+    page.locator(".nbkit-prefrating-b").click()
+    expect_text(page, ".nbkit-prefrating-progress", r"rated 2 of")
+    rated = [json.loads(line) for line in (lab.workspace / "data" / "preferences" / "ratings.jsonl")
+             .read_text().splitlines()]
+    assert [r["choice"] for r in rated] == ["A", "B"], (shown, rated)
+
+    after = notebook.highest_count()
+    notebook.command("notebook:run-all-below", build)
+    notebook.wait_until_done(after=after, timeout=900)
+    assert not notebook.errors(), notebook.errors()
+    report = json.loads((lab.workspace / "data" / "preferences" / "pairs_report.json").read_text())
+    assert report["sources"]["rating"]["kept"] == 2, report["sources"]
+    expect_text(page, ".nbkit-pager-pairs", r"Preference pairs \(\d+\)")
+    snapshot(page.locator(".nbkit-pager-pairs").first, "06_pairs")
+    runs = [json.loads(p.read_text()) for p in (lab.workspace / "runs").glob("*/run.json")]
+    (run,) = [r for r in runs if r.get("objective") == "dpo"]
+    assert run["steps"] == PREFER_STEPS and run["status"] == "finished", run
+    assert re.search(r"dpo\s", notebook.output_text(notebook.cell_index("evaluate_lineage("))), "no lineage table"
