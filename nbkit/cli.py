@@ -1,5 +1,5 @@
 """Command line: `nbkit run` executes the guided notebooks headlessly; `nbkit train` trains from a saved
-config, in one process or in each of the processes `accelerate launch` starts (see nbkit.launch)."""
+config, in one process or in each of the processes `accelerate launch` starts (see nbkit.train.launch)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 
 import yaml
 
-from nbkit.errors import ConfigError, NbkitError
-
+from nbkit.core.errors import ConfigError, NbkitError
 
 # YAML 1.1 reads these as booleans, but several are documented values of string parameters
 # (gradient_checkpointing on/off), so they reach the config as the text typed; a boolean parameter
@@ -103,12 +102,12 @@ def run_command(args: argparse.Namespace) -> None:
 
 def load_train_config(path: str | Path, *, max_steps: int | None = None, resume: bool = False):
     """The TrainConfig saved at `path`, with the command line's overrides applied (and validated)."""
-    from nbkit.train_config import TrainConfig
+    from nbkit.core.train_config import TrainConfig
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"`--config` {path} does not exist — pass the config.json of a run "
-                          "(runs/<run_id>/config.json, written by 04_train or nbkit.launch.launch_command).")
+                          "(runs/<run_id>/config.json, written by 04_train or nbkit.train.launch.launch_command).")
     try:
         config = TrainConfig.load(path)
     except json.JSONDecodeError as err:
@@ -125,7 +124,7 @@ def load_train_config(path: str | Path, *, max_steps: int | None = None, resume:
 def train_command(config_path: str | Path, *, max_steps: int | None = None, output_dir: str | None = None,
                   resume: bool = False) -> dict[str, Any]:
     """`nbkit train`: one process, or one of N under `accelerate launch`; only process 0 prints and writes."""
-    from nbkit.train import is_main_process, print_log, train
+    from nbkit.train.sft import is_main_process, print_log, train
 
     config = load_train_config(config_path, max_steps=max_steps, resume=resume)
     main_process = is_main_process()
@@ -156,9 +155,10 @@ def _leave_process_group() -> None:
 
 
 def print_summary(workspace: str) -> None:
-    from nbkit.evaluate import format_summary
-    from nbkit.runs import list_runs
-    from nbkit.workspace import Workspace, read_json
+    from nbkit.core.files import read_json
+    from nbkit.core.runs import list_runs
+    from nbkit.core.workspace import Workspace
+    from nbkit.evaluate.summary import format_summary
 
     runs = list_runs(workspace)
     summary = Workspace(workspace).run_dir(runs[-1]) / "eval" / "summary.json" if runs else None

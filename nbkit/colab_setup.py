@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 
-from nbkit.errors import RestartRequired
+from nbkit.core.errors import RestartRequired
 
 RESTART = "Runtime > Restart session, then run the notebook from the top"
 

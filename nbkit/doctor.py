@@ -67,7 +67,7 @@ def detect_accelerator() -> Accelerator:
     import torch
 
     if torch.cuda.is_available():
-        from nbkit.devices import local_rank
+        from nbkit.model.devices import local_rank
 
         props = torch.cuda.get_device_properties(local_rank())
         # Native bf16 only (compute capability >= 8.0): is_bf16_supported() alone also counts emulated bf16
@@ -108,7 +108,7 @@ def version_problems(versions: dict[str, str | None]) -> list[str]:
 
 
 def check_environment() -> EnvironmentReport:
-    from nbkit.models import bitsandbytes_problem
+    from nbkit.model.devices import bitsandbytes_problem
 
     versions: dict[str, str | None] = {}
     for name in TESTED_RANGES:
@@ -134,7 +134,7 @@ def _choices(report: EnvironmentReport) -> list[str]:
         choices.append("Apple MPS found, but bitsandbytes' 4-bit kernels do not run there: training on the CPU "
                        "in float32 (use method='lora' on MPS-sized models).")
     else:
-        from nbkit.models import cpu_supports_bf16
+        from nbkit.model.devices import cpu_supports_bf16
 
         precision = ("float32 weights with bf16 autocast (this CPU has bf16 matmuls)" if cpu_supports_bf16()
                      else "float32")

@@ -6,10 +6,11 @@ instead of being silently ignored by papermill.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from nbkit.errors import ConfigError, NbkitError, NotebookFailed
+from nbkit.core.errors import ConfigError, NbkitError, NotebookFailed
 
 NOTEBOOKS = ("01_collect", "02_format", "03_split", "04_train", "05_evaluate", "06_prefer")
 # What `nbkit run` runs without --only: the five stages from data to evaluated run. 06 refines a finished run and

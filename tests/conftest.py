@@ -17,7 +17,7 @@ NOTEBOOKS = REPO / "notebooks"
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from nbkit.models import EMBEDDED_MODEL, load_tokenizer
+    from nbkit.model.loader import EMBEDDED_MODEL, load_tokenizer
 
     return load_tokenizer(EMBEDDED_MODEL)
 
@@ -26,9 +26,9 @@ def tokenizer():
 def prepared_workspace(tmp_path_factory) -> Path:
     """Sample data collected, formatted and split once per session (stages 01-03). The replay guard's answers
     come from the machine's cache (the model answers once per machine)."""
-    from nbkit.collect import CollectConfig, collect
-    from nbkit.formatting import FormatConfig, format_rows
-    from nbkit.split import SplitConfig, split_dataset
+    from nbkit.data.collect import CollectConfig, collect
+    from nbkit.data.formatting import FormatConfig, format_rows
+    from nbkit.data.split import SplitConfig, split_dataset
 
     ws = tmp_path_factory.mktemp("prepared")
     collect(CollectConfig(workspace=str(ws)))
@@ -49,8 +49,9 @@ def family_model():
         if problem:
             pytest.skip(problem)
         if name == "gemma3":
-            from nbkit.models import EMBEDDED_GEMMA, EMBEDDED_MODELS
             import importlib.util
+
+            from nbkit.model.loader import EMBEDDED_GEMMA, EMBEDDED_MODELS
 
             if importlib.util.find_spec(EMBEDDED_MODELS[EMBEDDED_GEMMA][0]) is None:
                 pytest.skip(f"the Gemma 3 tokenizer comes with {EMBEDDED_GEMMA}: {EMBEDDED_MODELS[EMBEDDED_GEMMA][2]}")
@@ -65,7 +66,8 @@ def sft_run(prepared_workspace, tmp_path_factory) -> tuple[Path, str]:
     this workspace use their own run ids and file names, and never rely on "the latest run"."""
     import shutil
 
-    from nbkit.train import TrainConfig, train
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.train.sft import train
 
     ws = tmp_path_factory.mktemp("sft") / "workspace"
     shutil.copytree(prepared_workspace / "data", ws / "data")

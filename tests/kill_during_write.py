@@ -1,7 +1,7 @@
 """Run Python code in this process, killed with SIGKILL in the middle of writing one file: what Colab does to a
 runtime that times out. Used by tests as `python tests/kill_during_write.py NAME WRITES CODE`:
 
-- NAME: the file name whose atomic write (nbkit.workspace.atomic_file) is cut; `WRITES` write calls reach the
+- NAME: the file name whose atomic write (nbkit.core.files.atomic_file) is cut; `WRITES` write calls reach the
   file first, then the process kills itself — a fixed moment, not a timer;
 - NAME ending in "/": a folder written with atomic_folder, killed once the block has written into it
   (`WRITES` is ignored).
@@ -15,10 +15,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import nbkit.workspace as workspace
+import nbkit.core.files as files
 
 NAME, WRITES, CODE = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-atomic_file, atomic_folder = workspace.atomic_file, workspace.atomic_folder
+atomic_file, atomic_folder = files.atomic_file, files.atomic_folder
 
 
 def die() -> None:
@@ -57,7 +57,7 @@ def dying_folder(path):
             die()
 
 
-workspace.atomic_file, workspace.atomic_folder = dying_file, dying_folder
+files.atomic_file, files.atomic_folder = dying_file, dying_folder
 for module in list(sys.modules.values()):  # modules that imported the helpers by name
     if getattr(module, "__name__", "").startswith("nbkit.") and getattr(module, "atomic_folder", None) is atomic_folder:
         module.atomic_folder = dying_folder

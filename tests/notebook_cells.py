@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ast
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 BADGE_ID, INSTALL_ID = "colab", "install"  # cell ids become e.g. "04-colab", "04-install"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from nbkit.workspace import SPLITS, Workspace, file_records, read_json, write_json, write_jsonl
+from nbkit.core.files import file_records, read_json, write_json, write_jsonl
+from nbkit.core.workspace import SPLITS, Workspace
 
 
 def rewrite_split(ws: Workspace, name: str, rows: list[dict[str, Any]]) -> None:

@@ -18,7 +18,6 @@ import shutil
 import time
 
 import pytest
-
 from conftest import NOTEBOOKS, REPO
 from jupyterlab_browser import LabServer, NotebookPage, launch_browser, missing_requirements
 
@@ -229,7 +228,7 @@ def plot_points(page) -> int:
 def test_04_train_panel_then_live_plot_grows(page, lab):
     import papermill
 
-    from nbkit.train import TrainConfig
+    from nbkit.core.train_config import TrainConfig
 
     notebook = NotebookPage(page, lab, "04_train.ipynb").open()
     train_cell = notebook.cell_index("train(config")

@@ -6,11 +6,10 @@ import json
 
 import nbformat
 import pytest
-
 from conftest import NOTEBOOKS
+
 from nbkit.cli import build_parser, main, parse_value
-from nbkit.errors import ConfigError
-from nbkit.errors import NotebookFailed
+from nbkit.core.errors import ConfigError, NotebookFailed
 from nbkit.pipeline import plan, run_notebooks, select
 
 
@@ -24,7 +23,7 @@ def test_parameter_values_are_typed(text, value):
 
 def test_documented_string_values_pass_the_command_line_unchanged():
     """YAML 1.1 would read `on` as True, which gradient_checkpointing refuses."""
-    from nbkit.train_config import CHECKPOINTING, TrainConfig
+    from nbkit.core.train_config import CHECKPOINTING, TrainConfig
 
     for value in CHECKPOINTING:
         assert TrainConfig(gradient_checkpointing=parse_value(value)).gradient_checkpointing == value

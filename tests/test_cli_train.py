@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import nbkit.train
+import nbkit.train.sft
 from nbkit.cli import build_parser, load_train_config, main, train_command
-from nbkit.errors import ConfigError
-from nbkit.train import TrainConfig
+from nbkit.core.errors import ConfigError
+from nbkit.core.train_config import TrainConfig
 
 
 def test_parser_reads_train_options():
@@ -62,7 +62,7 @@ def fake_train(monkeypatch):
         return {"run_id": config.run_id, "steps": config.max_steps, "world_size": 1, "effective_batch_size": 8,
                 "adapter": str(run_dir)}
 
-    monkeypatch.setattr(nbkit.train, "train", recorder)
+    monkeypatch.setattr(nbkit.train.sft, "train", recorder)
     return calls
 
 
@@ -129,7 +129,7 @@ def wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float)
 
 @pytest.fixture(scope="module")
 def two_process_run(prepared_workspace, tmp_path_factory):
-    from nbkit.launch import launch_command
+    from nbkit.train.launch import launch_command
 
     out = tmp_path_factory.mktemp("ddp") / "run"
     config = TrainConfig(workspace=str(prepared_workspace), **TINY)

@@ -8,7 +8,7 @@ from importlib import metadata
 import pytest
 
 from nbkit.colab_setup import RestartRequired, changed_while_loaded, restart_message, stop_if_restart_needed
-from nbkit.errors import NbkitError
+from nbkit.core.errors import NbkitError
 
 # A Colab kernel after the kit's install: pyarrow and huggingface_hub were imported before pip upgraded them.
 ON_DISK = {"pyarrow": "24.0.0", "huggingface-hub": "1.35.0", "numpy": "2.1.3", "opencv-python": "4.10.0.84",
@@ -77,6 +77,6 @@ def test_stop_if_restart_needed_raises_a_kit_error_or_says_all_is_well(capsys):
 
 def test_an_untouched_environment_needs_no_restart():
     """No false alarms: in this environment nothing was reinstalled, so every loaded __version__ must match."""
-    import IPython, ipywidgets, numpy, plotly, yaml  # noqa: F401 - a few packages with __version__
+    import yaml  # noqa: F401 - a few packages with __version__
 
     assert changed_while_loaded() == []

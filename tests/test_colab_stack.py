@@ -12,18 +12,18 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tomllib
 import types
 
 import ipywidgets as widgets
 import pytest
+import tomllib
+from colab_install import AFTER, BEFORE, canonical, changes, describe, installed, read_snapshot
+from conftest import REPO
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import nbkit.widgets as nw
-from colab_install import AFTER, BEFORE, canonical, changes, describe, installed, read_snapshot
-from conftest import REPO
 from nbkit.doctor import TESTED_RANGES
 from nbkit.widgets.quality import figure_widget, lengths_figure
 
@@ -172,7 +172,7 @@ def test_quality_figures_are_self_contained_pages_on_colab(on_colab):
 
 
 def test_panels_display_as_widget_views_on_this_stack(tmp_path):
-    from nbkit.collect import CollectConfig
+    from nbkit.data.collect import CollectConfig
 
     bundle = nw.CollectPanel(CollectConfig(workspace=str(tmp_path)))._repr_mimebundle_()
     view = bundle["application/vnd.jupyter.widget-view+json"]

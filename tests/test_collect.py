@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nbkit.collect import SAMPLE_DATA, CollectConfig, collect
-from nbkit.errors import DataError
-from nbkit.workspace import Workspace, read_json, read_jsonl
+from nbkit.core.errors import DataError
+from nbkit.core.files import read_json, read_jsonl
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import SAMPLE_DATA, CollectConfig, collect
 
 
 def chat(question: str, answer: str = "ok", **extra) -> dict:
@@ -47,7 +48,7 @@ def user_texts(rows: list[dict]) -> list[str]:
     return [m["content"] for r in rows for m in r["messages"] if m["role"] == "user"]
 
 
-# One concrete bad record per validation category in nbkit/schemas.py.
+# One concrete bad record per validation category in nbkit/core/schemas.py.
 FIRST = chat("first question")
 BAD_RECORDS = [
     ("data_type", ["not", "an", "object"]),
@@ -503,7 +504,7 @@ def test_hub_id_offline_fails_fast_with_the_fix(tmp_path, monkeypatch):
 def test_hub_id_without_network_fails_before_load_dataset(tmp_path, monkeypatch):
     import datasets
 
-    import nbkit.hub as hub_module
+    import nbkit.data.hub as hub_module
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("load_dataset must not be tried without a connection")
@@ -519,7 +520,7 @@ def test_hub_unreachable_says_why_quickly_for_a_closed_port(monkeypatch):
     import socket
     import time
 
-    from nbkit.hub import hub_unreachable
+    from nbkit.core.network import hub_unreachable
 
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
@@ -532,7 +533,7 @@ def test_hub_unreachable_says_why_quickly_for_a_closed_port(monkeypatch):
 
 
 def test_hub_unreachable_leaves_a_proxy_to_the_hub_client_and_names_a_bad_endpoint(monkeypatch):
-    from nbkit.hub import hub_unreachable
+    from nbkit.core.network import hub_unreachable
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     assert hub_unreachable("http://127.0.0.1:9") is None  # a direct probe proves nothing behind a proxy
@@ -542,11 +543,12 @@ def test_hub_unreachable_leaves_a_proxy_to_the_hub_client_and_names_a_bad_endpoi
     assert "not a URL with a host" in hub_unreachable("huggingface.co")
 
 
-def test_file_readers_and_hub_sources_do_not_import_the_stage():
+def test_file_readers_do_not_import_the_stages():
+    """06 reads preference files through 01's readers: they live in the core and load no stage."""
     import subprocess
     import sys
 
-    code = "import sys, nbkit.readers, nbkit.hub; print('nbkit.collect' in sys.modules)"
+    code = "import sys, nbkit.core.readers; print(any(m.startswith('nbkit.data') for m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -631,7 +633,7 @@ def test_unmapped_role_is_still_rejected(tmp_path):
     ("columns", ["question"], "dict"),
 ])
 def test_bad_mapping_is_a_config_error_naming_the_field(field_name, value, listed):
-    from nbkit.errors import ConfigError
+    from nbkit.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         CollectConfig(**{field_name: value})
@@ -720,7 +722,7 @@ def test_txt_with_mapped_role_headers_and_bad_bytes(tmp_path):
 # -- manual examples ------------------------------------------------------------------------
 
 def test_manual_jsonl_is_read_automatically_and_once(tmp_path):
-    from nbkit.collect import manual_path
+    from nbkit.data.collect import manual_path
 
     ws = tmp_path / "ws"
     manual = write_lines(manual_path(ws), [chat("by hand"), "", "{oops"])
@@ -739,8 +741,8 @@ def test_same_file_from_two_globs_is_read_once(tmp_path):
 
 
 def test_add_manual_example_validates_and_appends(tmp_path):
-    from nbkit.schemas import RecordError
-    from nbkit.collect import add_manual_example, manual_path
+    from nbkit.core.messages import RecordError
+    from nbkit.data.collect import add_manual_example, manual_path
 
     ws = tmp_path / "ws"
     assert add_manual_example(ws, chat("one", label="x")) == 1

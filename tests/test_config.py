@@ -8,16 +8,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from nbkit.collect import CollectConfig
-from nbkit.config import Config, field
-from nbkit.errors import ConfigError, NbkitError
-from nbkit.evaluate import EvalConfig
-from nbkit.formatting import FormatConfig
-from nbkit.prefer_config import PreferConfig
-from nbkit.preferences import PairsConfig
-from nbkit.quality import QualityConfig
-from nbkit.split import SplitConfig
-from nbkit.train import TrainConfig
+from nbkit.core.config import Config, field
+from nbkit.core.errors import ConfigError, NbkitError
+from nbkit.core.train_config import TrainConfig
+from nbkit.data.collect import CollectConfig
+from nbkit.data.formatting import FormatConfig
+from nbkit.data.quality import QualityConfig
+from nbkit.data.split import SplitConfig
+from nbkit.evaluate.evaluator import EvalConfig
+from nbkit.train.prefer.config import PreferConfig
+from nbkit.train.prefer.pairs import PairsConfig
 
 CONFIG_CLASSES = [CollectConfig, FormatConfig, QualityConfig, SplitConfig, TrainConfig, EvalConfig, PairsConfig,
                   PreferConfig]
@@ -142,8 +142,9 @@ def test_from_parameters_takes_each_field_by_name_and_leaves_other_names():
 # -- settings owned by an earlier stage ------------------------------------------------------
 
 def test_training_takes_base_model_and_max_seq_len_from_02_unless_set(tmp_path):
-    from nbkit.models import EMBEDDED_MODEL
-    from nbkit.workspace import Workspace, write_json
+    from nbkit.core.files import write_json
+    from nbkit.core.workspace import Workspace
+    from nbkit.model.loader import EMBEDDED_MODEL
 
     assert TrainConfig(workspace=str(tmp_path)).resolved() == TrainConfig(  # before 02 runs: 02's defaults
         workspace=str(tmp_path), base_model=FormatConfig().base_model, max_seq_len=FormatConfig().max_seq_len)

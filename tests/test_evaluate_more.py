@@ -7,12 +7,21 @@ import shutil
 
 import pytest
 
-from nbkit.evaluate import (EvalConfig, best_and_worst, describe_forgetting, evaluate, examples_table,
-                            forgetting_table, format_summary, format_warnings, quality_warnings, row_score)
-from nbkit.forgetting import FORGETTING_PROBE, forgetting_scores, probe_hit
-from nbkit.report import write_report
-from nbkit.train import TrainConfig, train
-from nbkit.workspace import Workspace
+from nbkit.core.metrics import row_score
+from nbkit.core.train_config import TrainConfig
+from nbkit.core.workspace import Workspace
+from nbkit.evaluate.evaluator import EvalConfig, best_and_worst, evaluate
+from nbkit.evaluate.forgetting import FORGETTING_PROBE, forgetting_scores, probe_hit
+from nbkit.evaluate.report import write_report
+from nbkit.evaluate.summary import (
+    describe_forgetting,
+    examples_table,
+    forgetting_table,
+    format_summary,
+    format_warnings,
+    quality_warnings,
+)
+from nbkit.train.sft import train
 
 
 def fake_summary(score=0.97, n_test=40, metric="exact_match"):
@@ -159,7 +168,9 @@ class FixedGenerator:
 
 
 def test_runaway_answers_are_counted_and_warned_about(tokenizer):
-    from nbkit.evaluate import generate_with_stops, quality_warnings, runaway_summary
+    from nbkit.evaluate.evaluator import runaway_summary
+    from nbkit.evaluate.summary import quality_warnings
+    from nbkit.model.generation import generate_with_stops
 
     prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
     # row 0 ends with the end-of-turn token, row 1 runs to the limit, row 2 stops and is padded

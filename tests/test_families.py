@@ -8,11 +8,12 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 from families import FAMILIES
-from nbkit.chat_templates import CHATML, PLAIN, end_of_turn, final_answer, template_for
-from nbkit.loss_mask import answers_without_end_of_turn, encode_chat, mask_problems, mask_segments
-from nbkit.models import end_of_turn_ids, load_tokenizer
+
+from nbkit.model.chat_templates import CHATML, PLAIN, end_of_turn, final_answer, template_for
+from nbkit.model.generation import end_of_turn_ids
+from nbkit.model.loader import load_tokenizer
+from nbkit.model.loss_mask import answers_without_end_of_turn, encode_chat, mask_problems, mask_segments
 
 NAMES = list(FAMILIES)
 CONVERSATIONS = [
@@ -63,7 +64,7 @@ def test_generation_stops_at_the_template_end_of_turn(family):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from nbkit.evaluate import generate_with_stops
+    from nbkit.model.generation import generate_with_stops
 
     spec, folder, tokenizer = family
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -129,7 +130,7 @@ def test_a_base_checkpoint_gets_its_familys_template_or_a_plain_one(family_model
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     """The bundled sample data collected once; each family formats, splits and trains on a copy."""
-    from nbkit.collect import CollectConfig, collect
+    from nbkit.data.collect import CollectConfig, collect
 
     ws = tmp_path_factory.mktemp("collected")
     collect(CollectConfig(workspace=str(ws)))
@@ -147,18 +148,19 @@ def test_each_family_formats_and_trains_with_qlora(name, family_model, collected
     import torch
     from safetensors.torch import load_file
 
-    from nbkit.formatting import FormatConfig, format_rows
-    from nbkit.split import SplitConfig, split_dataset
-    from nbkit.train import train
-    from nbkit.train_config import TrainConfig
-    from nbkit.workspace import Workspace, read_json
+    from nbkit.core.files import read_json
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.core.workspace import Workspace
+    from nbkit.data.formatting import FormatConfig, format_rows
+    from nbkit.data.split import SplitConfig, split_dataset
+    from nbkit.train.sft import train
 
     folder = family_model(name)
     ws = tmp_path / "ws"
     shutil.copytree(collected, ws)
     guard = name == "gemma3"
     if guard:
-        from nbkit.quality import QualityConfig, quality_report
+        from nbkit.data.quality import QualityConfig, quality_report
 
         before = quality_report(QualityConfig(workspace=str(ws), base_model=str(folder)))
         assert before["replay"]["enabled"] and before["replay"]["base_model_without_template"]
@@ -192,8 +194,8 @@ def test_the_real_gemma_3_270m_loads_in_4bit_continues_text_and_learns_its_turn_
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from nbkit.loss_mask import tokenize_chat
-    from nbkit.models import EMBEDDED_GEMMA, EMBEDDED_MODELS, load_model
+    from nbkit.model.loader import EMBEDDED_GEMMA, EMBEDDED_MODELS, load_model
+    from nbkit.model.loss_mask import tokenize_chat
 
     if importlib.util.find_spec(EMBEDDED_MODELS[EMBEDDED_GEMMA][0]) is None:
         pytest.skip(f"{EMBEDDED_GEMMA} is not installed: {EMBEDDED_MODELS[EMBEDDED_GEMMA][2]}")

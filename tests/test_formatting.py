@@ -7,13 +7,22 @@ import json
 
 import pytest
 
-from nbkit.collect import CollectConfig, collect
-from nbkit.errors import ConfigError, DataError
-from nbkit.formatting import FormatConfig, format_rows, redact_row
-from nbkit.loss_mask import (IGNORE_INDEX, answers_without_end_of_turn, encode_chat, mask_problems, mask_segments,
-                             render, tokenize_chat, unrendered_tools)
-from nbkit.models import EMBEDDED_MODEL
-from nbkit.workspace import Workspace, read_jsonl, write_jsonl
+from nbkit.core.errors import ConfigError, DataError
+from nbkit.core.files import read_jsonl, write_jsonl
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import CollectConfig, collect
+from nbkit.data.formatting import FormatConfig, format_rows, redact_row
+from nbkit.model.loader import EMBEDDED_MODEL
+from nbkit.model.loss_mask import (
+    IGNORE_INDEX,
+    answers_without_end_of_turn,
+    encode_chat,
+    mask_problems,
+    mask_segments,
+    render,
+    tokenize_chat,
+    unrendered_tools,
+)
 
 SYSTEM = {"role": "system", "content": "Triage the ticket."}
 TICKET = ("Hello, I ordered a pair of headphones three weeks ago and the tracking page still says the parcel is "
@@ -51,7 +60,7 @@ def messy_workspace(tmp_path):
 @pytest.fixture
 def shared_tokenizer(monkeypatch, tokenizer):
     """format_rows loads its tokenizer by name; hand it the session's copy to keep the tests fast."""
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: tokenizer)
+    monkeypatch.setattr("nbkit.data.formatting.load_tokenizer", lambda name, **_: tokenizer)
     return tokenizer
 
 
@@ -117,7 +126,7 @@ def test_mask_problems_are_counted_over_every_row(messy_workspace, tokenizer, mo
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
         "{% if not (message['role'] == 'assistant' and message['content'] == 'technical') %}{{ '<|im_end|>' }}"
         "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: broken)
+    monkeypatch.setattr("nbkit.data.formatting.load_tokenizer", lambda name, **_: broken)
     report = format_rows(FormatConfig(workspace=str(messy_workspace)))
     (problem,) = report["mask_problems"]
     assert "end-of-turn token" in problem
@@ -249,10 +258,10 @@ def test_a_tool_aware_template_renders_the_tools_and_trains_the_call_but_not_the
 
 def test_a_tool_aware_template_keeps_tool_rows_and_training_tokenizes_their_tools(tmp_path, tool_tokenizer,
                                                                                    monkeypatch):
-    from nbkit.train import tokenized_split
+    from nbkit.train.sft import tokenized_split
     from nbkit.widgets.format import mask_viewer
 
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: tool_tokenizer)
+    monkeypatch.setattr("nbkit.data.formatting.load_tokenizer", lambda name, **_: tool_tokenizer)
     ws = write_clean(tmp_path, [{"messages": TOOL_MESSAGES, "tools": [WEATHER_TOOL]}, chat(OTHERS[0], "billing")])
     report = format_rows(FormatConfig(workspace=str(tmp_path)))
     assert report["rows"] == 2 and report["rejected_rows"] == {"tools_not_rendered": 0, "template_error": 0,
@@ -297,7 +306,7 @@ def test_a_template_that_raises_on_a_row_drops_it_instead_of_crashing(tmp_path, 
                             "{{ raise_exception('Tool messages are not supported') }}{% endif %}"
                             "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
                             "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-    monkeypatch.setattr("nbkit.formatting.load_tokenizer", lambda name, **_: strict)
+    monkeypatch.setattr("nbkit.data.formatting.load_tokenizer", lambda name, **_: strict)
     ws = write_clean(tmp_path, [{"messages": TOOL_MESSAGES}, chat(OTHERS[2], "account")])
     report = format_rows(FormatConfig(workspace=str(tmp_path)))
     assert report["rows"] == 1 and report["rejected_rows"]["tools_not_rendered"] == 1
@@ -342,7 +351,8 @@ def test_a_set_with_no_trained_token_at_all_refuses_to_format(tmp_path, shared_t
 
 
 def test_training_refuses_a_split_with_no_trained_token_before_loading_a_model(tmp_path, tokenizer, monkeypatch):
-    from nbkit.train import TrainConfig, build_trainer, tokenized_split
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.train.sft import build_trainer, tokenized_split
 
     weighted_out = [{"messages": [{"role": "user", "content": "hi"},
                                   {"role": "assistant", "content": "hello", "weight": 0}]}]
@@ -358,8 +368,8 @@ def test_training_refuses_a_split_with_no_trained_token_before_loading_a_model(t
     write_jsonl(ws.split("train"), weighted_out)
     write_jsonl(ws.split("validation"), [])
     ws.manifest.write_text("{}")
-    monkeypatch.setattr("nbkit.train.formatted_tokenizer", lambda config: tokenizer)
-    monkeypatch.setattr("nbkit.train.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("nbkit.train.sft.formatted_tokenizer", lambda config: tokenizer)
+    monkeypatch.setattr("nbkit.train.sft.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(DataError, match="nothing to learn"):
         build_trainer(TrainConfig(workspace=str(tmp_path)), tmp_path / "run")
 

@@ -4,7 +4,7 @@ Each family is a tiny random-weight model with the family's real tokenizer and c
 Its folder is prepared the way export_run prepares a merged model: saved with the tokenizer nbkit renders with
 (export.save_tokenizer; Gemma 3's folder has no template, nbkit supplies one) and, for the SentencePiece vocabularies
 (Phi-3.5, Gemma 3), a tokenizer.model rebuilt from the GGUF vocabulary the family was built from (Gemma 3's is the
-embedded model's: add_sentencepiece_file does it as for a run on that base). nbkit.gguf_export.write_gguf then
+embedded model's: add_sentencepiece_file does it as for a run on that base). nbkit.export.gguf.write_gguf then
 writes f16 and Q8_0.
 
 All six families read back through transformers' GGUF loader (5.25), tokenizer and model. Qwen3 only through
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nbkit.chat_templates import end_of_turn, end_of_turn_token_id
+from nbkit.model.chat_templates import end_of_turn, end_of_turn_token_id
 
 pytestmark = pytest.mark.model
 
@@ -41,10 +41,15 @@ def exported(request, family_model, tmp_path_factory):
     """One family converted to f16 and Q8_0, from a folder prepared as a merged model is."""
     import families
 
-    from nbkit.export import save_tokenizer
-    from nbkit.gguf_export import (GGUF_TYPES, add_sentencepiece_file, sentencepiece_from_gguf,
-                                   sentencepiece_tokenizer, write_gguf)
-    from nbkit.models import EMBEDDED_GEMMA, load_tokenizer
+    from nbkit.export.gguf import (
+        GGUF_TYPES,
+        add_sentencepiece_file,
+        sentencepiece_from_gguf,
+        sentencepiece_tokenizer,
+        write_gguf,
+    )
+    from nbkit.export.merge import save_tokenizer
+    from nbkit.model.loader import EMBEDDED_GEMMA, load_tokenizer
 
     name = request.param
     source = family_model(name)
@@ -64,8 +69,8 @@ def exported(request, family_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def read(exported):
-    """The f16 file's tokenizer and model, through transformers' GGUF loader (nbkit.gguf_export.read_back)."""
-    from nbkit.gguf_export import read_back
+    """The f16 file's tokenizer and model, through transformers' GGUF loader (nbkit.export.gguf.read_back)."""
+    from nbkit.export.gguf import read_back
 
     tokenizer, model = read_back(exported.files["f16"]["path"])
     return SimpleNamespace(tokenizer=tokenizer, model=model)
@@ -111,9 +116,8 @@ def test_the_q8_0_file_holds_the_same_model_in_8_bit_blocks(exported):
     """Checked with gguf-py's reader (the vocabulary is written as for f16, whatever the tensor type)."""
     import json
 
-    import gguf
-
     import families
+    import gguf
 
     q8, f16 = exported.files["q8_0"], exported.files["f16"]
     assert q8["tensors"] == f16["tensors"] and q8["bytes"] < f16["bytes"]

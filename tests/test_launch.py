@@ -1,4 +1,4 @@
-"""nbkit.launch: the shipped accelerate config files, the `accelerate launch` command for a config, and the
+"""nbkit.train.launch: the shipped accelerate config files, the `accelerate launch` command for a config, and the
 round trip notebook parameters -> TrainConfig -> config.json -> `nbkit train` on the command line."""
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ import json
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import papermill
 import pytest
-
+import tomllib
 from conftest import NOTEBOOKS, REPO
-from nbkit import launch
+
 from nbkit.cli import build_parser, load_train_config
-from nbkit.errors import ConfigError
-from nbkit.launch import STRATEGIES, accelerate_config_path, dry_start, launch_command, resolve_processes
-from nbkit.train import TrainConfig
+from nbkit.core.errors import ConfigError
+from nbkit.core.train_config import TrainConfig
+from nbkit.train import launch
+from nbkit.train.launch import STRATEGIES, accelerate_config_path, dry_start, launch_command, resolve_processes
 
 
 def load_accelerate_config(path):
@@ -57,7 +57,7 @@ def test_configs_ship_as_package_data():
 
 def test_launch_imports_without_notebook_machinery():
     code = ("import sys\nfor name in ('ipywidgets', 'IPython', 'IPython.display'): sys.modules[name] = None\n"
-            "import nbkit.launch, nbkit.cli\nprint('ok')")
+            "import nbkit.train.launch, nbkit.cli\nprint('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
@@ -153,7 +153,7 @@ def test_notebook_parameters_round_trip_through_file_and_cli(tmp_path, monkeypat
 def test_fsdp_launch_stores_4bit_weights_in_a_dtype_fsdp_can_shard(monkeypatch):
     """Under an FSDP launch (accelerate sets ACCELERATE_USE_FSDP) the packed 4-bit weights use the compute dtype
     (bnb_4bit_quant_storage), as PEFT's FSDP + QLoRA guide requires; FSDP shards floating-point tensors only."""
-    from nbkit.models import EMBEDDED_MODEL, load_model, pick_device
+    from nbkit.model.loader import EMBEDDED_MODEL, load_model, pick_device
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     plan = pick_device("qlora")

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import REPO
+
 from nbkit.cli import main
-from nbkit.collect import SAMPLE_DATA
-from nbkit.workspace import Workspace, read_jsonl
+from nbkit.core.files import read_jsonl
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import SAMPLE_DATA
 
 pytestmark = pytest.mark.notebooks
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nbkit.metrics import exact_match, field_accuracy, normalize, parse_json, score
+from nbkit.core.metrics import exact_match, field_accuracy, normalize, parse_json, score
 
 TRIAGE = '{"team": "billing", "priority": "high"}'
 
@@ -159,7 +159,7 @@ def test_score_empty():
 # -- metrics chosen by answer kind (hand-checked) ------------------------------------------------
 
 def test_label_answers_get_accuracy_and_macro_f1():
-    from nbkit.metrics import kind_of, score, task_metric
+    from nbkit.core.metrics import kind_of, score, task_metric
 
     truth = ["positive", "negative", "negative", "neutral"]
     guess = ["Positive.", "negative", "positive", "neutral"]
@@ -171,7 +171,7 @@ def test_label_answers_get_accuracy_and_macro_f1():
 
 
 def test_free_text_answers_get_rouge_l_and_bleu():
-    from nbkit.metrics import bleu, kind_of, rouge_l, score
+    from nbkit.core.metrics import bleu, kind_of, rouge_l, score
 
     refs = ["the cat sat on a mat", "the dog barked loudly at the postman today"]
     preds = ["the cat sat on the mat", "a dog"]
@@ -183,6 +183,6 @@ def test_free_text_answers_get_rouge_l_and_bleu():
 
 
 def test_json_answers_keep_exact_match_as_the_task_metric():
-    from nbkit.metrics import task_metric
+    from nbkit.core.metrics import task_metric
 
     assert task_metric(['{"team": "billing"}', '{"team": "account"}']) == "exact_match"

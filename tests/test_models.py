@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nbkit.errors import ConfigError
-from nbkit.loss_mask import IGNORE_INDEX, mask_problems, tokenize_chat
-from nbkit.models import EMBEDDED_MODEL, load_model, resolve_model
+from nbkit.core.errors import ConfigError
+from nbkit.model.loader import EMBEDDED_MODEL, load_model, resolve_model
+from nbkit.model.loss_mask import IGNORE_INDEX, mask_problems, tokenize_chat
 
 pytestmark = pytest.mark.model
 
@@ -59,9 +59,9 @@ def test_loss_mask_trains_only_assistant_turns_and_their_end_token(tokenizer):
 def test_batched_generation_gives_the_same_greedy_answers_as_one_by_one(tokenizer, qlora):
     import json
 
-    from nbkit.collect import SAMPLE_DATA
-    from nbkit.evaluate import generate
-    from nbkit.formatting import prompt_messages
+    from nbkit.core.rows import prompt_messages
+    from nbkit.data.collect import SAMPLE_DATA
+    from nbkit.model.generation import generate
 
     model, _ = qlora
     model.eval()
@@ -93,8 +93,8 @@ def test_the_loss_pass_scores_answer_positions_only_and_agrees_with_full_logits(
     full logits, whether the rows go together or one by one (a budget smaller than one row)."""
     import json
 
-    from nbkit.collect import SAMPLE_DATA
-    from nbkit.evaluate import loss_batches, mean_loss
+    from nbkit.data.collect import SAMPLE_DATA
+    from nbkit.evaluate.evaluator import loss_batches, mean_loss
 
     model, _ = qlora
     model.eval()

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from nbkit.cli import main
+from nbkit.core.workspace import Workspace
 from nbkit.pipeline import PIPELINE
-from nbkit.workspace import Workspace
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.model]
 

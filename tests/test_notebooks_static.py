@@ -7,21 +7,21 @@ import dataclasses
 import json
 import re
 import subprocess
-import tomllib
 
 import pytest
+import tomllib
+from conftest import NOTEBOOKS, REPO
+from notebook_cells import badge_source, colab_url, install_source, repository_url
 from packaging.requirements import Requirement
 
-from conftest import NOTEBOOKS, REPO
-from nbkit.collect import CollectConfig
-from nbkit.evaluate import EvalConfig
-from nbkit.formatting import FormatConfig
+from nbkit.core.train_config import TrainConfig
+from nbkit.data.collect import CollectConfig
+from nbkit.data.formatting import FormatConfig
+from nbkit.data.split import SplitConfig
+from nbkit.evaluate.evaluator import EvalConfig
 from nbkit.pipeline import NOTEBOOKS as NAMES
-from nbkit.prefer_config import PreferConfig
-from nbkit.preferences import PairsConfig
-from nbkit.split import SplitConfig
-from nbkit.train import TrainConfig
-from notebook_cells import badge_source, colab_url, install_source, repository_url
+from nbkit.train.prefer.config import PreferConfig
+from nbkit.train.prefer.pairs import PairsConfig
 
 # 06 fills two configs from one parameters cell: the pairs' and the run's (names they share mean the same).
 CONFIGS = {"01_collect": (CollectConfig,), "02_format": (FormatConfig,), "03_split": (SplitConfig,),

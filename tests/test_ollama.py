@@ -12,8 +12,17 @@ import subprocess
 
 import pytest
 
-from nbkit.ollama import (CHECKS, OllamaError, data_system_prompt, go_template, modelfile, render_parts,
-                          stop_tokens, template_parts, write_modelfile)
+from nbkit.core.errors import OllamaError
+from nbkit.export.ollama import (
+    CHECKS,
+    data_system_prompt,
+    go_template,
+    modelfile,
+    render_parts,
+    stop_tokens,
+    template_parts,
+    write_modelfile,
+)
 
 GO = shutil.which("go")
 needs_go = pytest.mark.skipif(GO is None, reason="needs Go (Debian's golang-go; `make test` installs it as root)")
@@ -129,7 +138,7 @@ def _expected(tok, conversations: list) -> list[str]:
 @pytest.mark.parametrize("family", ["embedded", *FAMILY_NAMES])
 def test_the_modelfiles_template_renders_like_each_familys_chat_template(family, tokenizer, family_model,
                                                                          go_renderer, tmp_path):
-    from nbkit.models import EMBEDDED_MODEL, load_tokenizer, resolve_model
+    from nbkit.model.loader import EMBEDDED_MODEL, load_tokenizer, resolve_model
 
     if family == "embedded":
         tok, model_dir, end_of_turn = tokenizer, resolve_model(EMBEDDED_MODEL), "<|im_end|>"
@@ -183,7 +192,7 @@ def test_the_embedded_templates_parts_and_modelfile(tokenizer, tmp_path):
 
 def test_the_system_prompt_folded_into_the_last_user_turn(family_model):
     """Mistral Nemo writes `[INST]{system}\\n\\n{user}[/INST]` in the LAST user turn only."""
-    from nbkit.models import load_tokenizer
+    from nbkit.model.loader import load_tokenizer
 
     tok = load_tokenizer(str(family_model("mistral")))
     parts = template_parts(tok)
@@ -193,7 +202,7 @@ def test_the_system_prompt_folded_into_the_last_user_turn(family_model):
 
 
 def test_quantize_writes_ollamas_quantizing_command(tokenizer, tmp_path):
-    from nbkit.models import EMBEDDED_MODEL, resolve_model
+    from nbkit.model.loader import EMBEDDED_MODEL, resolve_model
 
     record = write_modelfile(tmp_path, "run-f16.gguf", tokenizer, resolve_model(EMBEDDED_MODEL), [], "nbkit-run",
                              quantize="q4_K_M")

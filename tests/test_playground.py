@@ -9,11 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from nbkit.schemas import RecordError
-from nbkit.collect import CollectConfig, collect
-from nbkit.playground import load_chat_model, promote, stream_reply
-from nbkit.train import TrainConfig, train
-from nbkit.workspace import Workspace, read_jsonl
+from nbkit.core.files import read_jsonl
+from nbkit.core.messages import RecordError
+from nbkit.core.train_config import TrainConfig
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import CollectConfig, collect, promote
+from nbkit.model.generation import stream_reply
+from nbkit.model.loader import load_chat_model
+from nbkit.train.sft import train
 
 pytestmark = pytest.mark.model
 
@@ -55,7 +58,7 @@ def test_streamed_reply_equals_greedy_generation(chat_model):
 
 
 def test_stream_reply_validates_settings(chat_model):
-    from nbkit.errors import ConfigError
+    from nbkit.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="`top_p`"):
         list(stream_reply(*chat_model, QUESTION, max_new_tokens=FEW, temperature=0.7, top_p=0))

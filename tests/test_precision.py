@@ -1,6 +1,6 @@
 """Precision and placement on every device users train on, and every training option taken for real.
 
-The plan (nbkit.devices.plan_for) is a pure function of the device's facts, so a T4, an L4, an A100, an
+The plan (nbkit.model.devices.plan_for) is a pure function of the device's facts, so a T4, an L4, an A100, an
 H100, Apple MPS and a CPU are all checked here. A T4's plan is also built and trained on this CPU for QLoRA,
 LoRA and full fine-tuning: the trainer gets fp16 and the trainable weights end up float32. accelerate turns
 fp16 autocast and its gradient scaler on only off the CPU, so those steps compute in float32 here; the scaler's
@@ -15,11 +15,11 @@ import math
 
 import pytest
 
-from nbkit.devices import DeviceFacts, forced, plan_for
-from nbkit.models import pick_device
-from nbkit.runs import read_metrics
-from nbkit.train import build_trainer, train
-from nbkit.train_config import BATCHING, CHECKPOINTING, TRAIN_METHODS, TrainConfig
+from nbkit.core.runs import read_metrics
+from nbkit.core.train_config import BATCHING, CHECKPOINTING, TRAIN_METHODS, TrainConfig
+from nbkit.model.devices import DeviceFacts, forced, plan_for
+from nbkit.model.loader import pick_device
+from nbkit.train.sft import build_trainer, train
 
 T4 = DeviceFacts("cuda", "Tesla T4", 14.7, (7, 5))
 L4 = DeviceFacts("cuda", "NVIDIA L4", 22.0, (8, 9))
@@ -126,7 +126,7 @@ def test_every_batching_mode_trains(batching, prepared_workspace, tmp_path, monk
 
     In float32: under bf16 autocast the flat and the padded batches round differently (first losses 3.814 against
     3.824 with transformers 5.25), which says nothing about attention; in float32 they agree to 1e-7."""
-    monkeypatch.setattr("nbkit.models.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("nbkit.model.devices.cpu_supports_bf16", lambda: False)
     config = TrainConfig(workspace=str(prepared_workspace), batching=batching, run_id=f"batching-{batching}", **TINY)
     record = train(config, on_log=None, run_dir=tmp_path / batching)
     first = [r["loss"] for r in read_metrics(tmp_path / batching / "metrics.jsonl") if "loss" in r][0]
@@ -193,7 +193,8 @@ def test_an_8b_qlora_run_at_2048_tokens_fits_a_t4_in_the_estimate():
     """QLoRA of an 8B model (Llama-3.1-8B's shapes) at batch 1 x 2048 tokens with checkpointing is the classic
     Colab T4 run. TRL's fused LM head never holds the 2048 x 128k logits, and checkpointing keeps one hidden
     vector per layer and token: the estimate used to count both in full (16 GiB: "will not fit")."""
-    from nbkit.estimate import ModelShape, estimate_fit
+    from nbkit.model.shape import ModelShape
+    from nbkit.train.estimate import estimate_fit
 
     llama_8b = ModelShape(total=8_030_000_000, linear=6_980_000_000, embedding=1_050_000_000, lora=41_943_040,
                           hidden=4096, intermediate=14336, layers=32, vocab=128256)
@@ -212,7 +213,7 @@ def test_each_process_plans_with_its_own_gpu_and_the_same_memory_figure(monkeypa
     same "auto" checkpointing choice: they plan with one GPU's total memory, not its momentary free memory."""
     import torch
 
-    from nbkit import estimate
+    from nbkit.train import estimate
 
     asked: list[int] = []
     free_by_gpu = {0: 3 * 2**30, 1: 9 * 2**30}
@@ -238,8 +239,8 @@ def test_fsdp_loads_without_a_device_map_so_only_rank_zero_reads_the_weights(mon
     a device_map would load the whole model on every GPU."""
     import transformers
 
-    from nbkit.devices import DeviceFacts
-    from nbkit.models import load_model
+    from nbkit.model.devices import DeviceFacts
+    from nbkit.model.loader import load_model
 
     seen = {}
 

@@ -8,14 +8,14 @@ import shutil
 
 import pytest
 
-from nbkit.config import Config
-from nbkit.errors import ConfigError, WorkspaceError
-from nbkit.formatting import prompt_messages, reference_answer
-from nbkit.prefer import (PreferConfig, build_prefer_trainer, format_prefer_log, hold_out, preference_memory_estimate,
-                          prefer, resolve_parent)
-from nbkit.replay import is_replay
-from nbkit.runs import read_metrics
-from nbkit.workspace import Workspace, read_json, read_jsonl, write_json, write_jsonl
+from nbkit.core.config import Config
+from nbkit.core.errors import ConfigError, WorkspaceError
+from nbkit.core.files import read_json, read_jsonl, write_json, write_jsonl
+from nbkit.core.rows import is_replay, prompt_messages, reference_answer
+from nbkit.core.runs import read_metrics, resolve_parent
+from nbkit.core.workspace import Workspace
+from nbkit.train.prefer.config import PreferConfig, preference_memory_estimate
+from nbkit.train.prefer.trainer import build_prefer_trainer, format_prefer_log, hold_out, prefer
 
 pytestmark = pytest.mark.model
 
@@ -144,7 +144,7 @@ def dpo_run(workspace):
 
 
 def test_dpo_run_is_recorded_resumes_and_loads_like_any_run(workspace, dpo_run):
-    from nbkit.models import load_trained_model
+    from nbkit.model.loader import load_trained_model
 
     first, run = dpo_run
     run_dir = workspace.run_dir("dpo-test")
@@ -180,8 +180,9 @@ def test_grpo_logs_its_rewards_and_moves_the_adapter(workspace):
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_lora_and_full_parents(workspace, tmp_path, method):
-    from nbkit.models import load_trained_model
-    from nbkit.train import TrainConfig, train
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.model.loader import load_trained_model
+    from nbkit.train.sft import train
 
     root = tmp_path / "ws"
     shutil.copytree(workspace.root / "data", root / "data")

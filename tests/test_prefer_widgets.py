@@ -3,10 +3,12 @@ into pairs, the pair viewer, and nothing sampled under papermill."""
 
 from __future__ import annotations
 
-from nbkit.prefer_config import PreferConfig
-from nbkit.preferences import PairsConfig, build_pairs, load_pairs
+from nbkit.core.files import read_appended, write_jsonl
+from nbkit.core.workspace import Workspace
+from nbkit.train.prefer.config import PreferConfig
+from nbkit.train.prefer.pair_report import load_pairs
+from nbkit.train.prefer.pairs import PairsConfig, build_pairs
 from nbkit.widgets import PreferenceRatingPanel, pairs_viewer, prefer_panel, preference_rating
-from nbkit.workspace import Workspace, read_appended, write_jsonl
 
 PROMPT = [{"role": "user", "content": "My parcel is late."}]
 

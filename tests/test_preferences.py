@@ -9,10 +9,12 @@ import warnings
 
 import pytest
 
-from nbkit import preferences as prefs
-from nbkit.errors import ConfigError, WorkspaceError
-from nbkit.playground import SamplingSettings, promote
-from nbkit.workspace import Workspace, read_json, read_jsonl
+from nbkit.core.errors import ConfigError, WorkspaceError
+from nbkit.core.files import read_json, read_jsonl
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import promote
+from nbkit.model.generation import SamplingSettings
+from nbkit.train.prefer import pairs as prefs
 
 SYSTEM = {"role": "system", "content": "Triage the ticket."}
 
@@ -223,15 +225,14 @@ def own_sft(sft_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chat_model(own_sft):
-    from nbkit.playground import load_chat_model
+    from nbkit.model.loader import load_chat_model
 
     return load_chat_model(*own_sft)
 
 
 @pytest.mark.model
 def test_metric_pairs_prefer_the_higher_scoring_sample_on_training_prompts(own_sft, chat_model):
-    from nbkit.evaluate import row_score
-    from nbkit.metrics import kind_of
+    from nbkit.core.metrics import kind_of, row_score
 
     root, run_id = own_sft
     report = prefs.build_pairs(prefs.PairsConfig(workspace=str(root), sources=["metric"], max_prompts=5, seed=3),

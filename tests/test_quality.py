@@ -9,14 +9,21 @@ import time
 import numpy as np
 import pytest
 
-from nbkit.collect import CollectConfig, collect
-from nbkit.errors import ConfigError
-from nbkit.diversity import diversity_map
-from nbkit.near_duplicates import (cross_near_duplicates, minhash_signatures, near_duplicate_clusters, row_text,
-                                   shingle_hash, shingles)
-from nbkit.pii import find_pii, mask_secret, redact_pii
-from nbkit.quality import QualityConfig, quality_report, verdict_text
-from nbkit.workspace import Workspace, read_jsonl
+from nbkit.core.errors import ConfigError
+from nbkit.core.files import read_jsonl
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import CollectConfig, collect
+from nbkit.data.diversity import diversity_map
+from nbkit.data.near_duplicates import (
+    cross_near_duplicates,
+    minhash_signatures,
+    near_duplicate_clusters,
+    row_text,
+    shingle_hash,
+    shingles,
+)
+from nbkit.data.pii import find_pii, mask_secret, redact_pii
+from nbkit.data.quality import QualityConfig, quality_report, verdict_text
 
 TICKET = ("Hello, I ordered a pair of headphones three weeks ago and the tracking page still says the parcel is "
           "waiting at the depot. I need them for a trip next Friday, so could you check with the carrier and "
@@ -130,7 +137,7 @@ def test_bad_parameters_are_refused():
 
 
 def test_quality_config_round_trips_and_reads_the_format_settings(tmp_path):
-    from nbkit.formatting import FormatConfig
+    from nbkit.data.formatting import FormatConfig
 
     config = QualityConfig(workspace=str(tmp_path), near_duplicate_threshold=0.9, redact_pii=True)
     assert QualityConfig.from_dict(json.loads(config.to_json())) == config
@@ -203,7 +210,7 @@ def test_mask_secret_shows_at_most_four_characters():
 
 
 def sample_texts():
-    from nbkit.collect import SAMPLE_DATA
+    from nbkit.data.collect import SAMPLE_DATA
 
     return [row_text(json.loads(line)) for line in SAMPLE_DATA.read_text().splitlines()]
 
@@ -316,7 +323,7 @@ def test_verdict_names_the_fixes_for_messy_data(tmp_path):
 
 
 def test_report_needs_collect_first(tmp_path):
-    from nbkit.errors import WorkspaceError
+    from nbkit.core.errors import WorkspaceError
 
     with pytest.raises(WorkspaceError, match="run 01_collect first"):
         quality_report(QualityConfig(workspace=str(tmp_path)))
@@ -328,7 +335,7 @@ def test_the_core_module_imports_no_notebook_machinery():
 
     code = ("import sys\n"
             "for name in ('ipywidgets', 'IPython', 'plotly'): sys.modules[name] = None\n"
-            "import nbkit.quality, nbkit.formatting\nprint('ok')\n")
+            "import nbkit.data.quality, nbkit.data.formatting\nprint('ok')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -366,7 +373,7 @@ def test_quality_panel_shows_tabs_and_edits_the_format_config(sample_report):
     import ipywidgets as widgets
 
     import nbkit.widgets as nw
-    from nbkit.formatting import FormatConfig
+    from nbkit.data.formatting import FormatConfig
 
     ws, report = sample_report
     config = FormatConfig(workspace=str(ws))
@@ -401,7 +408,7 @@ def test_quality_panel_falls_back_to_html_figures_for_colab(sample_report):
 
 
 def test_verdict_says_whether_the_replay_guard_is_on_and_what_triggers_the_task(tmp_path):
-    from nbkit.workspace import write_jsonl
+    from nbkit.core.files import write_jsonl
 
     ws = tmp_path / "ws"
     rows = [{"messages": [{"role": "user", "content": f"ticket {i} about topic {i % 7}"},

@@ -10,8 +10,8 @@ import re
 import pytest
 
 import nbkit.widgets as nw
-from nbkit import ratings
-from nbkit.errors import ConfigError
+from nbkit.core.errors import ConfigError
+from nbkit.evaluate import ratings
 
 
 def predictions(n: int) -> list[dict]:

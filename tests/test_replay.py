@@ -1,4 +1,4 @@
-"""The replay guard (nbkit.replay) and the forgetting probe it is judged by (nbkit.forgetting)."""
+"""The replay guard (nbkit.data.replay) and the forgetting probe it is judged by (nbkit.evaluate.forgetting)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ import json
 
 import pytest
 
-from nbkit import replay
-from nbkit.models import EMBEDDED_MODEL
-from nbkit.forgetting import (FORGETTING_PROBE, KEPT_ENOUGH, forgetting_reading, forgetting_scores, kept_share,
-                              probe_conversations)
-from nbkit.near_duplicates import cross_near_duplicates, normalize_text
-from nbkit.workspace import Workspace, read_jsonl
+from nbkit.core.files import read_jsonl
+from nbkit.core.rows import is_replay
+from nbkit.core.workspace import Workspace
+from nbkit.data import replay
+from nbkit.data.near_duplicates import cross_near_duplicates, normalize_text
+from nbkit.evaluate.forgetting import (
+    FORGETTING_PROBE,
+    KEPT_ENOUGH,
+    forgetting_reading,
+    forgetting_scores,
+    kept_share,
+    probe_conversations,
+)
+from nbkit.model.loader import EMBEDDED_MODEL
 
 
 def test_replay_fills_the_share_of_the_training_split():
@@ -54,19 +62,19 @@ def test_replay_answers_are_generated_once_cached_and_marked(tmp_path, monkeypat
     assert len(rows) == 3 and report["generated"] >= 3 and report["asked"] >= 3
     for row in rows:
         assert row["meta"] == {"source": "replay", "index": row["meta"]["index"], "replay": True,
-                               "model": EMBEDDED_MODEL} and replay.is_replay(row)
+                               "model": EMBEDDED_MODEL} and is_replay(row)
         user, answer = row["messages"]
         assert user == {"role": "user", "content": replay.REPLAY_PROMPTS[row["meta"]["index"]]}
         assert answer["role"] == "assistant" and answer["content"]  # the model's own words, ended by itself
     cached = [json.loads(line) for line in open(report["cache"], encoding="utf-8")]
     assert [c["prompt"] for c in cached] == list(replay.REPLAY_PROMPTS[:len(cached)])
 
-    import nbkit.models
+    import nbkit.model.loader
 
     def no_model(*args, **kwargs):
         raise AssertionError("the cache holds these answers: no model load")
 
-    monkeypatch.setattr(nbkit.models, "load_model", no_model)
+    monkeypatch.setattr(nbkit.model.loader, "load_model", no_model)
     again, second = replay.replay_rows(EMBEDDED_MODEL, 3)
     assert again == rows and second["generated"] == 0
     with pytest.raises(AssertionError, match="no model load"):  # more rows than cached: the model answers the rest
@@ -80,10 +88,10 @@ def test_replay_rows_go_to_train_only(prepared_workspace):
     assert manifest["replay"]["enabled"] and manifest["replay"]["rows"] == 57 == replay.replay_needed(320, replay.DEFAULT_SHARE)
     assert manifest["sizes"] == {"train": 377, "validation": 40, "test": 40}
     train = read_jsonl(ws.split("train"))
-    assert sum(map(replay.is_replay, train)) == 57 and [r["messages"] for r in train if replay.is_replay(r)] != []
-    assert {json.dumps(r["messages"]) for r in train if replay.is_replay(r)} <= {json.dumps(r["messages"]) for r in pool}
+    assert sum(map(is_replay, train)) == 57 and [r["messages"] for r in train if is_replay(r)] != []
+    assert {json.dumps(r["messages"]) for r in train if is_replay(r)} <= {json.dumps(r["messages"]) for r in pool}
     for name in ("validation", "test"):
-        assert not any(replay.is_replay(r) for r in read_jsonl(ws.split(name))), name
+        assert not any(is_replay(r) for r in read_jsonl(ws.split(name))), name
     assert sum(manifest["labels"]["train"].values()) == 320  # the task's labels: replay rows are not a class
     assert all(r["messages"][0]["role"] == "user" for r in pool)  # no task system prompt on a replay row
     report = json.loads(ws.format_report.read_text())["replay"]
@@ -91,9 +99,9 @@ def test_replay_rows_go_to_train_only(prepared_workspace):
 
 
 def test_the_switch_off_leaves_training_without_replay(tmp_path):
-    from nbkit.collect import CollectConfig, collect
-    from nbkit.formatting import FormatConfig, format_rows
-    from nbkit.split import SplitConfig, split_dataset
+    from nbkit.data.collect import CollectConfig, collect
+    from nbkit.data.formatting import FormatConfig, format_rows
+    from nbkit.data.split import SplitConfig, split_dataset
 
     ws = Workspace(tmp_path)
     collect(CollectConfig(workspace=str(ws.root)))
@@ -102,12 +110,12 @@ def test_the_switch_off_leaves_training_without_replay(tmp_path):
     assert read_jsonl(ws.replay) == []
     manifest = split_dataset(SplitConfig(workspace=str(ws.root)))
     assert manifest["replay"]["rows"] == 0 and manifest["sizes"]["train"] == 320
-    assert not any(replay.is_replay(r) for r in read_jsonl(ws.split("train")))
+    assert not any(is_replay(r) for r in read_jsonl(ws.split("train")))
 
 
 def test_replay_share_is_checked():
-    from nbkit.errors import ConfigError
-    from nbkit.formatting import FormatConfig
+    from nbkit.core.errors import ConfigError
+    from nbkit.data.formatting import FormatConfig
 
     with pytest.raises(ConfigError, match=r"`replay_share` must be between 0.05 and 0.5, got 0.9 .*replay_guard"):
         FormatConfig(replay_share=0.9)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from nbkit.runs import compare_runs
-from nbkit.workspace import Workspace, write_json
+from nbkit.core.files import write_json
+from nbkit.core.runs import compare_runs
+from nbkit.core.workspace import Workspace
 from nbkit.widgets import runs_figure
 from nbkit.widgets.evaluate import comparison_html, diff_html
 
@@ -54,7 +55,8 @@ def test_diff_marks_only_the_words_that_differ():
 
 
 def test_lineage_puts_base_sft_and_preference_run_side_by_side(tmp_path):
-    from nbkit.runs import is_preference_run, lineage, lineage_table
+    from nbkit.core.runs import is_preference_run, lineage
+    from nbkit.evaluate.lineage import lineage_table
 
     ws = Workspace(tmp_path)
     fake_run(ws, "20260101-sft", 1e-3, 0.70)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from nbkit.collect import SAMPLE_DATA
-from nbkit.errors import DataError, WorkspaceError
-from nbkit.split import SplitConfig, leakage, split_dataset, split_rows
-from nbkit.workspace import SPLITS, Workspace, read_json, read_jsonl, write_jsonl
+from nbkit.core.errors import DataError, WorkspaceError
+from nbkit.core.files import read_json, read_jsonl, write_jsonl
+from nbkit.core.workspace import SPLITS, Workspace
+from nbkit.data.collect import SAMPLE_DATA
+from nbkit.data.split import SplitConfig, leakage, split_dataset, split_rows
 
 
 def row(question: str, answer: str = "ok", system: str | None = None, **meta) -> dict:
@@ -114,11 +115,11 @@ def test_stratification_keeps_label_proportions(tmp_path):
     manifest = run_split(tmp_path, sample_rows())
     labels = ("account", "billing", "shipping", "technical")
     assert manifest["stratify_by"] == "label"
-    assert manifest["labels"]["train"] == {label: 80 for label in labels}
-    assert manifest["labels"]["validation"] == {label: 10 for label in labels}
-    assert manifest["labels"]["test"] == {label: 10 for label in labels}
+    assert manifest["labels"]["train"] == dict.fromkeys(labels, 80)
+    assert manifest["labels"]["validation"] == dict.fromkeys(labels, 10)
+    assert manifest["labels"]["test"] == dict.fromkeys(labels, 10)
     on_disk = Counter(r["meta"]["label"] for r in read_splits(tmp_path)["test"])
-    assert on_disk == {label: 10 for label in labels}
+    assert on_disk == dict.fromkeys(labels, 10)
 
 
 def test_stratification_with_uneven_labels():
@@ -262,7 +263,7 @@ def test_near_duplicate_leak_is_found_listed_and_can_be_dropped(tmp_path):
 def test_leak_examples_name_both_rows():
     splits = {"train": [row("where is my order 991 it is late", line=4)],
               "validation": [], "test": [row("Where is my order 991, it is late!", "other", line=9)]}
-    from nbkit.split import find_leaks
+    from nbkit.data.split import find_leaks
 
     (leak,) = find_leaks(splits)["test"]
     assert leak["kind"] == "same prompt" and leak["row"]["line"] == 9 and leak["copies"]["line"] == 4

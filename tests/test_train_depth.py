@@ -16,15 +16,18 @@ from pathlib import Path
 import pytest
 from split_edits import rewrite_split
 
-import nbkit.estimate
-import nbkit.train
-from nbkit.errors import OutOfMemory, WorkspaceError
-from nbkit.estimate import estimate_fit, model_shape, train_lengths
-from nbkit.models import EMBEDDED_MODEL
-from nbkit.runs import read_metrics
-from nbkit.train import RunControl, TrainConfig, train
-from nbkit.train_log import diagnose
-from nbkit.workspace import Workspace, read_jsonl
+import nbkit.train.estimate
+import nbkit.train.sft
+from nbkit.core.errors import OutOfMemory, WorkspaceError
+from nbkit.core.files import read_jsonl
+from nbkit.core.runs import read_metrics
+from nbkit.core.train_config import TrainConfig
+from nbkit.core.workspace import Workspace
+from nbkit.model.loader import EMBEDDED_MODEL
+from nbkit.model.shape import model_shape
+from nbkit.train.estimate import estimate_fit, train_lengths
+from nbkit.train.log import RunControl, diagnose
+from nbkit.train.sft import train
 
 TINY = dict(batch_size=2, max_seq_len=96, lora_r=4, lora_alpha=8, logging_steps=1, eval_steps=2, save_steps=2,
             early_stopping_patience=0, load_best=False, report_to="none", learning_rate=2e-3)
@@ -115,7 +118,7 @@ def diverging_workspace(prepared_workspace, tmp_path_factory) -> Path:
     """Training rows teach JSON triage only (the replay rows, which would keep plain answers alive, are taken
     out); the validation rows are plain-English answers, whose loss rises as the model learns to answer
     everything in JSON: a validation curve that turns up for sure."""
-    from nbkit.replay import is_replay
+    from nbkit.core.rows import is_replay
 
     root = tmp_path_factory.mktemp("diverging")
     shutil.copytree(prepared_workspace / "data", root / "data")
@@ -158,10 +161,10 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
     serves the playground and export (which has nothing to merge) like any trained run."""
     from safetensors.torch import load_file
 
-    from nbkit.export import merge_adapter
-    from nbkit.models import resolve_model
-    from nbkit.playground import load_chat_model, stream_reply
-    from nbkit.replay import is_replay
+    from nbkit.core.rows import is_replay
+    from nbkit.export.merge import merge_adapter
+    from nbkit.model.generation import stream_reply
+    from nbkit.model.loader import load_chat_model, resolve_model
 
     shutil.copytree(prepared_workspace / "data", tmp_path / "data")  # a workspace of its own: no other runs
     # Task rows only, so the first and last step's losses compare like with like (a replay row's loss starts low).
@@ -186,7 +189,7 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
     assert reply.strip()
     assert merge_adapter(tmp_path, "full") == {"run_id": "full", "path": str(run_dir / "model"),
                                                           "merged": False}
-    from nbkit.export import export_run
+    from nbkit.export.exporter import export_run
 
     exported = export_run(tmp_path, "full", ["gguf"])  # the saved model itself goes to GGUF, checked against it
     assert exported["merged"]["merged"] is False
@@ -210,13 +213,13 @@ def test_the_fit_estimate_is_close_to_the_measured_peak(prepared_workspace, tmp_
 
 # -- without training ------------------------------------------------------------------------------
 
-PEAK_PROBE = "from nbkit.train import memory_gib; print(memory_gib())"
+PEAK_PROBE = "from nbkit.train.sft import memory_gib; print(memory_gib())"
 
 
 def test_a_run_reports_its_own_peak_memory_not_its_parents():
     """Linux carries ru_maxrss across fork + exec, so a process spawned by a big notebook kernel (or
     pytest) would report the kernel's peak as its own; and a run in a kernel reports from its start."""
-    from nbkit.train import memory_gib, reset_peak_memory
+    from nbkit.model.memory import memory_gib, reset_peak_memory
 
     ballast = bytearray(1536 * 2**20)
     ballast[::4096] = b"\1" * len(ballast[::4096])  # touch every page: 1.5 GiB resident
@@ -259,7 +262,7 @@ def test_estimate_verdicts_and_fixes(shape):
 
 def test_time_estimate_scales_with_steps(shape, monkeypatch):
     # One real speed measurement for both estimates: measured twice, a busy machine makes the ratio anything.
-    monkeypatch.setattr(nbkit.estimate, "matmul_flops", functools.lru_cache(nbkit.estimate.matmul_flops))
+    monkeypatch.setattr(nbkit.train.estimate, "matmul_flops", functools.lru_cache(nbkit.train.estimate.matmul_flops))
     one = estimate_fit(TrainConfig(max_steps=10), [80] * 100, device="cpu", half=False, shape=shape)
     two = estimate_fit(TrainConfig(max_steps=20), [80] * 100, device="cpu", half=False, shape=shape)
     assert one.steps == 10 and one.step_seconds > 0
@@ -289,7 +292,7 @@ class ExplodingTrainer:
 
 def test_out_of_memory_is_answered_with_the_settings_to_change(prepared_workspace, monkeypatch):
     exploding = ExplodingTrainer()
-    monkeypatch.setattr(nbkit.train, "build_trainer", lambda *a, **k: (exploding, None, "lora"))
+    monkeypatch.setattr(nbkit.train.sft, "build_trainer", lambda *a, **k: (exploding, None, "lora"))
     control = RunControl()
     finished = []
     control.on_finish = lambda: finished.append(True)
@@ -307,7 +310,7 @@ def test_out_of_memory_is_answered_with_the_settings_to_change(prepared_workspac
 
 
 def test_runs_are_recorded_only_by_the_main_process(prepared_workspace, monkeypatch):
-    monkeypatch.setattr(nbkit.train, "build_trainer", lambda *a, **k: (ExplodingTrainer(), None, "lora"))
+    monkeypatch.setattr(nbkit.train.sft, "build_trainer", lambda *a, **k: (ExplodingTrainer(), None, "lora"))
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(OutOfMemory):
         train(TrainConfig(workspace=str(prepared_workspace), run_id="rank-one"), on_log=None)

@@ -7,9 +7,11 @@ import json
 
 import pytest
 
-from nbkit.evaluate import EvalConfig, evaluate, format_summary, summary_table
-from nbkit.train import TrainConfig, build_trainer, train
-from nbkit.workspace import Workspace
+from nbkit.core.train_config import TrainConfig
+from nbkit.core.workspace import Workspace
+from nbkit.evaluate.evaluator import EvalConfig, evaluate
+from nbkit.evaluate.summary import format_summary, summary_table
+from nbkit.train.sft import build_trainer, train
 
 pytestmark = pytest.mark.model
 

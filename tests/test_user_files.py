@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from nbkit import schemas
-from nbkit.collect import CollectConfig, collect, describe_report
-from nbkit.errors import DataError
-from nbkit.workspace import Workspace, read_jsonl
+from nbkit.core import schemas
+from nbkit.core.errors import DataError
+from nbkit.core.files import read_jsonl
+from nbkit.core.messages import RecordError, validate_messages
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import CollectConfig, collect, describe_report
 
 USER_FILES = Path(__file__).parent / "fixtures" / "user_files"
 
@@ -226,10 +228,10 @@ def test_a_corrupt_xlsx_is_reported_not_raised(tmp_path):
 ])
 def test_openai_message_rules(messages, category):
     if category is None:
-        assert schemas.validate_messages(messages)
+        assert validate_messages(messages)
         return
-    with pytest.raises(schemas.RecordError) as info:
-        schemas.validate_messages(messages)
+    with pytest.raises(RecordError) as info:
+        validate_messages(messages)
     assert info.value.category == category
 
 

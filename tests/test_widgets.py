@@ -8,11 +8,11 @@ import ipywidgets as widgets
 import pytest
 
 import nbkit.widgets as nw
-from nbkit.collect import CollectConfig
-from nbkit.evaluate import EvalConfig
-from nbkit.formatting import FormatConfig
-from nbkit.split import SplitConfig
-from nbkit.train import TrainConfig
+from nbkit.core.train_config import TrainConfig
+from nbkit.data.collect import CollectConfig
+from nbkit.data.formatting import FormatConfig
+from nbkit.data.split import SplitConfig
+from nbkit.evaluate.evaluator import EvalConfig
 
 
 def test_form_applies_valid_values_to_the_config_in_place():
@@ -216,7 +216,7 @@ def test_training_progress_is_plain_printing_when_not_interactive(capsys):
 def manual_rows(workspace):
     import json
 
-    from nbkit.collect import manual_path
+    from nbkit.data.collect import manual_path
 
     path = manual_path(workspace)
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else None
@@ -286,8 +286,9 @@ def test_editor_callback_errors_are_shown_in_the_widget(tmp_path, monkeypatch):
 def test_rejected_row_fixed_and_picked_up_by_the_next_collect(tmp_path):
     import json
 
-    from nbkit.collect import collect
-    from nbkit.workspace import Workspace, read_json, read_jsonl
+    from nbkit.core.files import read_json, read_jsonl
+    from nbkit.core.workspace import Workspace
+    from nbkit.data.collect import collect
 
     source = tmp_path / "in.jsonl"
     bad = {"messages": [{"role": "user", "content": "Refund?"}], "label": "billing"}
@@ -320,7 +321,7 @@ def test_rejected_row_fixed_and_picked_up_by_the_next_collect(tmp_path):
 def test_rejected_fixer_accepts_a_text_block_and_handles_no_rows(tmp_path):
     import json
 
-    from nbkit.collect import collect
+    from nbkit.data.collect import collect
 
     config = CollectConfig(workspace=str(tmp_path / "ws"), sources=[[{"oops": 1}]])
     collect(config)
@@ -376,7 +377,7 @@ def test_resume_button_loads_the_interrupted_runs_settings(tmp_path):
 def test_collect_panel_sets_the_xlsx_sheet_and_accepts_workbook_uploads(tmp_path):
     from pathlib import Path
 
-    from nbkit.collect import collect
+    from nbkit.data.collect import collect
 
     config = CollectConfig(workspace=str(tmp_path))
     panel = nw.CollectPanel(config)

@@ -11,11 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from nbkit.errors import DataError, WorkspaceError
-from nbkit.ratings import load_ratings, save_rating
-from nbkit.runs import read_metrics
-from nbkit.workspace import (Workspace, append_jsonl, atomic_file, atomic_folder, file_records, read_appended,
-                             write_json, write_jsonl)
+from nbkit.core.errors import DataError, WorkspaceError
+from nbkit.core.files import (
+    append_jsonl,
+    atomic_file,
+    atomic_folder,
+    file_records,
+    read_appended,
+    write_json,
+    write_jsonl,
+)
+from nbkit.core.runs import read_metrics
+from nbkit.core.workspace import Workspace
+from nbkit.evaluate.ratings import load_ratings, save_rating
 
 REPO = Path(__file__).resolve().parent.parent
 KILLER = REPO / "tests" / "kill_during_write.py"
@@ -50,7 +58,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_a_killed_write_leaves_the_old_file_whole_and_the_next_write_clears_its_temporary(tmp_path):
     path = tmp_path / "rows.jsonl"
     write_jsonl(path, [{"n": i, "text": "old"} for i in range(3)])
-    code = f"from nbkit.workspace import write_jsonl; write_jsonl({str(path)!r}, ({{'n': i}} for i in range(1000)))"
+    code = f"from nbkit.core.files import write_jsonl; write_jsonl({str(path)!r}, ({{'n': i}} for i in range(1000)))"
     killed_while_writing("rows.jsonl", 500, code, tmp_path)
     assert [r["text"] for r in map(json.loads, path.read_text().splitlines())] == ["old"] * 3
     assert len(hidden_leftovers(tmp_path)) == 1  # the dead writer's half file, never read as the file
@@ -171,14 +179,14 @@ def whole_jsonl(path: Path) -> int:
 def test_format_killed_mid_write_leaves_whole_files_and_runs_again(prepared_workspace, tmp_path):
     import shutil
 
-    from nbkit.formatting import FormatConfig, format_rows
-    from nbkit.split import SplitConfig, split_dataset
+    from nbkit.data.formatting import FormatConfig, format_rows
+    from nbkit.data.split import SplitConfig, split_dataset
 
     root = tmp_path / "workspace"
     shutil.copytree(prepared_workspace / "data", root / "data")
     ws = Workspace(root)
     config = FormatConfig(workspace=str(root), replay_guard=False, max_seq_len=96)
-    code = f"from nbkit.formatting import FormatConfig, format_rows; format_rows(FormatConfig(**{config.to_dict()!r}))"
+    code = f"from nbkit.data.formatting import FormatConfig, format_rows; format_rows(FormatConfig(**{config.to_dict()!r}))"
     old_rows = ws.formatted.read_bytes()
     for name, writes in (("rows.jsonl", 40), ("format_report.json", 1)):
         killed_while_writing(name, writes, code, tmp_path)
@@ -197,11 +205,11 @@ def test_format_killed_mid_write_leaves_whole_files_and_runs_again(prepared_work
 
 @pytest.mark.model
 def test_export_killed_mid_save_keeps_no_half_model_and_runs_again(sft_run, tmp_path):
-    from nbkit.export import export_run
+    from nbkit.export.exporter import export_run
 
     root, run_id = sft_run
     export = Workspace(root).run_dir(run_id) / "export"
-    code = f"from nbkit.export import export_run; export_run({str(root)!r}, {run_id!r}, ['merged'], n_prompts=2)"
+    code = f"from nbkit.export.exporter import export_run; export_run({str(root)!r}, {run_id!r}, ['merged'], n_prompts=2)"
     killed_while_writing("merged/", 0, code, tmp_path)
     assert not (export / "parity.json").exists() and not (export / "merged").exists()
     assert hidden_leftovers(export) == [".merged.partial"]

@@ -8,19 +8,22 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ipywidgets as widgets
 import yaml
 
-from nbkit.schemas import INVALID_JSON, RecordError, parse_text_block
-from nbkit.collect import CollectConfig, add_manual_example, manual_path
-from nbkit.errors import ConfigError
-from nbkit.readers import SUFFIXES
+from nbkit.core.errors import ConfigError
+from nbkit.core.files import read_jsonl
+from nbkit.core.messages import INVALID_JSON, RecordError
+from nbkit.core.readers import SUFFIXES
+from nbkit.core.schemas import parse_text_block
+from nbkit.core.workspace import Workspace, describe_provenance
+from nbkit.data.collect import CollectConfig, add_manual_example, manual_path
 from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
-from nbkit.workspace import Workspace, describe_provenance, read_jsonl
 
 UPLOAD_TYPES = ",".join(SUFFIXES)  # the file types collect reads
 TEXTAREA = {"layout": widgets.Layout(width="640px"), "style": {"description_width": "90px"}}

@@ -6,9 +6,9 @@ import difflib
 import html
 from typing import Any
 
-from nbkit.evaluate import EvalConfig
-from nbkit.metrics import TASK_METRIC_CHOICES
-from nbkit.runs import list_runs
+from nbkit.core.metrics import TASK_METRIC_CHOICES
+from nbkit.core.runs import list_runs
+from nbkit.evaluate.evaluator import EvalConfig
 from nbkit.widgets.pager import Pager
 from nbkit.widgets.panel import ConfigForm, css
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from nbkit.formatting import FormatConfig
-from nbkit.loss_mask import mask_segments
+from nbkit.data.formatting import FormatConfig
+from nbkit.model.loss_mask import mask_segments
 from nbkit.widgets.pager import Pager
 from nbkit.widgets.panel import ConfigForm, css
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.errors import ConfigError
+from nbkit.core.errors import ConfigError
 
 
 class Panel:

@@ -16,8 +16,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.playground import SamplingSettings, conversation, load_chat_model, promote, stream_reply
-from nbkit.runs import resolve_run
+from nbkit.core.runs import resolve_run
+from nbkit.data.collect import promote
+from nbkit.model.generation import SamplingSettings, conversation, stream_reply
+from nbkit.model.loader import load_chat_model
 from nbkit.widgets.collect import guarded
 from nbkit.widgets.pager import bubble_html
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
@@ -132,7 +134,7 @@ class ChatPlayground(Panel):
     def promote(self) -> Any:
         """Append the exchange (with the edited answer) to data/manual.jsonl; show where, or why not. A corrected
         answer keeps the model's own beside it (`model_answer`), for stage 06's preference pairs."""
-        from nbkit.schemas import RecordError
+        from nbkit.core.messages import RecordError
 
         turns = self.history()
         if not turns or turns[-1]["role"] != "assistant":

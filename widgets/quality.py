@@ -15,10 +15,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from nbkit.core.workspace import Workspace
 from nbkit.widgets.pager import Pager
 from nbkit.widgets.panel import ConfigForm, Panel, css
 from nbkit.widgets.train import on_colab
-from nbkit.workspace import Workspace
 
 LEVELS = {  # badge text, text colour, background
     "fix": ("FIX", "#b00020", "#fdecea"),
@@ -203,7 +203,7 @@ def show_quality(report: dict[str, Any], config: Any, interactive: bool) -> None
     if interactive:
         quality_panel(report, config.workspace, config).show()
         return
-    from nbkit.quality import verdict_text
+    from nbkit.data.quality import verdict_text
 
     print(verdict_text(report))
     for figure in quality_figures(report, config.workspace):

@@ -12,11 +12,11 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit import ratings
-from nbkit.errors import NbkitError
+from nbkit.core.errors import NbkitError
+from nbkit.core.workspace import Workspace
+from nbkit.evaluate import ratings
 from nbkit.widgets.collect import guarded
 from nbkit.widgets.panel import Panel, css
-from nbkit.workspace import Workspace
 
 ANSWER_STYLE = "background:#f5f5f5;border-radius:8px;padding:6px 10px;margin:4px 0;white-space:pre-wrap"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nbkit.split import SplitConfig
+from nbkit.data.split import SplitConfig
 from nbkit.widgets.panel import ConfigForm, css
 
 

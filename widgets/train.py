@@ -19,10 +19,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from nbkit.errors import ConfigError
-from nbkit.runs import checkpoint_step, last_checkpoint, latest_checkpointed_run, metric_series, read_metrics
-from nbkit.train_config import BATCHING, CHECKPOINTING, TRAIN_METHODS, TrainConfig
-from nbkit.train_log import RunControl, format_log, print_log
+from nbkit.core.errors import ConfigError
+from nbkit.core.runs import checkpoint_step, last_checkpoint, latest_checkpointed_run, metric_series, read_metrics
+from nbkit.core.train_config import BATCHING, CHECKPOINTING, TRAIN_METHODS, TrainConfig
+from nbkit.train.log import RunControl, format_log, print_log
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -79,8 +79,8 @@ class TrainPanel(Panel):
 
     def estimate(self) -> None:
         """Show the fit and time estimate of the current settings (no weights load)."""
-        from nbkit.errors import NbkitError
-        from nbkit.estimate import estimate_run, format_estimate
+        from nbkit.core.errors import NbkitError
+        from nbkit.train.estimate import estimate_run, format_estimate
 
         self.estimate_view.value = "<pre>estimating...</pre>"
         try:
@@ -95,8 +95,8 @@ class TrainPanel(Panel):
         The run folder's config.json is what the run started with; resuming with other settings
         (batch size, steps, learning rate) would not continue the same loss trajectory.
         """
-        from nbkit.errors import NbkitError
-        from nbkit.workspace import Workspace
+        from nbkit.core.errors import NbkitError
+        from nbkit.core.workspace import Workspace
 
         ws = Workspace(self.config.workspace)
         run_id = latest_checkpointed_run(ws)
@@ -139,7 +139,7 @@ class TextProgress:
 def training_progress(interactive: bool):
     """What receives the training logs: a live monitor in a notebook, printed lines under papermill.
 
-    Pass it as `on_log` and its `.control` as `control` to `nbkit.train.train`.
+    Pass it as `on_log` and its `.control` as `control` to `nbkit.train.sft.train`.
     """
     if not interactive:
         return TextProgress()
@@ -171,7 +171,7 @@ SERIES = (("loss", "train loss", 1), ("eval_loss", "validation loss", 1), ("lear
 
 
 class LiveMonitor(Panel):
-    """Receives every training log (a plain function for nbkit.train) and draws the curves.
+    """Receives every training log (a plain function for nbkit.train.sft) and draws the curves.
 
     Redraws are throttled to one per `min_interval` seconds so the UI costs little next to
     training (`ui_share` measures it); evaluations and the last log always draw.
@@ -248,7 +248,7 @@ class LiveMonitor(Panel):
         return self.ui_seconds / max(time.monotonic() - self.started, 1e-9)
 
     def close(self) -> None:
-        """Final draw; hand the kernel's event handling back (nbkit.train calls this when training ends)."""
+        """Final draw; hand the kernel's event handling back (nbkit.train.sft calls this when training ends)."""
         self.draw()
         self.stop_button.disabled = self.save_button.disabled = True
         if self._events is not None:
@@ -264,7 +264,7 @@ class LiveMonitor(Panel):
 
         fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "learning rate", "grad norm"),
                             column_widths=[0.5, 0.25, 0.25])
-        for (key, label, col), (x, y) in zip(SERIES, self.series().values()):
+        for (_key, label, col), (x, y) in zip(SERIES, self.series().values()):
             fig.add_scatter(x=x, y=y, mode="lines+markers", name=label, row=1, col=col,
                             showlegend=col == 1)
         fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=40),
@@ -300,7 +300,7 @@ def show_runs(workspace: str, interactive: bool = True) -> None:
     """Every run of the workspace: a comparison table and their loss curves overlaid."""
     from IPython.display import HTML, display
 
-    from nbkit.runs import compare_runs
+    from nbkit.core.runs import compare_runs
 
     table = compare_runs(workspace)
     if table.empty:
@@ -314,7 +314,7 @@ def loss_curves_figure(workspace: str, run_ids: list[str]):
     """Training (dotted) and validation (solid) loss of several runs on one chart."""
     import plotly.graph_objects as go
 
-    from nbkit.workspace import Workspace
+    from nbkit.core.workspace import Workspace
 
     fig = go.Figure()
     for run_id in run_ids:

@@ -298,7 +298,8 @@ def lower_first(s: str) -> str:
 def ticket(team: str, priority: str, rng: random.Random) -> str:
     """Write one ticket whose cues say `team` (the topic) and `priority`."""
     name = rng.choice(NAMES)
-    f = lambda t: fill(t, rng, name)
+    def f(t):
+        return fill(t, rng, name)
 
     # Priority comes either from the issue itself or from an added cue sentence.
     own = priority != "normal" and rng.random() < 0.55

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from nbkit.collect import CollectConfig, collect
-from nbkit.near_duplicates import near_duplicate_clusters, row_text
-from nbkit.split import SplitConfig, find_leaks, split_rows
-from nbkit.workspace import read_jsonl
+from nbkit.core.files import read_jsonl
+from nbkit.data.collect import CollectConfig, collect
+from nbkit.data.near_duplicates import near_duplicate_clusters, row_text
+from nbkit.data.split import SplitConfig, find_leaks, split_rows
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qu", "bi", "do", "fe", "gu", "ha"]
 

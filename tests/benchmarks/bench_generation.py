@@ -11,10 +11,10 @@ import argparse
 import json
 import time
 
-from nbkit.collect import SAMPLE_DATA
-from nbkit.evaluate import generate
-from nbkit.formatting import prompt_messages
-from nbkit.models import EMBEDDED_MODEL, load_model, load_tokenizer
+from nbkit.core.rows import prompt_messages
+from nbkit.data.collect import SAMPLE_DATA
+from nbkit.model.generation import generate
+from nbkit.model.loader import EMBEDDED_MODEL, load_model, load_tokenizer
 
 
 def main() -> int:

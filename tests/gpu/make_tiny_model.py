@@ -26,7 +26,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", "
 
 def main() -> int:
     sys.path.insert(0, str(REPO))
-    from nbkit.models import EMBEDDED_MODEL, resolve_model
+    from nbkit.model.loader import EMBEDDED_MODEL, resolve_model
 
     source = Path(resolve_model(EMBEDDED_MODEL))  # converts the GGUF on first use (~20 s)
     files = [p for p in sorted(source.iterdir())
