@@ -24,10 +24,14 @@ class _CheckoutWidgetsFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name != "nbkit.widgets":
             return None
-        return importlib.util.spec_from_file_location(name, _CHECKOUT_WIDGETS / "__init__.py",
-                                                      submodule_search_locations=[str(_CHECKOUT_WIDGETS)])
+        return importlib.util.spec_from_file_location(
+            name, _CHECKOUT_WIDGETS / "__init__.py", submodule_search_locations=[str(_CHECKOUT_WIDGETS)]
+        )
 
 
-if not (Path(__file__).resolve().parent / "widgets").is_dir() and (_CHECKOUT_WIDGETS / "__init__.py").is_file() \
-        and not any(isinstance(f, _CheckoutWidgetsFinder) for f in sys.meta_path):
+if (
+    not (Path(__file__).resolve().parent / "widgets").is_dir()
+    and (_CHECKOUT_WIDGETS / "__init__.py").is_file()
+    and not any(isinstance(f, _CheckoutWidgetsFinder) for f in sys.meta_path)
+):
     sys.meta_path.append(_CheckoutWidgetsFinder())

@@ -36,23 +36,38 @@ def parse_value(text: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nbkit", description="Fine-tune language models with QLoRA from guided notebooks.")
+    parser = argparse.ArgumentParser(
+        prog="nbkit", description="Fine-tune language models with QLoRA from guided notebooks."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the notebooks with papermill (01_collect ... 05_evaluate)")
     run.add_argument("--workspace", default="workspace", help="folder for every stage's output (default: workspace)")
     run.add_argument("--only", default=None, help="comma list of notebooks, e.g. 03,04 (default: all five)")
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="set a notebook parameter, e.g. -p max_steps 20 (repeatable)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a notebook parameter, e.g. -p max_steps 20 (repeatable)",
+    )
     run.add_argument("--notebooks", default=None, help="folder with the notebooks (default: the kit's own)")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     run.add_argument("--quiet", action="store_true", help="do not stream cell output")
-    train = sub.add_parser("train", help="train from a saved config, e.g. runs/<run_id>/config.json "
-                                         "(also in each process of `accelerate launch`)")
-    train.add_argument("--config", required=True,
-                       help="a TrainConfig JSON file (04_train writes runs/<run_id>/config.json)")
+    train = sub.add_parser(
+        "train",
+        help="train from a saved config, e.g. runs/<run_id>/config.json (also in each process of `accelerate launch`)",
+    )
+    train.add_argument(
+        "--config", required=True, help="a TrainConfig JSON file (04_train writes runs/<run_id>/config.json)"
+    )
     train.add_argument("--max-steps", type=int, default=None, help="override max_steps, e.g. 2 for a quick check")
-    train.add_argument("--output-dir", default=None, help="folder for the run record, adapter and checkpoints "
-                                                          "(default: runs/<run_id>/ in the config's workspace)")
+    train.add_argument(
+        "--output-dir",
+        default=None,
+        help="folder for the run record, adapter and checkpoints (default: runs/<run_id>/ in the config's workspace)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint (sets resume=True)")
     return parser
 
@@ -106,13 +121,16 @@ def load_train_config(path: str | Path, *, max_steps: int | None = None, resume:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"`--config` {path} does not exist — pass the config.json of a run "
-                          "(runs/<run_id>/config.json, written by 04_train or nbkit.train.launch.launch_command).")
+        raise ConfigError(
+            f"`--config` {path} does not exist — pass the config.json of a run "
+            "(runs/<run_id>/config.json, written by 04_train or nbkit.train.launch.launch_command)."
+        )
     try:
         config = TrainConfig.load(path)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"`--config` {path} is not valid JSON ({err}) — pass a config.json written by nbkit."
-                          ) from err
+        raise ConfigError(
+            f"`--config` {path} is not valid JSON ({err}) — pass a config.json written by nbkit."
+        ) from err
     overrides: dict[str, Any] = {}
     if max_steps is not None:
         overrides["max_steps"] = max_steps
@@ -121,8 +139,9 @@ def load_train_config(path: str | Path, *, max_steps: int | None = None, resume:
     return config.replace(**overrides) if overrides else config
 
 
-def train_command(config_path: str | Path, *, max_steps: int | None = None, output_dir: str | None = None,
-                  resume: bool = False) -> dict[str, Any]:
+def train_command(
+    config_path: str | Path, *, max_steps: int | None = None, output_dir: str | None = None, resume: bool = False
+) -> dict[str, Any]:
     """`nbkit train`: one process, or one of N under `accelerate launch`; only process 0 prints and writes."""
     from nbkit.train.sft import is_main_process, print_log, train
 
@@ -134,9 +153,11 @@ def train_command(config_path: str | Path, *, max_steps: int | None = None, outp
     finally:
         _leave_process_group()
     if main_process:
-        print(f"Run {record.get('run_id')}: {record.get('steps')} steps on {record.get('world_size', 1)} "
-              f"process(es), effective batch {record.get('effective_batch_size')}; adapter in {record.get('adapter')}",
-              flush=True)
+        print(
+            f"Run {record.get('run_id')}: {record.get('steps')} steps on {record.get('world_size', 1)} "
+            f"process(es), effective batch {record.get('effective_batch_size')}; adapter in {record.get('adapter')}",
+            flush=True,
+        )
     return record
 
 

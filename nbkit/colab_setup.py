@@ -30,8 +30,10 @@ class ChangedWhileLoaded:
     installed: str  # what importlib.metadata finds on disk now
 
     def __str__(self) -> str:
-        return (f"{self.distribution} was {_direction(self.loaded, self.installed)} {self.loaded} -> "
-                f"{self.installed} while this session had it loaded")
+        return (
+            f"{self.distribution} was {_direction(self.loaded, self.installed)} {self.loaded} -> "
+            f"{self.installed} while this session had it loaded"
+        )
 
 
 def changed_while_loaded(

@@ -72,8 +72,7 @@ def detect_accelerator() -> Accelerator:
         props = torch.cuda.get_device_properties(local_rank())
         # Native bf16 only (compute capability >= 8.0): is_bf16_supported() alone also counts emulated bf16
         # and says True on a T4.
-        return Accelerator("cuda", props.name, props.total_memory / 2**30, props.major >= 8,
-                           torch.cuda.device_count())
+        return Accelerator("cuda", props.name, props.total_memory / 2**30, props.major >= 8, torch.cuda.device_count())
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         import psutil
 
@@ -83,8 +82,13 @@ def detect_accelerator() -> Accelerator:
 
     import psutil
 
-    return Accelerator("cpu", platform.processor() or platform.machine(), psutil.virtual_memory().total / 2**30,
-                       False, os.cpu_count() or 1)
+    return Accelerator(
+        "cpu",
+        platform.processor() or platform.machine(),
+        psutil.virtual_memory().total / 2**30,
+        False,
+        os.cpu_count() or 1,
+    )
 
 
 def version_problems(versions: dict[str, str | None]) -> list[str]:
@@ -102,8 +106,10 @@ def version_problems(versions: dict[str, str | None]) -> list[str]:
         except InvalidVersion:
             continue
         if not inside:
-            problems.append(f"{name} {found} is outside the tested range {spec}; it may work, but if training "
-                            f"fails, install a tested release: pip install '{name}{spec}'.")
+            problems.append(
+                f"{name} {found} is outside the tested range {spec}; it may work, but if training "
+                f"fails, install a tested release: pip install '{name}{spec}'."
+            )
     return problems
 
 
@@ -126,20 +132,30 @@ def _choices(report: EnvironmentReport) -> list[str]:
     acc = report.accelerator
     choices = []
     if acc.kind == "cuda":
-        precision = ("bf16 (native on this GPU)" if acc.bf16 else
-                     "fp16 with a gradient scaler and float32 LoRA weights (this GPU has no native bf16)")
-        choices.append(f"Training on {acc.name} ({acc.memory_gib:.0f} GiB) in {precision}, with paged AdamW "
-                       "(optimizer state pages to CPU memory instead of running out).")
+        precision = (
+            "bf16 (native on this GPU)"
+            if acc.bf16
+            else "fp16 with a gradient scaler and float32 LoRA weights (this GPU has no native bf16)"
+        )
+        choices.append(
+            f"Training on {acc.name} ({acc.memory_gib:.0f} GiB) in {precision}, with paged AdamW "
+            "(optimizer state pages to CPU memory instead of running out)."
+        )
     elif acc.kind == "mps":
-        choices.append("Apple MPS found, but bitsandbytes' 4-bit kernels do not run there: training on the CPU "
-                       "in float32 (use method='lora' on MPS-sized models).")
+        choices.append(
+            "Apple MPS found, but bitsandbytes' 4-bit kernels do not run there: training on the CPU "
+            "in float32 (use method='lora' on MPS-sized models)."
+        )
     else:
         from nbkit.model.devices import cpu_supports_bf16
 
-        precision = ("float32 weights with bf16 autocast (this CPU has bf16 matmuls)" if cpu_supports_bf16()
-                     else "float32")
-        choices.append(f"No GPU: training on the CPU ({acc.count} cores, {acc.memory_gib:.0f} GiB RAM) in {precision} "
-                       "— real but slow; fine for the embedded 135M model, use a GPU for anything bigger.")
+        precision = (
+            "float32 weights with bf16 autocast (this CPU has bf16 matmuls)" if cpu_supports_bf16() else "float32"
+        )
+        choices.append(
+            f"No GPU: training on the CPU ({acc.count} cores, {acc.memory_gib:.0f} GiB RAM) in {precision} "
+            "— real but slow; fine for the embedded 135M model, use a GPU for anything bigger."
+        )
     if report.bitsandbytes:
         choices.append(f"QLoRA unavailable ({report.bitsandbytes}): method='qlora' falls back to plain LoRA.")
     else:

@@ -49,14 +49,21 @@ def plan(names: list[str], params: dict[str, Any], folder: Path) -> dict[str, di
     known = set().union(*declared.values())
     unknown = sorted(set(params) - known)
     if unknown:
-        raise ConfigError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
-                          f"{', '.join(names)} — known: {', '.join(sorted(known))}.")
+        raise ConfigError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+            f"{', '.join(names)} — known: {', '.join(sorted(known))}."
+        )
     return {name: {k: v for k, v in params.items() if k in declared[name]} for name in names}
 
 
-def run_notebooks(workspace: str | Path = "workspace", only: str | Iterable[str] | None = None,
-                  params: dict[str, Any] | None = None, notebooks: str | Path | None = None,
-                  kernel_name: str | None = None, log_output: bool = True) -> list[Path]:
+def run_notebooks(
+    workspace: str | Path = "workspace",
+    only: str | Iterable[str] | None = None,
+    params: dict[str, Any] | None = None,
+    notebooks: str | Path | None = None,
+    kernel_name: str | None = None,
+    log_output: bool = True,
+) -> list[Path]:
     """Execute the selected notebooks in order; executed copies go to WORKSPACE/executed/."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -73,11 +80,19 @@ def run_notebooks(workspace: str | Path = "workspace", only: str | Iterable[str]
         output = out_dir / f"{name}.ipynb"
         print(f"== {name}", flush=True)
         try:
-            papermill.execute_notebook(str(folder / f"{name}.ipynb"), str(output), parameters=injected[name],
-                                       kernel_name=kernel_name, progress_bar=False, log_output=log_output)
+            papermill.execute_notebook(
+                str(folder / f"{name}.ipynb"),
+                str(output),
+                parameters=injected[name],
+                kernel_name=kernel_name,
+                progress_bar=False,
+                log_output=log_output,
+            )
         except PapermillExecutionError as err:
             first_line = next((line for line in err.source.splitlines() if line.strip()), "").strip()
-            raise NotebookFailed(f"{name}.ipynb, cell {err.cell_index} (`{first_line[:60]}`): {err.ename}: "
-                                 f"{err.evalue} — executed copy: {output}") from None
+            raise NotebookFailed(
+                f"{name}.ipynb, cell {err.cell_index} (`{first_line[:60]}`): {err.ename}: "
+                f"{err.evalue} — executed copy: {output}"
+            ) from None
         written.append(output)
     return written

@@ -56,6 +56,7 @@ def family_model():
             if importlib.util.find_spec(EMBEDDED_MODELS[EMBEDDED_GEMMA][0]) is None:
                 pytest.skip(f"the Gemma 3 tokenizer comes with {EMBEDDED_GEMMA}: {EMBEDDED_MODELS[EMBEDDED_GEMMA][2]}")
         return families.build(name)
+
     return build
 
 
@@ -71,6 +72,19 @@ def sft_run(prepared_workspace, tmp_path_factory) -> tuple[Path, str]:
 
     ws = tmp_path_factory.mktemp("sft") / "workspace"
     shutil.copytree(prepared_workspace / "data", ws / "data")
-    train(TrainConfig(workspace=str(ws), run_id="sft", max_steps=8, batch_size=4, max_seq_len=160,
-                      learning_rate=2e-3, logging_steps=1, eval_steps=0, lora_r=8, lora_alpha=16), on_log=None)
+    train(
+        TrainConfig(
+            workspace=str(ws),
+            run_id="sft",
+            max_steps=8,
+            batch_size=4,
+            max_seq_len=160,
+            learning_rate=2e-3,
+            logging_steps=1,
+            eval_steps=0,
+            lora_r=8,
+            lora_alpha=16,
+        ),
+        on_log=None,
+    )
     return ws, "sft"

@@ -34,8 +34,14 @@ BUILT = CACHE / "families-v2"  # one folder per family: tokenizer, config, rando
 VOCABS = ("qwen2", "llama-bpe", "phi-3", "llama-spm")
 SENTENCEPIECE = ("phi-3", "llama-spm", "gemma3")  # vocabularies whose repositories ship a tokenizer.model
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 2048}
+TINY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
 
 
 @dataclass(frozen=True)
@@ -53,22 +59,83 @@ class Family:
 
 
 FAMILIES = {
-    "qwen2.5": Family("qwen2.5", "qwen2", "Qwen-Qwen2.5-7B-Instruct.jinja", "Qwen2ForCausalLM", "<|im_end|>",
-                      "<|im_end|>", ("<|im_end|>", "<|endoftext|>"), {"tie_word_embeddings": True}),
-    "qwen3": Family("qwen3", "qwen2", "Qwen-Qwen3-0.6B.jinja", "Qwen3ForCausalLM", "<|im_end|>", "<|im_end|>",
-                    ("<|im_end|>", "<|endoftext|>"), {"tie_word_embeddings": True, "head_dim": 8}),
-    "llama3.2": Family("llama3.2", "llama-bpe", "meta-llama-Llama-3.2-3B-Instruct.jinja", "LlamaForCausalLM",
-                       "<|eot_id|>", "<|eot_id|>", ("<|end_of_text|>", "<|eot_id|>"),
-                       {"tie_word_embeddings": True, "rope_theta": 500000.0, "max_position_embeddings": 131072,
-                        "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}),
-    "phi3.5": Family("phi3.5", "phi-3", "microsoft-Phi-3.5-mini-instruct.jinja", "Phi3ForCausalLM", "<|endoftext|>",
-                     "<|end|>", ("<|end|>", "<|assistant|>", "<|endoftext|>"), {"num_key_value_heads": 4}),
-    "mistral": Family("mistral", "llama-spm", "mistralai-Mistral-Nemo-Instruct-2407.jinja", "MistralForCausalLM",
-                      "</s>", "</s>", ("</s>",), {}),
-    "gemma3": Family("gemma3", "gemma3", None, "Gemma3ForCausalLM", "<eos>", "<end_of_turn>",
-                     ("<eos>", "<end_of_turn>"), {"head_dim": 8, "num_key_value_heads": 1, "num_attention_heads": 4,
-                                                  "sliding_window": 64, "tie_word_embeddings": True}),
+    "qwen2.5": Family(
+        "qwen2.5",
+        "qwen2",
+        "Qwen-Qwen2.5-7B-Instruct.jinja",
+        "Qwen2ForCausalLM",
+        "<|im_end|>",
+        "<|im_end|>",
+        ("<|im_end|>", "<|endoftext|>"),
+        {"tie_word_embeddings": True},
+    ),
+    "qwen3": Family(
+        "qwen3",
+        "qwen2",
+        "Qwen-Qwen3-0.6B.jinja",
+        "Qwen3ForCausalLM",
+        "<|im_end|>",
+        "<|im_end|>",
+        ("<|im_end|>", "<|endoftext|>"),
+        {"tie_word_embeddings": True, "head_dim": 8},
+    ),
+    "llama3.2": Family(
+        "llama3.2",
+        "llama-bpe",
+        "meta-llama-Llama-3.2-3B-Instruct.jinja",
+        "LlamaForCausalLM",
+        "<|eot_id|>",
+        "<|eot_id|>",
+        ("<|end_of_text|>", "<|eot_id|>"),
+        {
+            "tie_word_embeddings": True,
+            "rope_theta": 500000.0,
+            "max_position_embeddings": 131072,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        },
+    ),
+    "phi3.5": Family(
+        "phi3.5",
+        "phi-3",
+        "microsoft-Phi-3.5-mini-instruct.jinja",
+        "Phi3ForCausalLM",
+        "<|endoftext|>",
+        "<|end|>",
+        ("<|end|>", "<|assistant|>", "<|endoftext|>"),
+        {"num_key_value_heads": 4},
+    ),
+    "mistral": Family(
+        "mistral",
+        "llama-spm",
+        "mistralai-Mistral-Nemo-Instruct-2407.jinja",
+        "MistralForCausalLM",
+        "</s>",
+        "</s>",
+        ("</s>",),
+        {},
+    ),
+    "gemma3": Family(
+        "gemma3",
+        "gemma3",
+        None,
+        "Gemma3ForCausalLM",
+        "<eos>",
+        "<end_of_turn>",
+        ("<eos>", "<end_of_turn>"),
+        {
+            "head_dim": 8,
+            "num_key_value_heads": 1,
+            "num_attention_heads": 4,
+            "sliding_window": 64,
+            "tie_word_embeddings": True,
+        },
+    ),
 }
 
 
@@ -77,8 +144,23 @@ def fetch_assets() -> Path:
     if (ASSETS / "templates").is_dir() and all((ASSETS / f"ggml-vocab-{v}.gguf").is_file() for v in VOCABS):
         return ASSETS
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        LLAMA_CPP_SDIST, "-d", tmp], check=True, timeout=600)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                LLAMA_CPP_SDIST,
+                "-d",
+                tmp,
+            ],
+            check=True,
+            timeout=600,
+        )
         sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         staging = Path(tempfile.mkdtemp(dir=CACHE.mkdir(parents=True, exist_ok=True) or CACHE))
         with tarfile.open(sdist) as tar:
@@ -86,10 +168,11 @@ def fetch_assets() -> Path:
                 parts = Path(member.name).parts
                 if "models" not in parts or not member.isfile():
                     continue
-                rest = parts[parts.index("models") + 1:]
-                wanted = (len(rest) == 2 and rest[0] == "templates" and rest[1].endswith(".jinja")) or \
-                         (len(rest) == 1 and rest[0] in {f"ggml-vocab-{v}.gguf" for v in VOCABS})
-                if wanted and parts[:parts.index("models")][-2:] == ("vendor", "llama.cpp"):
+                rest = parts[parts.index("models") + 1 :]
+                wanted = (len(rest) == 2 and rest[0] == "templates" and rest[1].endswith(".jinja")) or (
+                    len(rest) == 1 and rest[0] in {f"ggml-vocab-{v}.gguf" for v in VOCABS}
+                )
+                if wanted and parts[: parts.index("models")][-2:] == ("vendor", "llama.cpp"):
                     target = staging.joinpath(*rest)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with tar.extractfile(member) as source, open(target, "wb") as out:
@@ -122,8 +205,9 @@ def _tokenizer(family: Family):
     path = _vocab_file(family)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     tokenizer.eos_token = family.eos_token
-    tokenizer.chat_template = (ASSETS / "templates" / family.template).read_text(encoding="utf-8") \
-        if family.template else None
+    tokenizer.chat_template = (
+        (ASSETS / "templates" / family.template).read_text(encoding="utf-8") if family.template else None
+    )
     return tokenizer
 
 
@@ -138,25 +222,38 @@ def build(name: str) -> Path:
         return target
     fetch_assets()
     tokenizer = _tokenizer(family)
-    model_type = {"Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "LlamaForCausalLM": "llama",
-                  "Phi3ForCausalLM": "phi3", "MistralForCausalLM": "mistral",
-                  "Gemma3ForCausalLM": "gemma3_text"}[family.architecture]
+    model_type = {
+        "Qwen2ForCausalLM": "qwen2",
+        "Qwen3ForCausalLM": "qwen3",
+        "LlamaForCausalLM": "llama",
+        "Phi3ForCausalLM": "phi3",
+        "MistralForCausalLM": "mistral",
+        "Gemma3ForCausalLM": "gemma3_text",
+    }[family.architecture]
     ids = [tokenizer.convert_tokens_to_ids(t) for t in family.generation_eos]
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **{**TINY, **family.config},
-                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=ids[0] if len(ids) == 1 else ids,
-                                  pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        **{**TINY, **family.config},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=ids[0] if len(ids) == 1 else ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     config.architectures = [family.architecture]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     staging = Path(tempfile.mkdtemp(dir=BUILT.mkdir(parents=True, exist_ok=True) or BUILT))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    if family.vocab in SENTENCEPIECE:  # as the repositories ship it beside tokenizer.json (llama.cpp's converter reads it)
+    if (
+        family.vocab in SENTENCEPIECE
+    ):  # as the repositories ship it beside tokenizer.json (llama.cpp's converter reads it)
         from nbkit.export.gguf import sentencepiece_from_gguf
 
         sentencepiece_from_gguf(_vocab_file(family), staging)
-    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=ids,
-                     pad_token_id=tokenizer.pad_token_id).save_pretrained(staging)
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=ids, pad_token_id=tokenizer.pad_token_id
+    ).save_pretrained(staging)
     (staging / "family.json").write_text(json.dumps({"family": name, "template": family.template}), encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)

@@ -23,9 +23,16 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = Path(os.environ.get("NBKIT_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # Lab settings for a quiet, deterministic page: no news or update checks, every cell attached to the
 # DOM (no windowing), and no autosave dialog racing the test.
 LAB_SETTINGS = {
@@ -38,8 +45,7 @@ LAB_SETTINGS = {
 def missing_requirements() -> str:
     """Why the browser tests cannot run here, or "" when they can."""
     if not CHROMIUM.exists():
-        return (f"no Chromium at {CHROMIUM}: `make test` installs it when run as root "
-                "(or: apt-get install -y chromium)")
+        return f"no Chromium at {CHROMIUM}: `make test` installs it when run as root (or: apt-get install -y chromium)"
     try:
         import playwright  # noqa: F401
     except ImportError:
@@ -79,18 +85,38 @@ class LabServer:
             path = settings / f"{name}.jupyterlab-settings"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(values))
-        env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings),
-                   JUPYTERLAB_WORKSPACES_DIR=str(self.home / "lab-workspaces"), HF_HUB_OFFLINE="1",
-                   TOKENIZERS_PARALLELISM="false", PYDEVD_DISABLE_FILE_VALIDATION="1")
-        command = [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                   f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={self.root}",
-                   f"--IdentityProvider.token={self.token}", "--expose-app-in-browser",
-                   "--LabApp.news_url=", "--ServerApp.terminals_enabled=False"]
+        env = dict(
+            os.environ,
+            JUPYTERLAB_SETTINGS_DIR=str(settings),
+            JUPYTERLAB_WORKSPACES_DIR=str(self.home / "lab-workspaces"),
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            PYDEVD_DISABLE_FILE_VALIDATION="1",
+        )
+        command = [
+            str(Path(sys.executable).parent / "jupyter"),
+            "lab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--ServerApp.root_dir={self.root}",
+            f"--IdentityProvider.token={self.token}",
+            "--expose-app-in-browser",
+            "--LabApp.news_url=",
+            "--ServerApp.terminals_enabled=False",
+        ]
         if os.geteuid() == 0:
             command.append("--allow-root")
         self.log = self.log_path.open("w")
-        self.process = subprocess.Popen(command, cwd=self.root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        preexec_fn=own_group_ended_with_parent)
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.root,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=own_group_ended_with_parent,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -109,8 +135,9 @@ class LabServer:
         for kind in ("sessions", "kernels"):
             with urllib.request.urlopen(f"{self.url}/api/{kind}?token={self.token}", timeout=10) as reply:
                 for item in json.load(reply):
-                    request = urllib.request.Request(f"{self.url}/api/{kind}/{item['id']}?token={self.token}",
-                                                     method="DELETE")
+                    request = urllib.request.Request(
+                        f"{self.url}/api/{kind}/{item['id']}?token={self.token}", method="DELETE"
+                    )
                     with contextlib.suppress(OSError):
                         urllib.request.urlopen(request, timeout=30).close()
 
@@ -137,15 +164,19 @@ class NotebookPage:
         workspace = "".join(ch for ch in self.path if ch.isalnum())
         self.page.goto(f"{self.lab.url}/lab/workspaces/{workspace}/tree/{self.path}?reset&token={self.lab.token}")
         self.page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=timeout * 1000)
-        self.page.wait_for_function("(path) => window.jupyterapp && jupyterapp.shell.currentWidget"
-                                    " && jupyterapp.shell.currentWidget.context.path === path", arg=self.path,
-                                    timeout=timeout * 1000)
+        self.page.wait_for_function(
+            "(path) => window.jupyterapp && jupyterapp.shell.currentWidget"
+            " && jupyterapp.shell.currentWidget.context.path === path",
+            arg=self.path,
+            timeout=timeout * 1000,
+        )
         # The toolbar says idle before a kernel exists; wait for a real kernel that is idle.
         self.page.wait_for_function(
             "() => { const w = window.jupyterapp && jupyterapp.shell.currentWidget;"
             " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
             " return k && k.status === 'idle' && k.connectionStatus === 'connected'; }",
-            timeout=timeout * 1000)
+            timeout=timeout * 1000,
+        )
         self.page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout * 1000)
         return self
 
@@ -156,7 +187,9 @@ class NotebookPage:
         self.page.evaluate(
             "([name, index]) => { const nb = jupyterapp.shell.currentWidget.content;"
             " if (index !== null) { nb.activeCellIndex = index; nb.mode = 'command'; }"
-            " jupyterapp.commands.execute(name); }", [name, index])
+            " jupyterapp.commands.execute(name); }",
+            [name, index],
+        )
 
     def cell(self, index: int):
         return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
@@ -165,7 +198,9 @@ class NotebookPage:
         """The first cell whose source contains `text`."""
         index = self.page.evaluate(
             "(text) => jupyterapp.shell.currentWidget.content.widgets.findIndex("
-            "c => c.model.sharedModel.getSource().includes(text))", text)
+            "c => c.model.sharedModel.getSource().includes(text))",
+            text,
+        )
         assert index >= 0, f"{self.path}: no cell contains {text!r}"
         return index
 
@@ -173,7 +208,8 @@ class NotebookPage:
         """Execution counts of the code cells, as Lab shows them: '' (never run), '*' (running/queued) or a number."""
         return self.page.evaluate(
             "() => jupyterapp.shell.currentWidget.content.widgets.filter(c => c.model.type === 'code')"
-            ".map(c => c.promptNode ? c.promptNode.textContent.replace(/[\\[\\]:\\s]/g, '') : '')")
+            ".map(c => c.promptNode ? c.promptNode.textContent.replace(/[\\[\\]:\\s]/g, '') : '')"
+        )
 
     def wait_until_done(self, last: int | None = None, after: int = 0, timeout: float = 600) -> None:
         """Wait until no code cell is queued or running and every code cell up to `last` shows an
@@ -189,7 +225,10 @@ class NotebookPage:
             " const target = prompts[upto];"
             " return (target === null || (/^[0-9]+$/.test(target) && Number(target) > after))"
             "   && prompts.slice(0, upto + 1).every(p => p === null || /^[0-9]+$/.test(p)); }",
-            arg=[last, after], timeout=timeout * 1000, polling=500)
+            arg=[last, after],
+            timeout=timeout * 1000,
+            polling=500,
+        )
 
     def highest_count(self) -> int:
         return max([int(p) for p in self.prompts() if p.isdigit()] or [0])
@@ -219,5 +258,9 @@ class NotebookPage:
 def launch_browser(playwright: Any, profile: Path):
     """Headless Debian Chromium with a fresh profile directory."""
     return playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS,
-        viewport={"width": 1400, "height": 1000})
+        str(profile),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_FLAGS,
+        viewport={"width": 1400, "height": 1000},
+    )

@@ -32,9 +32,11 @@ def main(export: Path) -> None:
             choice = reply["choices"][0]
             same += choice["message"]["content"].strip() == item["answer"]
             runaway += choice["finish_reason"] == "length"
-        print(f"{path.name}: {same} of {len(merged['answers'])} greedy answers identical to the merged model in "
-              f"llama.cpp (llama-cpp-python {llama_cpp.__version__}); {runaway} ran to {limit} tokens; "
-              f"pre-tokenizer {llm.metadata.get('tokenizer.ggml.pre')}")
+        print(
+            f"{path.name}: {same} of {len(merged['answers'])} greedy answers identical to the merged model in "
+            f"llama.cpp (llama-cpp-python {llama_cpp.__version__}); {runaway} ran to {limit} tokens; "
+            f"pre-tokenizer {llm.metadata.get('tokenizer.ggml.pre')}"
+        )
 
 
 if __name__ == "__main__":

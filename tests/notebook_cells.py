@@ -70,8 +70,11 @@ def install_source() -> str:
 
 def pip_installs(source: str | None = None) -> list[list[str]]:
     """The arguments after `python -m pip` of each pip run in the install cell, read from its code."""
-    calls = [node for node in ast.walk(ast.parse(source or install_source())) if isinstance(node, ast.Call)
-             and ast.unparse(node.func) == "subprocess.check_call"]
+    calls = [
+        node
+        for node in ast.walk(ast.parse(source or install_source()))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "subprocess.check_call"
+    ]
     commands = []
     for call in calls:
         args = [ast.literal_eval(arg) for arg in call.args[0].elts[1:]]  # [0] is sys.executable
@@ -88,9 +91,11 @@ def pip_installs_from_checkout(repo: Path = REPO) -> list[list[str]]:
     and so everything pip resolves, are the cell's own.
     """
     spec = KIT_SPEC.format(url=repository_url())
-    extras = spec[spec.index("["):spec.index("]") + 1]
-    commands = [[item for arg in args for item in (["-e", f"{repo}{extras}"] if arg == spec else [arg])]
-                for args in pip_installs()]
+    extras = spec[spec.index("[") : spec.index("]") + 1]
+    commands = [
+        [item for arg in args for item in (["-e", f"{repo}{extras}"] if arg == spec else [arg])]
+        for args in pip_installs()
+    ]
     if sum(args.count(spec) for args in pip_installs()) != 1:
         raise ValueError(f"the install cell must install {spec} exactly once: {pip_installs()}")
     return commands

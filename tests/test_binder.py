@@ -37,8 +37,11 @@ def test_binder_files_build_an_environment_that_runs_notebook_01_editable_and_fr
     run([str(python), "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"], env=env)
 
     workspace = tmp_path / "workspace"
-    run([str(venv / "bin" / "nbkit"), "run", "--workspace", str(workspace), "--only", "01", "--quiet"],
-        cwd=tmp_path, env=env)
+    run(
+        [str(venv / "bin" / "nbkit"), "run", "--workspace", str(workspace), "--only", "01", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+    )
     report = json.loads((workspace / "data" / "collect_report.json").read_text())
     assert report["kept"] == 400 and report["read"] == report["kept"] + report["rejected"]
     assert (workspace / "executed" / "01_collect.ipynb").exists()
@@ -46,14 +49,21 @@ def test_binder_files_build_an_environment_that_runs_notebook_01_editable_and_fr
     # A wheel (not -e), run from the repository root: the kernel starts there, so `import nbkit` finds the
     # checkout's nbkit/, which has no widgets/ inside; nbkit.widgets must still import.
     wheels = tmp_path / "wheels"
-    run([str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), "."],
-        cwd=REPO, env=env)
-    run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", *map(str, wheels.glob("*.whl"))],
-        env=env)
-    where = run([str(python), "-c", "import nbkit.pipeline as p; print(p.__file__); print(p.notebooks_dir())"],
-                cwd=tmp_path, env=env).stdout.split()
+    run([str(python), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), "."], cwd=REPO, env=env)
+    run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", *map(str, wheels.glob("*.whl"))],
+        env=env,
+    )
+    where = run(
+        [str(python), "-c", "import nbkit.pipeline as p; print(p.__file__); print(p.notebooks_dir())"],
+        cwd=tmp_path,
+        env=env,
+    ).stdout.split()
     assert "site-packages" in where[0] and where[1].endswith("nbkit/notebooks"), where  # the wheel's, notebooks too
     wheel_workspace = tmp_path / "wheel-workspace"
-    run([str(venv / "bin" / "nbkit"), "run", "--workspace", str(wheel_workspace), "--only", "01", "--quiet"],
-        cwd=REPO, env=env)
+    run(
+        [str(venv / "bin" / "nbkit"), "run", "--workspace", str(wheel_workspace), "--only", "01", "--quiet"],
+        cwd=REPO,
+        env=env,
+    )
     assert json.loads((wheel_workspace / "data" / "collect_report.json").read_text())["kept"] == 400

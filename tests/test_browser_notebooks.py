@@ -21,20 +21,39 @@ import pytest
 from conftest import NOTEBOOKS, REPO
 from jupyterlab_browser import LabServer, NotebookPage, launch_browser, missing_requirements
 
-pytestmark = [pytest.mark.browser, pytest.mark.model,
-              pytest.mark.skipif(bool(missing_requirements()), reason=missing_requirements() or "ok")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.model,
+    pytest.mark.skipif(bool(missing_requirements()), reason=missing_requirements() or "ok"),
+]
 
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-SCREENSHOTS = [ARTIFACTS / "screenshots"] + ([REPO / os.environ["NBKIT_SCREENSHOTS"]]
-                                             if os.environ.get("NBKIT_SCREENSHOTS") else [])
+SCREENSHOTS = [ARTIFACTS / "screenshots"] + (
+    [REPO / os.environ["NBKIT_SCREENSHOTS"]] if os.environ.get("NBKIT_SCREENSHOTS") else []
+)
 TRAIN_STEPS = 10  # set in the training panel; the notebook is injected with fewer to prove the panel won
-SMALL = {"max_steps": 4, "batch_size": 4, "eval_steps": 0, "max_seq_len": 160, "lora_r": 8, "lora_alpha": 16,
-         "logging_steps": 2, "max_examples": 4, "forgetting_probe": False, "export_formats": [],
-         # 06: few prompts to sample for, a few to rate by hand, the lineage on the rows 05 scored
-         "max_prompts": 2, "samples_per_prompt": 2, "rate_prompts": 3, "compare_examples": 4}
+SMALL = {
+    "max_steps": 4,
+    "batch_size": 4,
+    "eval_steps": 0,
+    "max_seq_len": 160,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "logging_steps": 2,
+    "max_examples": 4,
+    "forgetting_probe": False,
+    "export_formats": [],
+    # 06: few prompts to sample for, a few to rate by hand, the lineage on the rows 05 scored
+    "max_prompts": 2,
+    "samples_per_prompt": 2,
+    "rate_prompts": 3,
+    "compare_examples": 4,
+}
 PREFER_STEPS = 3  # typed into 06's panel; the notebook is injected with SMALL's max_steps
-UPLOADED = ('{"messages": [{"role": "user", "content": "My card was charged twice"}, '
-            '{"role": "assistant", "content": "{\\"team\\": \\"billing\\", \\"priority\\": \\"high\\"}"}]}\n')
+UPLOADED = (
+    '{"messages": [{"role": "user", "content": "My card was charged twice"}, '
+    '{"role": "assistant", "content": "{\\"team\\": \\"billing\\", \\"priority\\": \\"high\\"}"}]}\n'
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +67,7 @@ def lab(tmp_path_factory):
         declared = papermill.inspect_notebook(str(source))
         params = {k: v for k, v in SMALL.items() if k in declared}
         params["workspace"] = str(workspace)
-        nb = papermill.parameterize.parameterize_notebook(
-            papermill.iorw.load_notebook_node(str(source)), params)
+        nb = papermill.parameterize.parameterize_notebook(papermill.iorw.load_notebook_node(str(source)), params)
         papermill.iorw.write_ipynb(nb, str(root / source.name))
     server = LabServer(root, tmp_path_factory.mktemp("lab-home")).start()
     server.workspace = workspace
@@ -222,7 +240,8 @@ def plot_points(page) -> int:
     return page.evaluate(
         "() => { const plot = document.querySelector('.nbkit-train-monitor .js-plotly-plot');"
         " const trace = plot && plot.querySelector('.scatterlayer .trace');"
-        " return trace ? trace.querySelectorAll('.points path.point').length : 0; }")
+        " return trace ? trace.querySelectorAll('.points path.point').length : 0; }"
+    )
 
 
 def test_04_train_panel_then_live_plot_grows(page, lab):
@@ -258,11 +277,15 @@ def test_04_train_panel_then_live_plot_grows(page, lab):
     notebook.wait_until_done(train_cell, after, timeout=30)
     seen.append(plot_points(page))
     assert not notebook.errors(), notebook.errors()
-    status = page.locator(".nbkit-train-status").first.inner_text() if page.locator(".nbkit-train-status").count() \
+    status = (
+        page.locator(".nbkit-train-status").first.inner_text()
+        if page.locator(".nbkit-train-status").count()
         else "(no .nbkit-train-status on the page)"
+    )
     grew = [p for p in seen if p]
-    assert len(set(grew)) >= 2 and grew == sorted(grew) and grew[-1] == TRAIN_STEPS // every, \
+    assert len(set(grew)) >= 2 and grew == sorted(grew) and grew[-1] == TRAIN_STEPS // every, (
         f"plot points seen while training: {seen}; status line: {status!r}"
+    )
     expect_text(page, ".nbkit-train-status", rf"/{TRAIN_STEPS}\b")
     snapshot(page.locator(".nbkit-train-monitor").first, "04_train_monitor")
     (run_dir,) = [p for p in (lab.workspace / "runs").iterdir() if p.is_dir()]
@@ -335,8 +358,9 @@ def test_06_prefer_rate_answers_build_pairs_and_train(page, lab):
     snapshot(page.locator(".nbkit-prefrating"), "06_preference_rating")
     page.locator(".nbkit-prefrating-b").click()
     expect_text(page, ".nbkit-prefrating-progress", r"rated 2 of")
-    rated = [json.loads(line) for line in (lab.workspace / "data" / "preferences" / "ratings.jsonl")
-             .read_text().splitlines()]
+    rated = [
+        json.loads(line) for line in (lab.workspace / "data" / "preferences" / "ratings.jsonl").read_text().splitlines()
+    ]
     assert [r["choice"] for r in rated] == ["A", "B"], (shown, rated)
 
     after = notebook.highest_count()

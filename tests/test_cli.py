@@ -13,10 +13,22 @@ from nbkit.core.errors import ConfigError, NotebookFailed
 from nbkit.pipeline import plan, run_notebooks, select
 
 
-@pytest.mark.parametrize("text, value", [("10", 10), ("1e-3", 0.001), ("true", True), ("[a, b]", ["a", "b"]),
-                                          ('["x.jsonl"]', ["x.jsonl"]), ("embedded:SmolLM2-135M-Instruct",
-                                                                        "embedded:SmolLM2-135M-Instruct"), ("", ""),
-                                          ("on", "on"), ("off", "off"), ("yes", "yes"), ("No", "No")])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("10", 10),
+        ("1e-3", 0.001),
+        ("true", True),
+        ("[a, b]", ["a", "b"]),
+        ('["x.jsonl"]', ["x.jsonl"]),
+        ("embedded:SmolLM2-135M-Instruct", "embedded:SmolLM2-135M-Instruct"),
+        ("", ""),
+        ("on", "on"),
+        ("off", "off"),
+        ("yes", "yes"),
+        ("No", "No"),
+    ],
+)
 def test_parameter_values_are_typed(text, value):
     assert parse_value(text) == value
 
@@ -62,10 +74,12 @@ def make_notebooks(folder, failing_source: str):
     params = nbformat.v4.new_code_cell('workspace: str = "x"  # where\ninteractive: bool = True  # panels')
     params.metadata["tags"] = ["parameters"]
     record = nbformat.v4.new_code_cell(
-        "import json, pathlib\npathlib.Path(workspace, 'seen.json').write_text(json.dumps([workspace, interactive]))")
-    for name, cells in (("01_collect", [params, record]),
-                        ("02_format", [params, nbformat.v4.new_code_cell("x = 1"),
-                                       nbformat.v4.new_code_cell(failing_source)])):
+        "import json, pathlib\npathlib.Path(workspace, 'seen.json').write_text(json.dumps([workspace, interactive]))"
+    )
+    for name, cells in (
+        ("01_collect", [params, record]),
+        ("02_format", [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell(failing_source)]),
+    ):
         nb = nbformat.v4.new_notebook(cells=cells)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, folder / f"{name}.ipynb")
@@ -88,7 +102,8 @@ def test_failing_cell_names_notebook_cell_and_error(tmp_path, capsys):
     assert message.startswith("02_format.ipynb, cell 3")
     assert "(`raise ValueError('broken row 17')`): ValueError: broken row 17" in message
     assert "\n" not in message
-    code = main(["run", "--workspace", str(tmp_path / "ws"), "--notebooks", str(tmp_path / "nbs"), "--quiet",
-                 "--only", "02"])
+    code = main(
+        ["run", "--workspace", str(tmp_path / "ws"), "--notebooks", str(tmp_path / "nbs"), "--quiet", "--only", "02"]
+    )
     assert code == 1
     assert "02_format.ipynb, cell 3" in capsys.readouterr().err

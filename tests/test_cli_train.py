@@ -19,8 +19,9 @@ from nbkit.core.train_config import TrainConfig
 
 
 def test_parser_reads_train_options():
-    args = build_parser().parse_args(["train", "--config", "runs/r1/config.json", "--max-steps", "2",
-                                      "--output-dir", "out"])
+    args = build_parser().parse_args(
+        ["train", "--config", "runs/r1/config.json", "--max-steps", "2", "--output-dir", "out"]
+    )
     assert (args.command, args.config, args.max_steps, args.output_dir) == ("train", "runs/r1/config.json", 2, "out")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train"])  # --config is required
@@ -59,8 +60,13 @@ def fake_train(monkeypatch):
     def recorder(config, on_log=None, run_dir=None):
         calls.append({"config": config, "on_log": on_log, "run_dir": run_dir})
         on_log({"step": 1, "max_steps": config.max_steps, "elapsed_s": 0.5, "loss": 2.0})
-        return {"run_id": config.run_id, "steps": config.max_steps, "world_size": 1, "effective_batch_size": 8,
-                "adapter": str(run_dir)}
+        return {
+            "run_id": config.run_id,
+            "steps": config.max_steps,
+            "world_size": 1,
+            "effective_batch_size": 8,
+            "adapter": str(run_dir),
+        }
 
     monkeypatch.setattr(nbkit.train.sft, "train", recorder)
     return calls
@@ -89,8 +95,18 @@ def test_only_process_zero_prints(tmp_path, fake_train, monkeypatch, capsys):
 # -- the real thing: two CPU processes through `accelerate launch` ------------------------------------------
 # One flow, shared by the tests below to keep the suite short: a 2-process run is killed (every process,
 # SIGKILL, like a lost runtime) after its first checkpoint, then resumed with the same command plus --resume.
-TINY = dict(max_steps=3, save_steps=1, batch_size=2, gradient_accumulation_steps=2, max_seq_len=128,
-            logging_steps=1, eval_steps=0, lora_r=8, lora_alpha=16, run_id="ddp2")
+TINY = dict(
+    max_steps=3,
+    save_steps=1,
+    batch_size=2,
+    gradient_accumulation_steps=2,
+    max_seq_len=128,
+    logging_steps=1,
+    eval_steps=0,
+    lora_r=8,
+    lora_alpha=16,
+    run_id="ddp2",
+)
 
 
 def accelerate_argv(command: str) -> list[str]:
@@ -137,8 +153,9 @@ def two_process_run(prepared_workspace, tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = out.parent / "first_run.log"
     with open(log, "w") as sink:
-        first = subprocess.Popen(accelerate_argv(command), env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        first = subprocess.Popen(
+            accelerate_argv(command), env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             saved = wait_for(out, "checkpoints/checkpoint-*/trainer_state.json", first, timeout=240)
         finally:
@@ -146,11 +163,18 @@ def two_process_run(prepared_workspace, tmp_path_factory):
     assert saved, f"the first run saved no checkpoint before it was killed:\n{log.read_text()[-3000:]}"
     before_kill = metrics(out)
     killed_at = max(int(p.parent.name.split("-")[1]) for p in saved)
-    second = subprocess.run(accelerate_argv(command) + ["--resume"], env=env, capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run(
+        accelerate_argv(command) + ["--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 0, second.stderr[-3000:]
-    return {"out": out, "config": config, "killed_at": killed_at, "stdout": second.stdout, "before_kill": before_kill,
-            "record": json.loads((out / "run.json").read_text())}
+    return {
+        "out": out,
+        "config": config,
+        "killed_at": killed_at,
+        "stdout": second.stdout,
+        "before_kill": before_kill,
+        "record": json.loads((out / "run.json").read_text()),
+    }
 
 
 @pytest.mark.model
@@ -177,6 +201,7 @@ def test_two_processes_make_one_adapter_and_one_record(two_process_run, prepared
 @pytest.mark.model
 def test_only_the_main_process_writes_and_prints(two_process_run):
     """Two writers would log every step twice (measured before train() wrote on the main process only)."""
+
     def train_steps(records):
         return [r["step"] for r in records if "loss" in r and "train_loss" not in r]
 

@@ -11,10 +11,21 @@ from nbkit.colab_setup import RestartRequired, changed_while_loaded, restart_mes
 from nbkit.core.errors import NbkitError
 
 # A Colab kernel after the kit's install: pyarrow and huggingface_hub were imported before pip upgraded them.
-ON_DISK = {"pyarrow": "24.0.0", "huggingface-hub": "1.35.0", "numpy": "2.1.3", "opencv-python": "4.10.0.84",
-           "transformers": "5.15.0"}
-DISTRIBUTIONS = {"pyarrow": ["pyarrow"], "huggingface_hub": ["huggingface-hub"], "numpy": ["numpy"],
-                 "cv2": ["opencv-python"], "transformers": ["transformers"], "gone": ["removed-dist"]}
+ON_DISK = {
+    "pyarrow": "24.0.0",
+    "huggingface-hub": "1.35.0",
+    "numpy": "2.1.3",
+    "opencv-python": "4.10.0.84",
+    "transformers": "5.15.0",
+}
+DISTRIBUTIONS = {
+    "pyarrow": ["pyarrow"],
+    "huggingface_hub": ["huggingface-hub"],
+    "numpy": ["numpy"],
+    "cv2": ["opencv-python"],
+    "transformers": ["transformers"],
+    "gone": ["removed-dist"],
+}
 
 
 def module(name, version=None):
@@ -35,11 +46,17 @@ def check(modules):
 
 
 def test_names_each_package_upgraded_under_the_running_kernel():
-    modules = {"pyarrow": module("pyarrow", "18.1.0"), "huggingface_hub": module("huggingface_hub", "1.27.0"),
-               "numpy": module("numpy", "2.1.3"), "transformers": module("transformers", "5.15.0")}
+    modules = {
+        "pyarrow": module("pyarrow", "18.1.0"),
+        "huggingface_hub": module("huggingface_hub", "1.27.0"),
+        "numpy": module("numpy", "2.1.3"),
+        "transformers": module("transformers", "5.15.0"),
+    }
     changes = check(modules)
     assert [(c.distribution, c.loaded, c.installed) for c in changes] == [
-        ("huggingface-hub", "1.27.0", "1.35.0"), ("pyarrow", "18.1.0", "24.0.0")]
+        ("huggingface-hub", "1.27.0", "1.35.0"),
+        ("pyarrow", "18.1.0", "24.0.0"),
+    ]
     assert str(changes[1]) == "pyarrow was upgraded 18.1.0 -> 24.0.0 while this session had it loaded"
 
 
@@ -47,7 +64,8 @@ def test_the_message_says_what_to_do():
     message = restart_message(check({"pyarrow": module("pyarrow", "18.1.0")}))
     assert message.splitlines() == [
         "pyarrow was upgraded 18.1.0 -> 24.0.0 while this session had it loaded.",
-        "The old code is still in memory: Runtime > Restart session, then run the notebook from the top."]
+        "The old code is still in memory: Runtime > Restart session, then run the notebook from the top.",
+    ]
 
 
 def test_a_downgrade_is_named_as_one():
@@ -56,9 +74,15 @@ def test_a_downgrade_is_named_as_one():
 
 
 def test_unchanged_unversioned_submodules_and_unknown_packages_are_not_reported():
-    modules = {"numpy": module("numpy", "2.1.3"), "pyarrow.lib": module("pyarrow.lib", "18.1.0"),
-               "google": module("google"), "gone": module("gone", "1.0"), "mine": module("mine", "0.1"),
-               "odd": types.SimpleNamespace(__version__=(1, 2)), "blocked": None}
+    modules = {
+        "numpy": module("numpy", "2.1.3"),
+        "pyarrow.lib": module("pyarrow.lib", "18.1.0"),
+        "google": module("google"),
+        "gone": module("gone", "1.0"),
+        "mine": module("mine", "0.1"),
+        "odd": types.SimpleNamespace(__version__=(1, 2)),
+        "blocked": None,
+    }
     assert check(modules) == []
 
 

@@ -90,6 +90,7 @@ def test_the_tests_run_on_what_the_install_cell_left():
 
 # -- The tested range, written once: pyproject's floors = doctor's lower bounds, and Colab inside it --------
 
+
 def kit_requirements() -> dict[str, Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["train"]]
@@ -108,21 +109,25 @@ def test_doctors_tested_ranges_start_at_the_kits_floors():
         declared = floor(requirements[canonical(name)].specifier)
         assert declared and floor(SpecifierSet(spec)) == declared, (
             f"{name}: pyproject.toml requires {requirements[canonical(name)].specifier}, nbkit/doctor.py's "
-            f"TESTED_RANGES says {spec}: make the lower bounds equal")
+            f"TESTED_RANGES says {spec}: make the lower bounds equal"
+        )
         assert any(s.operator == "<" for s in SpecifierSet(spec)), f"{name}: give the tested range an upper bound"
 
 
 def test_every_colab_version_lies_inside_the_tested_ranges():
     ranges = {canonical(name): SpecifierSet(spec) for name, spec in TESTED_RANGES.items()}
-    outside = {name: (v, str(ranges[name])) for name, v in colab_pins().items()
-               if name in ranges and Version(v) not in ranges[name]}
+    outside = {
+        name: (v, str(ranges[name]))
+        for name, v in colab_pins().items()
+        if name in ranges and Version(v) not in ranges[name]
+    }
     assert not outside, f"Colab's versions outside nbkit/doctor.py's TESTED_RANGES: {outside}"
     assert {"transformers", "peft", "accelerate", "datasets"} <= set(colab_pins()) & set(ranges)
 
 
 def test_the_pins_file_says_which_colab_runtime_it_comes_from():
     lines = PINS_FILE.read_text().splitlines()
-    header = "\n".join(lines[:next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+    header = "\n".join(lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))])
     assert "backend-info" in header and re.search(r"\b20\d\d-\d\d-\d\d\b", header)
 
 

@@ -17,8 +17,7 @@ from nbkit.data.collect import SAMPLE_DATA, CollectConfig, collect
 
 def chat(question: str, answer: str = "ok", **extra) -> dict:
     """A valid user/assistant record with optional side fields (label, id, ...)."""
-    return {"messages": [{"role": "user", "content": question},
-                         {"role": "assistant", "content": answer}], **extra}
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
 
 
 def write_lines(path: Path, lines: list, *, newline: str = "\n", bom: bool = False) -> Path:
@@ -55,40 +54,92 @@ BAD_RECORDS = [
     ("data_type", {"messages": "hello"}),
     ("missing_messages", {"ask": "hi", "reply": "there"}),
     ("ambiguous_columns", {"question": "hi", "answer": "there", "response": "again"}),
-    ("unrecognized_key", {"messages": [{"role": "user", "content": "hi"},
-                                       {"role": "assistant", "content": "x", "weigth": 0}]}),
-    ("bad_weight", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 2}]}),
-    ("bad_weight", {"messages": [{"role": "user", "content": "hi", "weight": 0}, {"role": "assistant", "content": "x"}]}),
-    ("bad_tools", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
-        {"type": "function", "function": {"name": "f", "arguments": "{oops"}}]}, {"role": "tool", "content": "1"},
-        {"role": "assistant", "content": "x"}]}),
+    (
+        "unrecognized_key",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weigth": 0}]},
+    ),
+    (
+        "bad_weight",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "weight": 2}]},
+    ),
+    (
+        "bad_weight",
+        {"messages": [{"role": "user", "content": "hi", "weight": 0}, {"role": "assistant", "content": "x"}]},
+    ),
+    (
+        "bad_tools",
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{oops"}}],
+                },
+                {"role": "tool", "content": "1"},
+                {"role": "assistant", "content": "x"},
+            ]
+        },
+    ),
     ("bad_tools", {**chat("hi"), "tools": [{"type": "function", "function": {"description": "no name"}}]}),
     ("bad_tools", {**chat("hi"), "functions": [{"name": "legacy"}]}),
-    ("bad_role_order", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
-        {"type": "function", "function": {"name": "f", "arguments": {}}}]}]}),
-    ("bad_role_order", {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "1"},
-                                     {"role": "assistant", "content": "x"}]}),
+    (
+        "bad_role_order",
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {}}}]},
+            ]
+        },
+    ),
+    (
+        "bad_role_order",
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "tool", "content": "1"},
+                {"role": "assistant", "content": "x"},
+            ]
+        },
+    ),
     ("message_missing_key", {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}),
     ("message_missing_key", {"conversations": [{"from": "human"}, {"from": "gpt", "value": "x"}]}),
-    ("unrecognized_key", {"messages": [{"role": "user", "content": "hi", "mood": "happy"},
-                                       {"role": "assistant", "content": "x"}]}),
-    ("unrecognized_role", {"messages": [{"role": "customer", "content": "hi"},
-                                        {"role": "assistant", "content": "x"}]}),
+    (
+        "unrecognized_key",
+        {"messages": [{"role": "user", "content": "hi", "mood": "happy"}, {"role": "assistant", "content": "x"}]},
+    ),
+    ("unrecognized_role", {"messages": [{"role": "customer", "content": "hi"}, {"role": "assistant", "content": "x"}]}),
     ("unrecognized_role", {"conversations": [{"from": "alien", "value": "hi"}, {"from": "gpt", "value": "x"}]}),
     ("missing_content", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}),
     ("missing_content", {"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]}),
     ("no_assistant_message", {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}),
     ("empty_conversation", {"messages": []}),
     ("bad_role_order", {"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "hi"}]}),
-    ("bad_role_order", {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-                                     {"role": "assistant", "content": "x"}]}),
-    ("bad_role_order", {"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},
-                                     {"role": "assistant", "content": "x"}]}),
+    (
+        "bad_role_order",
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": "b"},
+                {"role": "assistant", "content": "x"},
+            ]
+        },
+    ),
+    (
+        "bad_role_order",
+        {
+            "messages": [
+                {"role": "user", "content": "a"},
+                {"role": "system", "content": "s"},
+                {"role": "assistant", "content": "x"},
+            ]
+        },
+    ),
     ("duplicate", chat("first question", label="other")),  # same conversation as FIRST
 ]
 
 
 # -- JSONL ----------------------------------------------------------------------------------
+
 
 def test_jsonl_with_bom_and_crlf(tmp_path):
     path = write_lines(tmp_path / "in.jsonl", [chat("one"), chat("two"), chat("three")], newline="\r\n", bom=True)
@@ -150,8 +201,14 @@ def test_validation_category_rejected_with_position(tmp_path, category, bad):
 
 
 def test_late_system_message_is_explained(tmp_path):
-    bad = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "x"},
-                        {"role": "system", "content": "s"}, {"role": "assistant", "content": "y"}]}
+    bad = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "x"},
+            {"role": "system", "content": "s"},
+            {"role": "assistant", "content": "y"},
+        ]
+    }
     _, _, rejected = run(tmp_path, [[bad]])
     assert rejected[0]["category"] == "bad_role_order"
     assert "system message at position 2" in rejected[0]["message"]
@@ -177,7 +234,7 @@ def test_nothing_lost_with_every_category_interleaved(tmp_path):
     for i, (category, bad) in enumerate(BAD_RECORDS):
         lines += [chat(f"good {i}"), bad]
         expected[category] += 1
-    lines = [FIRST] + lines + ["", b'\xff\xfe', "{oops"]
+    lines = [FIRST] + lines + ["", b"\xff\xfe", "{oops"]
     expected.update(["not_utf8", "invalid_json"])
     path = write_lines(tmp_path / "in.jsonl", lines)
     report, clean, rejected = run(tmp_path, [str(path)])
@@ -196,6 +253,7 @@ def test_nothing_lost_with_every_category_interleaved(tmp_path):
 
 
 # -- JSON -----------------------------------------------------------------------------------
+
 
 def test_json_array_positions_are_indexes(tmp_path):
     path = tmp_path / "in.json"
@@ -228,15 +286,19 @@ def test_invalid_json_file_raises_data_error(tmp_path):
 
 # -- tables ---------------------------------------------------------------------------------
 
+
 def test_csv_prompt_completion_with_multiline_cell(tmp_path):
     path = tmp_path / "in.csv"
-    path.write_text('prompt,completion,label\n'
-                    '"first line\nsecond line","the answer",a\n'
-                    'plain question,"short, with comma",b\n', encoding="utf-8")
+    path.write_text(
+        'prompt,completion,label\n"first line\nsecond line","the answer",a\nplain question,"short, with comma",b\n',
+        encoding="utf-8",
+    )
     report, clean, rejected = run(tmp_path, [str(path)])
     assert (report["kept"], report["rejected"]) == (2, 0)
-    assert clean[0]["messages"] == [{"role": "user", "content": "first line\nsecond line"},
-                                    {"role": "assistant", "content": "the answer"}]
+    assert clean[0]["messages"] == [
+        {"role": "user", "content": "first line\nsecond line"},
+        {"role": "assistant", "content": "the answer"},
+    ]
     assert clean[1]["messages"][1]["content"] == "short, with comma"
     assert [r["meta"]["row"] for r in clean] == [1, 2]
     assert [r["meta"]["label"] for r in clean] == ["a", "b"]
@@ -263,8 +325,13 @@ def test_csv_missing_columns_rejected_with_one_word_for_the_file(tmp_path):
     problem = report["sources"][str(path)]["problem"]
     assert problem["category"] == "missing_column" and problem["columns"] == ["Frage", "Antwort"]
     assert problem["fix"].startswith('columns = {"Frage": "prompt", "Antwort": "completion"}')
-    fixed = collect(CollectConfig(workspace=str(tmp_path / "ws2"), sources=[str(path)],
-                                  columns=json.loads(problem["fix"].split("=", 1)[1].split("#")[0])))
+    fixed = collect(
+        CollectConfig(
+            workspace=str(tmp_path / "ws2"),
+            sources=[str(path)],
+            columns=json.loads(problem["fix"].split("=", 1)[1].split("#")[0]),
+        )
+    )
     assert fixed["kept"] == 2 and "problem" not in fixed["sources"][str(path)]
 
 
@@ -287,8 +354,9 @@ def test_csv_completion_that_is_json_text_is_kept(tmp_path):
 
 def test_parquet_prompt_completion(tmp_path):
     path = tmp_path / "in.parquet"
-    pd.DataFrame({"prompt": ["p1", "p2", "p3"], "completion": ["c1", "", "c3"],
-                  "label": ["a", "b", "a"]}).to_parquet(path)
+    pd.DataFrame({"prompt": ["p1", "p2", "p3"], "completion": ["c1", "", "c3"], "label": ["a", "b", "a"]}).to_parquet(
+        path
+    )
     report, clean, rejected = run(tmp_path, [str(path)])
     assert (report["kept"], report["rejected"]) == (2, 1)
     assert user_texts(clean) == ["p1", "p3"]
@@ -307,42 +375,58 @@ def test_parquet_messages_column(tmp_path):
 
 # -- other schemas --------------------------------------------------------------------------
 
+
 def test_sharegpt_converted_to_messages(tmp_path):
-    record = {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"},
-                                {"from": "gpt", "value": "hello"}, {"from": "Human", "value": "bye"},
-                                {"from": "model", "value": "ciao"}], "id": "c1"}
+    record = {
+        "conversations": [
+            {"from": "system", "value": "be brief"},
+            {"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "hello"},
+            {"from": "Human", "value": "bye"},
+            {"from": "model", "value": "ciao"},
+        ],
+        "id": "c1",
+    }
     path = write_lines(tmp_path / "in.jsonl", [record])
     _, clean, rejected = run(tmp_path, [str(path)])
     assert rejected == []
     assert clean[0]["messages"] == [
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
-        {"role": "assistant", "content": "ciao"}]
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "ciao"},
+    ]
     assert clean[0]["meta"] == {"source": str(path), "line": 1, "id": "c1"}
 
 
 def test_alpaca_converted_to_messages(tmp_path):
-    records = [{"instruction": "Translate", "input": "chat", "output": "cat"},
-               {"instruction": "Say hi", "input": "", "output": "hi"},
-               {"instruction": "Count", "output": "1 2 3"}]
+    records = [
+        {"instruction": "Translate", "input": "chat", "output": "cat"},
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+        {"instruction": "Count", "output": "1 2 3"},
+    ]
     path = write_lines(tmp_path / "in.jsonl", records)
     _, clean, rejected = run(tmp_path, [str(path)])
     assert rejected == []
     assert [r["messages"] for r in clean] == [
         [{"role": "user", "content": "Translate\n\nchat"}, {"role": "assistant", "content": "cat"}],
         [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}],
-        [{"role": "user", "content": "Count"}, {"role": "assistant", "content": "1 2 3"}]]
+        [{"role": "user", "content": "Count"}, {"role": "assistant", "content": "1 2 3"}],
+    ]
     assert all(set(r["meta"]) == {"source", "line"} for r in clean)  # schema columns are not copied to meta
 
 
 def test_alpaca_dataframe_with_missing_input(tmp_path):
-    df = pd.DataFrame([{"instruction": "Translate", "input": "chat", "output": "cat"},
-                       {"instruction": "Count", "output": "1 2 3"}])
+    df = pd.DataFrame(
+        [{"instruction": "Translate", "input": "chat", "output": "cat"}, {"instruction": "Count", "output": "1 2 3"}]
+    )
     _, clean, _ = run(tmp_path, [df])
     assert clean[1]["messages"][0]["content"] == "Count"
 
 
 # -- sources --------------------------------------------------------------------------------
+
 
 def test_glob_over_several_files_keeps_provenance(tmp_path):
     a = write_lines(tmp_path / "in" / "a.jsonl", [chat("a1"), chat("a2")])
@@ -356,8 +440,10 @@ def test_glob_over_several_files_keeps_provenance(tmp_path):
 
 def test_in_memory_list_of_dicts(tmp_path):
     report, clean, rejected = run(tmp_path, [[chat("a", label="x"), {"oops": 1}, chat("c")]])
-    assert [r["meta"] for r in clean] == [{"source": "<list>", "index": 0, "label": "x"},
-                                          {"source": "<list>", "index": 2}]
+    assert [r["meta"] for r in clean] == [
+        {"source": "<list>", "index": 0, "label": "x"},
+        {"source": "<list>", "index": 2},
+    ]
     assert (rejected[0]["source"], rejected[0]["index"], rejected[0]["category"]) == ("<list>", 1, "missing_messages")
     assert report["read"] == 3
 
@@ -366,8 +452,10 @@ def test_dataframe_source(tmp_path):
     df = pd.DataFrame({"prompt": ["p1", "p2"], "completion": ["c1", "c2"], "label": ["a", "b"]})
     report, clean, _ = run(tmp_path, [df])
     assert report["kept"] == 2
-    assert [r["meta"] for r in clean] == [{"source": "<dataframe>", "row": 1, "label": "a"},
-                                          {"source": "<dataframe>", "row": 2, "label": "b"}]
+    assert [r["meta"] for r in clean] == [
+        {"source": "<dataframe>", "row": 1, "label": "a"},
+        {"source": "<dataframe>", "row": 2, "label": "b"},
+    ]
     assert clean[1]["messages"][1]["content"] == "c2"
 
 
@@ -395,13 +483,18 @@ def test_empty_sources_use_bundled_sample(tmp_path):
     report, clean, rejected = run(tmp_path, [])
     assert (report["read"], report["kept"], report["rejected"]) == (400, 400, 0)
     assert rejected == []
-    assert Counter(r["meta"]["label"] for r in clean) == {"billing": 100, "account": 100,
-                                                          "shipping": 100, "technical": 100}
+    assert Counter(r["meta"]["label"] for r in clean) == {
+        "billing": 100,
+        "account": 100,
+        "shipping": 100,
+        "technical": 100,
+    }
     assert all(r["meta"]["source"] == str(SAMPLE_DATA) for r in clean)
     assert [r["meta"]["line"] for r in clean] == list(range(1, 401))
 
 
 # -- workspace contract ---------------------------------------------------------------------
+
 
 def test_workspace_contract_files(tmp_path):
     path = write_lines(tmp_path / "in.jsonl", [chat("a"), "{", chat("b")])
@@ -431,6 +524,7 @@ def test_nothing_written_to_current_directory(tmp_path, monkeypatch):
 
 # -- datasets: save_to_disk folders, in-memory objects, the Hub -----------------------------
 
+
 def quiet_datasets():
     import datasets
 
@@ -445,18 +539,26 @@ def test_save_to_disk_folder_with_row_provenance(tmp_path):
     report, clean, rejected = run(tmp_path, [str(folder)])
     assert (report["read"], report["kept"], report["rejected"]) == (3, 2, 1)
     assert [r["meta"] for r in clean] == [{"source": str(folder), "row": 1}, {"source": str(folder), "row": 3}]
-    assert (rejected[0]["source"], rejected[0]["row"], rejected[0]["category"]) == (str(folder), 2,
-                                                                                   "empty_conversation")
+    assert (rejected[0]["source"], rejected[0]["row"], rejected[0]["category"]) == (
+        str(folder),
+        2,
+        "empty_conversation",
+    )
 
 
 def test_dataset_dict_folder_reads_every_split(tmp_path):
     datasets = quiet_datasets()
     folder = tmp_path / "dd"
-    datasets.DatasetDict(train=datasets.Dataset.from_list([chat("t1", label="x"), chat("t2", label="y")]),
-                         test=datasets.Dataset.from_list([chat("s1", label="x")])).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        train=datasets.Dataset.from_list([chat("t1", label="x"), chat("t2", label="y")]),
+        test=datasets.Dataset.from_list([chat("s1", label="x")]),
+    ).save_to_disk(str(folder))
     report, clean, _ = run(tmp_path, [str(folder)])
     assert [(r["meta"]["source"], r["meta"]["row"]) for r in clean] == [
-        (f"{folder}:train", 1), (f"{folder}:train", 2), (f"{folder}:test", 1)]
+        (f"{folder}:train", 1),
+        (f"{folder}:train", 2),
+        (f"{folder}:test", 1),
+    ]
     assert user_texts(clean) == ["t1", "t2", "s1"]
     assert [r["meta"]["label"] for r in clean] == ["x", "y", "x"]
     assert report["sources"][f"{folder}:test"] == {"read": 1, "kept": 1, "rejected": 0}
@@ -481,11 +583,16 @@ def test_dataset_objects_in_memory(tmp_path):
     dd = datasets.DatasetDict(train=datasets.Dataset.from_list([chat("c")]))
     report, clean, rejected = run(tmp_path, [ds, dd])
     assert rejected == []
-    assert [r["meta"] for r in clean] == [{"source": "<dataset>", "row": 1}, {"source": "<dataset>", "row": 2},
-                                          {"source": "<dataset>:train", "row": 1}]
+    assert [r["meta"] for r in clean] == [
+        {"source": "<dataset>", "row": 1},
+        {"source": "<dataset>", "row": 2},
+        {"source": "<dataset>:train", "row": 1},
+    ]
     # `name` is kept where it was set (OpenAI's speaker name); Arrow's None for the other message is dropped
-    assert clean[0]["messages"] == [{"role": "user", "content": "hi", "name": "ann"},
-                                    {"role": "assistant", "content": "yo"}]
+    assert clean[0]["messages"] == [
+        {"role": "user", "content": "hi", "name": "ann"},
+        {"role": "assistant", "content": "yo"},
+    ]
 
 
 def test_hub_id_offline_fails_fast_with_the_fix(tmp_path, monkeypatch):
@@ -561,8 +668,9 @@ def test_hub_id_loaded_with_split_and_provenance(tmp_path, monkeypatch):
         calls.append((name, split))
         if split:
             return datasets.Dataset.from_list([chat("only train")])
-        return datasets.DatasetDict(train=datasets.Dataset.from_list([chat("tr")]),
-                                    test=datasets.Dataset.from_list([chat("te")]))
+        return datasets.DatasetDict(
+            train=datasets.Dataset.from_list([chat("tr")]), test=datasets.Dataset.from_list([chat("te")])
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     _, clean, _ = run(tmp_path, ["hf:org/name:train"])
@@ -579,6 +687,7 @@ def test_malformed_hub_id_raises_data_error(tmp_path):
 
 # -- column and role mapping ----------------------------------------------------------------
 
+
 def run_config(tmp_path: Path, **kwargs) -> tuple[dict, list[dict], list[dict]]:
     ws = Workspace(tmp_path / "ws")
     report = collect(CollectConfig(workspace=str(ws.root), **kwargs))
@@ -589,31 +698,40 @@ def test_column_mapping_for_tables_and_json(tmp_path):
     csv_path = tmp_path / "qa.csv"
     csv_path.write_text("question,answer,team\nhow?,like this,billing\n", encoding="utf-8")
     json_path = write_lines(tmp_path / "qa.jsonl", [{"question": "why?", "answer": "because"}])
-    report, clean, rejected = run_config(tmp_path, sources=[str(csv_path), str(json_path)],
-                                         columns={"question": "prompt", "answer": "completion", "team": "label"})
+    report, clean, rejected = run_config(
+        tmp_path,
+        sources=[str(csv_path), str(json_path)],
+        columns={"question": "prompt", "answer": "completion", "team": "label"},
+    )
     assert rejected == []
     assert [r["messages"] for r in clean] == [
         [{"role": "user", "content": "how?"}, {"role": "assistant", "content": "like this"}],
-        [{"role": "user", "content": "why?"}, {"role": "assistant", "content": "because"}]]
+        [{"role": "user", "content": "why?"}, {"role": "assistant", "content": "because"}],
+    ]
     assert clean[0]["meta"] == {"source": str(csv_path), "row": 1, "label": "billing"}
 
 
 def test_column_mapped_to_messages_is_decoded_from_csv_text(tmp_path):
     path = tmp_path / "in.csv"
-    path.write_text("dialog\n" + '"' + json.dumps(chat("from csv")["messages"]).replace('"', '""') + '"\n',
-                    encoding="utf-8")
+    path.write_text(
+        "dialog\n" + '"' + json.dumps(chat("from csv")["messages"]).replace('"', '""') + '"\n', encoding="utf-8"
+    )
     _, clean, rejected = run_config(tmp_path, sources=[str(path)], columns={"dialog": "messages"})
     assert rejected == []
     assert clean[0]["messages"] == chat("from csv")["messages"]
 
 
 def test_role_mapping_for_messages_and_conversations(tmp_path):
-    records = [{"messages": [{"role": "human", "content": "hi"}, {"role": "bot", "content": "hello"}]},
-               {"conversations": [{"from": "Customer", "value": "help"}, {"from": "agent", "value": "sure"}]}]
+    records = [
+        {"messages": [{"role": "human", "content": "hi"}, {"role": "bot", "content": "hello"}]},
+        {"conversations": [{"from": "Customer", "value": "help"}, {"from": "agent", "value": "sure"}]},
+    ]
     original = json.dumps(records)
-    _, clean, rejected = run_config(tmp_path, sources=[records],
-                                    roles={"human": "user", "bot": "assistant", "customer": "user",
-                                           "agent": "assistant"})
+    _, clean, rejected = run_config(
+        tmp_path,
+        sources=[records],
+        roles={"human": "user", "bot": "assistant", "customer": "user", "agent": "assistant"},
+    )
     assert rejected == []
     assert [[m["role"] for m in r["messages"]] for r in clean] == [["user", "assistant"], ["user", "assistant"]]
     assert json.dumps(records) == original  # the caller's list is not modified
@@ -626,12 +744,18 @@ def test_unmapped_role_is_still_rejected(tmp_path):
     assert "'bot'" in rejected[0]["message"] and "roles" in rejected[0]["message"]
 
 
-@pytest.mark.parametrize("field_name, value, listed", [
-    ("columns", {"question": "questions"}, "messages, conversations, instruction, input, output, prompt, completion, "
-                                           "system, label"),
-    ("roles", {"bot": "robot"}, "system, user, assistant"),
-    ("columns", ["question"], "dict"),
-])
+@pytest.mark.parametrize(
+    "field_name, value, listed",
+    [
+        (
+            "columns",
+            {"question": "questions"},
+            "messages, conversations, instruction, input, output, prompt, completion, system, label",
+        ),
+        ("roles", {"bot": "robot"}, "system, user, assistant"),
+        ("columns", ["question"], "dict"),
+    ],
+)
 def test_bad_mapping_is_a_config_error_naming_the_field(field_name, value, listed):
     from nbkit.core.errors import ConfigError
 
@@ -652,8 +776,11 @@ def test_system_column_becomes_the_system_message(tmp_path):
     alpaca = [{"system": "Translate to French.", "instruction": "Translate", "input": "cat", "output": "chat"}]
     _, clean, rejected = run(tmp_path, [str(path), alpaca])
     assert rejected == []
-    assert clean[0]["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-                                    {"role": "assistant", "content": "hello"}]
+    assert clean[0]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
     assert clean[1]["messages"][0] == {"role": "user", "content": "bye"}  # an empty system cell adds nothing
     assert clean[2]["messages"][0] == {"role": "system", "content": "Translate to French."}
     assert clean[0]["meta"] == {"source": str(path), "row": 1, "label": "a"}  # system is not copied to meta
@@ -661,8 +788,9 @@ def test_system_column_becomes_the_system_message(tmp_path):
 
 def test_system_column_via_mapping(tmp_path):
     records = [{"persona": "You are terse.", "q": "hi", "a": "yo"}]
-    _, clean, _ = run_config(tmp_path, sources=[records],
-                             columns={"persona": "system", "q": "prompt", "a": "completion"})
+    _, clean, _ = run_config(
+        tmp_path, sources=[records], columns={"persona": "system", "q": "prompt", "a": "completion"}
+    )
     assert [m["role"] for m in clean[0]["messages"]] == ["system", "user", "assistant"]
 
 
@@ -699,8 +827,10 @@ def test_txt_blocks_become_examples_and_malformed_blocks_are_rejected(tmp_path):
     path.write_text(TEXT, encoding="utf-8")
     report, clean, rejected = run(tmp_path, [str(path)])
     assert [r["meta"]["line"] for r in clean] == [1, 7]
-    assert clean[0]["messages"] == [{"role": "user", "content": "How do I reset my password?"},
-                                    {"role": "assistant", "content": 'Use "Forgot password".'}]
+    assert clean[0]["messages"] == [
+        {"role": "user", "content": "How do I reset my password?"},
+        {"role": "assistant", "content": 'Use "Forgot password".'},
+    ]
     assert [m["role"] for m in clean[1]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
     assert clean[1]["messages"][-1]["content"] == "Tomorrow. ### not a header\n### Next steps are plain text"
     assert [(r["line"], r["category"]) for r in rejected] == [(19, "missing_messages"), (22, "no_assistant_message")]
@@ -720,6 +850,7 @@ def test_txt_with_mapped_role_headers_and_bad_bytes(tmp_path):
 
 
 # -- manual examples ------------------------------------------------------------------------
+
 
 def test_manual_jsonl_is_read_automatically_and_once(tmp_path):
     from nbkit.data.collect import manual_path

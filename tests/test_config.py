@@ -19,26 +19,77 @@ from nbkit.evaluate.evaluator import EvalConfig
 from nbkit.train.prefer.config import PreferConfig
 from nbkit.train.prefer.pairs import PairsConfig
 
-CONFIG_CLASSES = [CollectConfig, FormatConfig, QualityConfig, SplitConfig, TrainConfig, EvalConfig, PairsConfig,
-                  PreferConfig]
+CONFIG_CLASSES = [
+    CollectConfig,
+    FormatConfig,
+    QualityConfig,
+    SplitConfig,
+    TrainConfig,
+    EvalConfig,
+    PairsConfig,
+    PreferConfig,
+]
 
 # One instance per class with non-default values, so a round trip that silently
 # falls back to defaults would be caught.
 NON_DEFAULT = {
-    CollectConfig: dict(workspace="ws1", sources=["a.jsonl", "more/*.csv"], columns={"question": "prompt"},
-                        roles={"bot": "assistant"}),
-    FormatConfig: dict(workspace="ws2", base_model="HuggingFaceTB/SmolLM2-135M-Instruct", max_seq_len=256,
-                       redact_pii=True, drop_near_duplicates=True, near_duplicate_threshold=0.9),
+    CollectConfig: dict(
+        workspace="ws1", sources=["a.jsonl", "more/*.csv"], columns={"question": "prompt"}, roles={"bot": "assistant"}
+    ),
+    FormatConfig: dict(
+        workspace="ws2",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        max_seq_len=256,
+        redact_pii=True,
+        drop_near_duplicates=True,
+        near_duplicate_threshold=0.9,
+    ),
     QualityConfig: dict(workspace="ws6", near_duplicate_threshold=0.7, redact_pii=True, label_field="team"),
-    SplitConfig: dict(workspace="ws3", validation_fraction=0.15, test_fraction=0.2, seed=7, stratify_by="",
-                      group_by="source", near_duplicate_threshold=0.9, drop_leaked=True),
-    TrainConfig: dict(workspace="ws4", method="lora", run_id="r1", max_steps=10, learning_rate=2e-4,
-                      lora_r=8, lora_alpha=16, target_modules="q_proj,v_proj", eval_steps=0),
+    SplitConfig: dict(
+        workspace="ws3",
+        validation_fraction=0.15,
+        test_fraction=0.2,
+        seed=7,
+        stratify_by="",
+        group_by="source",
+        near_duplicate_threshold=0.9,
+        drop_leaked=True,
+    ),
+    TrainConfig: dict(
+        workspace="ws4",
+        method="lora",
+        run_id="r1",
+        max_steps=10,
+        learning_rate=2e-4,
+        lora_r=8,
+        lora_alpha=16,
+        target_modules="q_proj,v_proj",
+        eval_steps=0,
+    ),
     EvalConfig: dict(workspace="ws5", run_id="r1", max_examples=5, max_new_tokens=32, batch_size=4),
-    PairsConfig: dict(workspace="ws7", parent_run="r1", sources=["metric", "files"], files=["p.jsonl"],
-                      samples_per_prompt=6, max_prompts=8, temperature=0.8, min_margin=0.3, seed=3),
-    PreferConfig: dict(workspace="ws8", method="grpo", parent_run="r1", run_id="r2", beta=0.05, max_steps=5,
-                       batch_size=4, num_generations=4, temperature=0.9, eval_steps=0),
+    PairsConfig: dict(
+        workspace="ws7",
+        parent_run="r1",
+        sources=["metric", "files"],
+        files=["p.jsonl"],
+        samples_per_prompt=6,
+        max_prompts=8,
+        temperature=0.8,
+        min_margin=0.3,
+        seed=3,
+    ),
+    PreferConfig: dict(
+        workspace="ws8",
+        method="grpo",
+        parent_run="r1",
+        run_id="r2",
+        beta=0.05,
+        max_steps=5,
+        batch_size=4,
+        num_generations=4,
+        temperature=0.9,
+        eval_steps=0,
+    ),
 }
 
 
@@ -66,6 +117,7 @@ class Toggle(Config):
 
 
 # -- round trips --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("config", instances())
 def test_to_dict_from_dict_round_trip(config):
@@ -111,6 +163,7 @@ def test_replace_returns_validated_copy():
 
 # -- unknown keys -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("cls", CONFIG_CLASSES)
 def test_from_dict_unknown_key_raises_naming_it(cls):
     data = {**cls().to_dict(), "max_stepz": 3}
@@ -132,8 +185,14 @@ def test_from_dict_non_strict_ignores_unknown_keys():
 
 
 def test_from_parameters_takes_each_field_by_name_and_leaves_other_names():
-    cell = {"workspace": "ws", "max_steps": 7, "warmup_ratio": 0.1, "interactive": False, "TrainConfig": TrainConfig,
-            "__name__": "__main__"}  # what a notebook's globals() holds besides the parameters
+    cell = {
+        "workspace": "ws",
+        "max_steps": 7,
+        "warmup_ratio": 0.1,
+        "interactive": False,
+        "TrainConfig": TrainConfig,
+        "__name__": "__main__",
+    }  # what a notebook's globals() holds besides the parameters
     assert TrainConfig.from_parameters(cell) == TrainConfig(workspace="ws", max_steps=7, warmup_ratio=0.1)
     with pytest.raises(ConfigError, match="`warmup_ratio`"):
         TrainConfig.from_parameters({**cell, "warmup_ratio": 2.0})
@@ -141,13 +200,15 @@ def test_from_parameters_takes_each_field_by_name_and_leaves_other_names():
 
 # -- settings owned by an earlier stage ------------------------------------------------------
 
+
 def test_training_takes_base_model_and_max_seq_len_from_02_unless_set(tmp_path):
     from nbkit.core.files import write_json
     from nbkit.core.workspace import Workspace
     from nbkit.model.loader import EMBEDDED_MODEL
 
     assert TrainConfig(workspace=str(tmp_path)).resolved() == TrainConfig(  # before 02 runs: 02's defaults
-        workspace=str(tmp_path), base_model=FormatConfig().base_model, max_seq_len=FormatConfig().max_seq_len)
+        workspace=str(tmp_path), base_model=FormatConfig().base_model, max_seq_len=FormatConfig().max_seq_len
+    )
     write_json(Workspace(tmp_path).format_report, {"base_model": "org/model-x", "max_seq_len": 1024})
     warnings: list[str] = []
     config = TrainConfig(workspace=str(tmp_path)).resolved(warn=warnings.append)
@@ -155,13 +216,17 @@ def test_training_takes_base_model_and_max_seq_len_from_02_unless_set(tmp_path):
     override = TrainConfig(workspace=str(tmp_path), max_seq_len=512, base_model=EMBEDDED_MODEL)
     config = override.resolved(warn=warnings.append)
     assert (config.base_model, config.max_seq_len) == (EMBEDDED_MODEL, 512)  # set here: overrides 02
-    assert len(warnings) == 2 and "max_seq_len=512 here, but 02_format prepared the data with max_seq_len=1024" \
-        in warnings[1] and "base_model" in warnings[0]
+    assert (
+        len(warnings) == 2
+        and "max_seq_len=512 here, but 02_format prepared the data with max_seq_len=1024" in warnings[1]
+        and "base_model" in warnings[0]
+    )
     assert TrainConfig(workspace=str(tmp_path), max_seq_len=1024).resolved(warn=warnings.append).max_seq_len == 1024
     assert len(warnings) == 2  # the same value as 02's: nothing to warn about
 
 
 # -- invalid values -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "cls, kwargs, name",
@@ -247,6 +312,7 @@ def test_boundary_values_are_accepted():
 
 # -- type coercion ------------------------------------------------------------------------
 
+
 def test_int_given_for_float_field_becomes_float():
     config = TrainConfig(num_train_epochs=2, max_steps=0)
     assert config.num_train_epochs == 2.0
@@ -303,6 +369,7 @@ def test_bool_field_accepts_bools():
 
 
 # -- help texts ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("cls", CONFIG_CLASSES)
 def test_every_field_has_help_text(cls):

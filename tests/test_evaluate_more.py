@@ -25,13 +25,22 @@ from nbkit.train.sft import train
 
 
 def fake_summary(score=0.97, n_test=40, metric="exact_match"):
-    return {"run_id": "r1", "base_model": "m", "method": "qlora", "n_test": n_test, "task_metric": metric,
-            "base": {metric: 0.1, "perplexity": 9.0, "loss": 2.2}, "tuned": {metric: score, "perplexity": 1.5,
-                                                                            "loss": 0.4}}
+    return {
+        "run_id": "r1",
+        "base_model": "m",
+        "method": "qlora",
+        "n_test": n_test,
+        "task_metric": metric,
+        "base": {metric: 0.1, "perplexity": 9.0, "loss": 2.2},
+        "tuned": {metric: score, "perplexity": 1.5, "loss": 0.4},
+    }
 
 
 LEAKY = {"leakage": {"train_validation": 2, "train_test": 3}, "leakage_found": {"train_validation": 2, "train_test": 3}}
-DROPPED = {"leakage": {"train_validation": 0, "train_test": 0}, "leakage_found": {"train_validation": 2, "train_test": 3}}
+DROPPED = {
+    "leakage": {"train_validation": 0, "train_test": 0},
+    "leakage_found": {"train_validation": 2, "train_test": 3},
+}
 
 
 def test_a_near_perfect_score_with_leaked_rows_is_flagged_with_counts_and_fix():
@@ -41,13 +50,16 @@ def test_a_near_perfect_score_with_leaked_rows_is_flagged_with_counts_and_fix():
     assert quality_warnings(fake_summary(0.95), LEAKY), "the threshold is inclusive"
 
 
-@pytest.mark.parametrize("summary, manifest", [
-    (fake_summary(0.94), LEAKY),                         # good, not suspicious
-    (fake_summary(1.0), DROPPED),                        # leaks were found but dropped in 03
-    (fake_summary(1.0), {}),                             # no manifest
-    (fake_summary(1.0, metric="perplexity"), LEAKY),     # lower-is-better metric: no "too good" rule
-    ({**fake_summary(), "task_metric": "rouge_l"}, LEAKY),  # headline metric missing from the scores
-])
+@pytest.mark.parametrize(
+    "summary, manifest",
+    [
+        (fake_summary(0.94), LEAKY),  # good, not suspicious
+        (fake_summary(1.0), DROPPED),  # leaks were found but dropped in 03
+        (fake_summary(1.0), {}),  # no manifest
+        (fake_summary(1.0, metric="perplexity"), LEAKY),  # lower-is-better metric: no "too good" rule
+        ({**fake_summary(), "task_metric": "rouge_l"}, LEAKY),  # headline metric missing from the scores
+    ],
+)
 def test_no_leak_warning_without_both_a_high_score_and_remaining_leaks(summary, manifest):
     assert quality_warnings(summary, manifest) == []
 
@@ -69,10 +81,12 @@ def test_row_scores_follow_the_kind_of_answer():
 
 
 def test_best_and_worst_are_ordered_and_disjoint():
-    preds = [{"prompt": f"p{i}", "reference": "r", "base": "b", "tuned": "t", "base_score": 0.0, "tuned_score": s}
-             for i, s in enumerate([0.5, 1.0, 0.0, 0.25, 1.0, 0.75, 0.1])]
+    preds = [
+        {"prompt": f"p{i}", "reference": "r", "base": "b", "tuned": "t", "base_score": 0.0, "tuned_score": s}
+        for i, s in enumerate([0.5, 1.0, 0.0, 0.25, 1.0, 0.75, 0.1])
+    ]
     examples = best_and_worst(preds)
-    assert [e["index"] for e in examples["best"]] == [1, 4, 5]   # ties keep test order
+    assert [e["index"] for e in examples["best"]] == [1, 4, 5]  # ties keep test order
     assert [e["index"] for e in examples["worst"]] == [2, 6, 3]
     assert set(examples["best"][0]) >= {"prompt", "reference", "base", "tuned", "tuned_score"}
     few = best_and_worst(preds[:3])
@@ -92,10 +106,25 @@ def test_probe_matching_and_structure():
 
 
 def test_report_escapes_text_and_holds_every_section(tmp_path):
-    summary = {**fake_summary(0.97, n_test=2), "row_score": "field_accuracy",
-               "examples": {"best": [{"index": 0, "prompt": "<script>x</script> | pipe", "reference": "r", "base": "b",
-                                      "tuned": "t", "base_score": 0.0, "tuned_score": 1.0}], "worst": []},
-               "forgetting": forgetting_scores(["Paris"] * len(FORGETTING_PROBE), ["Paris"] * len(FORGETTING_PROBE))}
+    summary = {
+        **fake_summary(0.97, n_test=2),
+        "row_score": "field_accuracy",
+        "examples": {
+            "best": [
+                {
+                    "index": 0,
+                    "prompt": "<script>x</script> | pipe",
+                    "reference": "r",
+                    "base": "b",
+                    "tuned": "t",
+                    "base_score": 0.0,
+                    "tuned_score": 1.0,
+                }
+            ],
+            "worst": [],
+        },
+        "forgetting": forgetting_scores(["Paris"] * len(FORGETTING_PROBE), ["Paris"] * len(FORGETTING_PROBE)),
+    }
     summary["warnings"] = quality_warnings(summary, LEAKY)
     path = write_report(summary, [{}, {}], tmp_path)
     markdown, page = path.read_text(), (tmp_path / "eval" / "report.html").read_text()
@@ -109,12 +138,25 @@ def test_report_escapes_text_and_holds_every_section(tmp_path):
 
 # -- on the embedded model --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def evaluated(prepared_workspace, tmp_path_factory):
     ws = tmp_path_factory.mktemp("evaluate-more") / "workspace"
     shutil.copytree(prepared_workspace, ws, ignore=shutil.ignore_patterns("runs"))
-    train(TrainConfig(workspace=str(ws), run_id="more-run", max_steps=2, batch_size=4, max_seq_len=160, eval_steps=0,
-                      lora_r=8, lora_alpha=16, logging_steps=1), on_log=None)
+    train(
+        TrainConfig(
+            workspace=str(ws),
+            run_id="more-run",
+            max_steps=2,
+            batch_size=4,
+            max_seq_len=160,
+            eval_steps=0,
+            lora_r=8,
+            lora_alpha=16,
+            logging_steps=1,
+        ),
+        on_log=None,
+    )
     summary = evaluate(EvalConfig(workspace=str(ws), run_id="more-run", max_examples=4, batch_size=4))
     return Workspace(ws), summary
 
@@ -183,8 +225,9 @@ def test_runaway_answers_are_counted_and_warned_about(tokenizer):
     summary = runaway_summary({"base": answers, "tuned": answers}, {"base": [True] * 3, "tuned": stopped}, prompts, 4)
     assert (summary["base"], summary["tuned"]) == (0, 1)
     assert summary["examples"] == [{"prompt": "question 1", "tuned": answers[1]}]
-    [warning] = quality_warnings({"runaway": summary, "n_test": 40, "task_metric": "exact_match",
-                                  "tuned": {"exact_match": 0.5}}, {})
+    [warning] = quality_warnings(
+        {"runaway": summary, "n_test": 40, "task_metric": "exact_match", "tuned": {"exact_match": 0.5}}, {}
+    )
     assert "without its end-of-turn token on 1 of 40 test prompts, the base model on 0" in warning
     assert "answers_without_end_of_turn" in warning
     assert quality_warnings({"runaway": {**summary, "tuned": 0}, "n_test": 40}, {}) == []

@@ -21,8 +21,10 @@ from nbkit.train.sft import train
 
 
 def test_report_and_export_import_without_notebook_machinery():
-    code = ("import sys\nfor name in ('ipywidgets', 'IPython', 'IPython.display', 'plotly'): sys.modules[name] = None\n"
-            "import nbkit.evaluate.report, nbkit.export.exporter\nprint('ok')\n")
+    code = (
+        "import sys\nfor name in ('ipywidgets', 'IPython', 'IPython.display', 'plotly'): sys.modules[name] = None\n"
+        "import nbkit.evaluate.report, nbkit.export.exporter\nprint('ok')\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -87,14 +89,27 @@ def test_merged_gguf_and_ollama_exports_answer_like_the_evaluated_model(prepared
     `ollama create --quantize q4_K_M` quantizes it."""
     ws = Workspace(tmp_path / "workspace")
     shutil.copytree(prepared_workspace, ws.root, ignore=shutil.ignore_patterns("runs"))
-    train(TrainConfig(workspace=str(ws.root), run_id="export-run", max_steps=2, batch_size=4, max_seq_len=160,
-                      eval_steps=0, lora_r=8, lora_alpha=16, logging_steps=1), on_log=None)
+    train(
+        TrainConfig(
+            workspace=str(ws.root),
+            run_id="export-run",
+            max_steps=2,
+            batch_size=4,
+            max_seq_len=160,
+            eval_steps=0,
+            lora_r=8,
+            lora_alpha=16,
+            logging_steps=1,
+        ),
+        on_log=None,
+    )
     gc.collect()
     models_before = live_models()
     gc.disable()  # the three models the merge loads must be freed by the merge itself
     try:
-        record = export_if_requested(SimpleNamespace(export_formats=["ollama"], workspace=str(ws.root)),
-                                     {"run_id": "export-run"})
+        record = export_if_requested(
+            SimpleNamespace(export_formats=["ollama"], workspace=str(ws.root)), {"run_id": "export-run"}
+        )
         assert live_models() == models_before, "a model outlived the exports"
     finally:
         gc.enable()
@@ -131,14 +146,21 @@ def test_merged_gguf_and_ollama_exports_answer_like_the_evaluated_model(prepared
     assert record["gguf"]["f16"]["identical"] == 8, "16-bit weights of a float32 model must answer alike"
     assert record["gguf"]["q8_0"]["bytes"] < 0.6 * record["gguf"]["f16"]["bytes"]
     q4 = record["gguf"]["q4_k_m"]
-    assert q4 == {"type": "q4_k_m", "written": False, "from": str(export / "export-run-f16.gguf"),
-                  "quantize_with": "ollama create --quantize q4_K_M", "reason": q4["reason"]}
+    assert q4 == {
+        "type": "q4_k_m",
+        "written": False,
+        "from": str(export / "export-run-f16.gguf"),
+        "quantize_with": "ollama create --quantize q4_K_M",
+        "reason": q4["reason"],
+    }
     assert not (export / "export-run-q4_k_m.gguf").exists()
     modelfile = (export / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./export-run-f16.gguf\nTEMPLATE") and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert 'SYSTEM """Triage the support ticket.' in modelfile  # the sample data's system prompt
-    assert record["ollama"]["commands"][1:] == ["ollama create --quantize q4_K_M nbkit-export-run -f Modelfile",
-                                                "ollama run nbkit-export-run"]
+    assert record["ollama"]["commands"][1:] == [
+        "ollama create --quantize q4_K_M nbkit-export-run -f Modelfile",
+        "ollama run nbkit-export-run",
+    ]
     text = describe_export(record)
     assert "export-run-q8_0.gguf" in text and "ollama run nbkit-export-run" in text
     assert "q4_k_m: not written here" in text and "ollama create --quantize q4_K_M" in text
@@ -191,8 +213,11 @@ def test_gguf_export_refuses_what_the_converter_cannot_do(tmp_path, family_model
     assert "has no tokenizer.model" in gguf_problem(phi)
     broken = variant("broken")
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ExportError, match=r"(?s)converter .* failed writing broken\.gguf \(exit code 1\); its last "
-                                          r"lines:\n.*Error.*The whole log is in"):
+    with pytest.raises(
+        ExportError,
+        match=r"(?s)converter .* failed writing broken\.gguf \(exit code 1\); its last "
+        r"lines:\n.*Error.*The whole log is in",
+    ):
         write_gguf(broken, tmp_path / "out" / "broken.gguf")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["broken.log"]
 

@@ -17,10 +17,17 @@ from nbkit.model.loss_mask import answers_without_end_of_turn, encode_chat, mask
 
 NAMES = list(FAMILIES)
 CONVERSATIONS = [
-    [{"role": "system", "content": "You triage tickets."}, {"role": "user", "content": "Login fails 🚀"},
-     {"role": "assistant", "content": '{"team": "auth"}'}],
-    [{"role": "user", "content": "Grüße! 日本語 привет"}, {"role": "assistant", "content": "Hallo, wie geht's?"},
-     {"role": "user", "content": "And once more?"}, {"role": "assistant", "content": "Hallo noch einmal."}],
+    [
+        {"role": "system", "content": "You triage tickets."},
+        {"role": "user", "content": "Login fails 🚀"},
+        {"role": "assistant", "content": '{"team": "auth"}'},
+    ],
+    [
+        {"role": "user", "content": "Grüße! 日本語 привет"},
+        {"role": "assistant", "content": "Hallo, wie geht's?"},
+        {"role": "user", "content": "And once more?"},
+        {"role": "assistant", "content": "Hallo noch einmal."},
+    ],
 ]
 
 
@@ -98,8 +105,10 @@ def test_qwen3_thinking_off_puts_the_empty_think_block_in_the_prompt_and_on_trai
     trained_on = "".join(t for t, on_ in mask_segments(on, messages) if on_)
     assert "<think>" not in trained_off and "<think>\n\n</think>" in trained_on
     assert final_answer("<think>\n\n</think>\n\nHello") == "Hello"
-    assert off.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True,
-                                   enable_thinking=True) == prompt_on  # an explicit argument still wins
+    assert (
+        off.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True, enable_thinking=True)
+        == prompt_on
+    )  # an explicit argument still wins
 
 
 def test_a_base_checkpoint_gets_its_familys_template_or_a_plain_one(family_model, tokenizer):
@@ -165,8 +174,7 @@ def test_each_family_formats_and_trains_with_qlora(name, family_model, collected
         before = quality_report(QualityConfig(workspace=str(ws), base_model=str(folder)))
         assert before["replay"]["enabled"] and before["replay"]["base_model_without_template"]
         assert any("ships no chat template (a base model)" in item["message"] for item in before["verdict"])
-    report = format_rows(FormatConfig(workspace=str(ws), base_model=str(folder), max_seq_len=256,
-                                      replay_guard=guard))
+    report = format_rows(FormatConfig(workspace=str(ws), base_model=str(folder), max_seq_len=256, replay_guard=guard))
     assert report["mask_problems"] == {} and report["answers_without_end_of_turn"] == 0
     assert report["chat_template"]["end_of_turn"] == FAMILIES[name].end_of_turn
     if guard:
@@ -176,10 +184,24 @@ def test_each_family_formats_and_trains_with_qlora(name, family_model, collected
         assert not any(item["message"].startswith("Replay guard on") for item in quality["verdict"])
         assert any(item["message"].startswith("Replay guard off: ") for item in quality["verdict"])
     split_dataset(SplitConfig(workspace=str(ws)))
-    run = train(TrainConfig(workspace=str(ws), run_id="tiny", method="qlora", max_steps=6, batch_size=4,
-                            learning_rate=5e-3, eval_steps=0, logging_steps=1))
-    losses = [row["loss"] for row in Workspace(ws).run_dir("tiny").joinpath("metrics.jsonl").read_text().splitlines()
-              for row in [__import__("json").loads(row)] if "loss" in row]
+    run = train(
+        TrainConfig(
+            workspace=str(ws),
+            run_id="tiny",
+            method="qlora",
+            max_steps=6,
+            batch_size=4,
+            learning_rate=5e-3,
+            eval_steps=0,
+            logging_steps=1,
+        )
+    )
+    losses = [
+        row["loss"]
+        for row in Workspace(ws).run_dir("tiny").joinpath("metrics.jsonl").read_text().splitlines()
+        for row in [__import__("json").loads(row)]
+        if "loss" in row
+    ]
     assert run["thinking"] is False and losses and losses[-1] < losses[0]
     adapter = load_file(Workspace(ws).run_dir("tiny") / "adapter" / "adapter_model.safetensors")
     assert any(k.endswith("lora_B.weight") and torch.count_nonzero(v) for k, v in adapter.items())

@@ -25,9 +25,11 @@ from nbkit.model.loss_mask import (
 )
 
 SYSTEM = {"role": "system", "content": "Triage the ticket."}
-TICKET = ("Hello, I ordered a pair of headphones three weeks ago and the tracking page still says the parcel is "
-          "waiting at the depot. I need them for a trip next Friday, so could you check with the carrier and "
-          "tell me when it will arrive? Thanks a lot, Maria")
+TICKET = (
+    "Hello, I ordered a pair of headphones three weeks ago and the tracking page still says the parcel is "
+    "waiting at the depot. I need them for a trip next Friday, so could you check with the carrier and "
+    "tell me when it will arrive? Thanks a lot, Maria"
+)
 OTHERS = [
     "My invoice for March shows the wrong amount and I was charged twice for the Pro plan, please refund one.",
     "The app crashes every time I open the export menu on my phone since the update yesterday.",
@@ -43,16 +45,18 @@ def chat(user: str, answer: str = "ok") -> dict:
 @pytest.fixture
 def messy_workspace(tmp_path):
     """Ten rows collected from a list: a reworded copy, an exact-after-normalizing copy, and personal data."""
-    records = [chat(TICKET, "shipping"),
-               chat(OTHERS[0] + " Reach me at maria.lopez@example.com or 415-555-2671.", "billing"),
-               chat(TICKET.replace("Thanks a lot", "Thanks so much"), "shipping"),
-               chat(OTHERS[1], "technical"),
-               chat(TICKET.lower(), "shipping"),
-               chat(OTHERS[2], "account"),
-               chat(OTHERS[3] + " My card is 4111 1111 1111 1111.", "billing"),
-               chat("Order #48213 from 2024-03-15 never came, it cost $49.99.", "shipping"),
-               chat("Server 10.0.0.12 rejects token=Ab12Cd34Ef56Gh78Ij90 since Monday.", "technical"),
-               chat("Where do I download my invoices for last year?", "billing")]
+    records = [
+        chat(TICKET, "shipping"),
+        chat(OTHERS[0] + " Reach me at maria.lopez@example.com or 415-555-2671.", "billing"),
+        chat(TICKET.replace("Thanks a lot", "Thanks so much"), "shipping"),
+        chat(OTHERS[1], "technical"),
+        chat(TICKET.lower(), "shipping"),
+        chat(OTHERS[2], "account"),
+        chat(OTHERS[3] + " My card is 4111 1111 1111 1111.", "billing"),
+        chat("Order #48213 from 2024-03-15 never came, it cost $49.99.", "shipping"),
+        chat("Server 10.0.0.12 rejects token=Ab12Cd34Ef56Gh78Ij90 since Monday.", "technical"),
+        chat("Where do I download my invoices for last year?", "billing"),
+    ]
     collect(CollectConfig(workspace=str(tmp_path), sources=[records]))
     return tmp_path
 
@@ -109,8 +113,13 @@ def test_redaction_and_dropping_keep_the_accounting_honest(messy_workspace, shar
     assert kept_positions | {d["position"] for d in dropped} == {r["meta"]["index"] for r in clean}
 
     text = json.dumps(rows)
-    for secret in ("maria.lopez@example.com", "415-555-2671", "4111 1111 1111 1111", "10.0.0.12",
-                   "Ab12Cd34Ef56Gh78Ij90"):
+    for secret in (
+        "maria.lopez@example.com",
+        "415-555-2671",
+        "4111 1111 1111 1111",
+        "10.0.0.12",
+        "Ab12Cd34Ef56Gh78Ij90",
+    ):
         assert secret not in text
     assert "Reach me at [EMAIL] or [PHONE]." in rows[1]["messages"][1]["content"]
     assert "Order #48213 from 2024-03-15 never came, it cost $49.99." in text  # not personal data
@@ -125,7 +134,8 @@ def test_mask_problems_are_counted_over_every_row(messy_workspace, tokenizer, mo
     broken.chat_template = (
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
         "{% if not (message['role'] == 'assistant' and message['content'] == 'technical') %}{{ '<|im_end|>' }}"
-        "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+        "{% endif %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     monkeypatch.setattr("nbkit.data.formatting.load_tokenizer", lambda name, **_: broken)
     report = format_rows(FormatConfig(workspace=str(messy_workspace)))
     (problem,) = report["mask_problems"]
@@ -150,12 +160,12 @@ QWEN25_TEMPLATE = (
     "{%- if tools %}{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
     "{%- else %}{{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}{%- endif %}"
-    "{{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}"
-    "{%- for tool in tools %}{{- \"\\n\" }}{{- tool | tojson }}{%- endfor %}"
-    "{{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
-    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}"
+    '{{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n'
+    'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}'
+    '{%- for tool in tools %}{{- "\\n" }}{{- tool | tojson }}{%- endfor %}'
+    '{{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within '
+    '<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": '
+    '<args-json-object>}\\n</tool_call><|im_end|>\\n" }}'
     "{%- else %}{%- if messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
@@ -168,26 +178,42 @@ QWEN25_TEMPLATE = (
     "{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}"
     "{%- for tool_call in message.tool_calls %}"
     "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{{- '\\n<tool_call>\\n{\"name\": \"' }}{{- tool_call.name }}{{- '\", \"arguments\": ' }}"
+    '{{- \'\\n<tool_call>\\n{"name": "\' }}{{- tool_call.name }}{{- \'", "arguments": \' }}'
     "{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}{%- endfor %}{{- '<|im_end|>\\n' }}"
     "{%- elif message.role == 'tool' %}"
     "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}{{- '<|im_start|>user' }}"
     "{%- endif %}{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}"
     "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\\n' }}{%- endif %}"
     "{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 TOOL_MESSAGES = [
     {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        ],
+    },
     {"role": "tool", "content": "18 degrees and sunny", "tool_call_id": "call_1"},
-    {"role": "assistant", "content": "It is 18 degrees and sunny in Paris."}]
-WEIGHTED = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Nope.", "weight": 0},
-            {"role": "user", "content": "Please say hi."}, {"role": "assistant", "content": "Hi there!", "weight": 1}]
+    {"role": "assistant", "content": "It is 18 degrees and sunny in Paris."},
+]
+WEIGHTED = [
+    {"role": "user", "content": "Say hi."},
+    {"role": "assistant", "content": "Nope.", "weight": 0},
+    {"role": "user", "content": "Please say hi."},
+    {"role": "assistant", "content": "Hi there!", "weight": 1},
+]
 
 
 @pytest.fixture
@@ -208,8 +234,10 @@ def write_clean(root, rows: list[dict]) -> Workspace:
 
 def trained_and_masked(tokenizer, encoded) -> tuple[str, str]:
     ids = encoded["input_ids"]
-    return (tokenizer.decode([t for t, label in zip(ids, encoded["labels"]) if label != IGNORE_INDEX]),
-            tokenizer.decode([t for t, label in zip(ids, encoded["labels"]) if label == IGNORE_INDEX]))
+    return (
+        tokenizer.decode([t for t, label in zip(ids, encoded["labels"]) if label != IGNORE_INDEX]),
+        tokenizer.decode([t for t, label in zip(ids, encoded["labels"]) if label == IGNORE_INDEX]),
+    )
 
 
 def test_a_weight_0_turn_is_context_and_the_weight_1_turn_is_trained_with_its_end_of_turn(tokenizer):
@@ -247,8 +275,10 @@ def test_a_tool_aware_template_renders_the_tools_and_trains_the_call_but_not_the
     assert unrendered_tools(tool_tokenizer, TOOL_MESSAGES, [WEATHER_TOOL]) == []
     encoded = tokenize_chat(tool_tokenizer, TOOL_MESSAGES, tools=[WEATHER_TOOL])
     trained, masked = trained_and_masked(tool_tokenizer, encoded)
-    assert trained == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
-                       "It is 18 degrees and sunny in Paris.<|im_end|>")
+    assert trained == (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
+        "It is 18 degrees and sunny in Paris.<|im_end|>"
+    )
     assert "<tool_response>\n18 degrees and sunny\n</tool_response>" in masked  # the tool result is context
     assert '"description": "Current weather in a city."' in masked  # so are the tool definitions
     assert mask_problems(tool_tokenizer, TOOL_MESSAGES, tools=[WEATHER_TOOL]) == []
@@ -256,16 +286,20 @@ def test_a_tool_aware_template_renders_the_tools_and_trains_the_call_but_not_the
     assert tokenize_chat(tool_tokenizer, TOOL_MESSAGES)["input_ids"] != encoded["input_ids"]
 
 
-def test_a_tool_aware_template_keeps_tool_rows_and_training_tokenizes_their_tools(tmp_path, tool_tokenizer,
-                                                                                   monkeypatch):
+def test_a_tool_aware_template_keeps_tool_rows_and_training_tokenizes_their_tools(
+    tmp_path, tool_tokenizer, monkeypatch
+):
     from nbkit.train.sft import tokenized_split
     from nbkit.widgets.format import mask_viewer
 
     monkeypatch.setattr("nbkit.data.formatting.load_tokenizer", lambda name, **_: tool_tokenizer)
     ws = write_clean(tmp_path, [{"messages": TOOL_MESSAGES, "tools": [WEATHER_TOOL]}, chat(OTHERS[0], "billing")])
     report = format_rows(FormatConfig(workspace=str(tmp_path)))
-    assert report["rows"] == 2 and report["rejected_rows"] == {"tools_not_rendered": 0, "template_error": 0,
-                                                               "no_trained_tokens": 0}
+    assert report["rows"] == 2 and report["rejected_rows"] == {
+        "tools_not_rendered": 0,
+        "template_error": 0,
+        "no_trained_tokens": 0,
+    }
     assert report["mask_problems"] == {} and report["answers_without_end_of_turn"] == 0
     assert "<tools>" in report["example"] and "get_weather" in report["example"]
     rows = read_jsonl(ws.formatted)
@@ -279,9 +313,18 @@ def test_a_tool_aware_template_keeps_tool_rows_and_training_tokenizes_their_tool
 def test_tool_rows_the_embedded_template_cannot_render_are_dropped_with_the_reason(tmp_path, shared_tokenizer):
     # the embedded SmolLM2 template renders neither tool definitions nor tool calls
     assert unrendered_tools(shared_tokenizer, TOOL_MESSAGES, [WEATHER_TOOL]) == [
-        "the tool definition 'get_weather'", "the tool call 'get_weather'"]
-    ws = write_clean(tmp_path, [chat(OTHERS[0], "billing"), {"messages": TOOL_MESSAGES, "tools": [WEATHER_TOOL]},
-                                chat(OTHERS[1], "technical"), {"messages": TOOL_MESSAGES[:2] + TOOL_MESSAGES[2:]}])
+        "the tool definition 'get_weather'",
+        "the tool call 'get_weather'",
+    ]
+    ws = write_clean(
+        tmp_path,
+        [
+            chat(OTHERS[0], "billing"),
+            {"messages": TOOL_MESSAGES, "tools": [WEATHER_TOOL]},
+            chat(OTHERS[1], "technical"),
+            {"messages": TOOL_MESSAGES[:2] + TOOL_MESSAGES[2:]},
+        ],
+    )
     report = format_rows(FormatConfig(workspace=str(tmp_path)))
     assert report["rows"] == 2 and report["rejected_rows"]["tools_not_rendered"] == 2
     assert report["rows"] + report["dropped_rows"] == report["clean_rows"] == 4
@@ -289,11 +332,16 @@ def test_tool_rows_the_embedded_template_cannot_render_are_dropped_with_the_reas
     first, second = read_jsonl(ws.dropped)
     assert set(first) == {"source", "position", "reason", "messages", "meta", "tools"}
     assert (first["source"], first["position"], first["tools"], first["messages"]) == (
-        "<list>", 1, [WEATHER_TOOL], TOOL_MESSAGES)
+        "<list>",
+        1,
+        [WEATHER_TOOL],
+        TOOL_MESSAGES,
+    )
     assert first["reason"] == (
         f"tools_not_rendered: the chat template of {EMBEDDED_MODEL} does not render the tool definition "
         "'get_weather', the tool call 'get_weather', so training would lose them; use a model whose chat template "
-        "supports tools, or remove the tools from this row")
+        "supports tools, or remove the tools from this row"
+    )
     assert second["position"] == 3 and "tools" not in second  # tool calls without definitions: still lost
     assert "does not render the tool call 'get_weather'," in second["reason"]
     saved = json.loads(ws.format_report.read_text())
@@ -302,10 +350,12 @@ def test_tool_rows_the_embedded_template_cannot_render_are_dropped_with_the_reas
 
 def test_a_template_that_raises_on_a_row_drops_it_instead_of_crashing(tmp_path, tokenizer, monkeypatch):
     strict = copy.deepcopy(tokenizer)
-    strict.chat_template = ("{% for message in messages %}{% if message['role'] == 'tool' %}"
-                            "{{ raise_exception('Tool messages are not supported') }}{% endif %}"
-                            "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-                            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    strict.chat_template = (
+        "{% for message in messages %}{% if message['role'] == 'tool' %}"
+        "{{ raise_exception('Tool messages are not supported') }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
     monkeypatch.setattr("nbkit.data.formatting.load_tokenizer", lambda name, **_: strict)
     ws = write_clean(tmp_path, [{"messages": TOOL_MESSAGES}, chat(OTHERS[2], "account")])
     report = format_rows(FormatConfig(workspace=str(tmp_path)))
@@ -317,12 +367,19 @@ def test_a_template_that_raises_on_a_row_drops_it_instead_of_crashing(tmp_path, 
 
 def test_cut_answers_are_counted_and_rows_with_nothing_to_learn_are_dropped(tmp_path, shared_tokenizer):
     long_text = " ".join(OTHERS * 3)  # well over 64 tokens
-    rows = [chat(OTHERS[3], "billing"),
-            chat("Where is my parcel?", long_text),                  # answer cut: counted, kept
-            chat(long_text, "shipping"),                             # answer after max_seq_len: nothing trained
-            {"messages": [SYSTEM, {"role": "user", "content": OTHERS[2]},
-                          {"role": "assistant", "content": "account", "weight": 0}]},  # all context
-            chat(OTHERS[1], "technical")]
+    rows = [
+        chat(OTHERS[3], "billing"),
+        chat("Where is my parcel?", long_text),  # answer cut: counted, kept
+        chat(long_text, "shipping"),  # answer after max_seq_len: nothing trained
+        {
+            "messages": [
+                SYSTEM,
+                {"role": "user", "content": OTHERS[2]},
+                {"role": "assistant", "content": "account", "weight": 0},
+            ]
+        },  # all context
+        chat(OTHERS[1], "technical"),
+    ]
     ws = write_clean(tmp_path, rows)
     report = format_rows(FormatConfig(workspace=str(tmp_path), max_seq_len=64))
     assert [r["meta"]["index"] for r in read_jsonl(ws.formatted)] == [0, 1, 4]
@@ -334,13 +391,16 @@ def test_cut_answers_are_counted_and_rows_with_nothing_to_learn_are_dropped(tmp_
     assert "starts after max_seq_len=64" in cut["reason"] and "raise max_seq_len" in cut["reason"]
     assert context["position"] == 3 and context["reason"] == (
         "no_trained_tokens: every assistant turn has weight 0, so the row is all context; give the replies the "
-        "model should learn weight 1 (or no weight), or remove the row")
+        "model should learn weight 1 (or no weight), or remove the row"
+    )
     assert report["mask_problems"] == {}  # a weight-0 turn is not "not trained"
 
 
 def test_a_set_with_no_trained_token_at_all_refuses_to_format(tmp_path, shared_tokenizer):
-    rows = [{"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok", "weight": 0}]}
-            for text in OTHERS]
+    rows = [
+        {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok", "weight": 0}]}
+        for text in OTHERS
+    ]
     ws = write_clean(tmp_path, rows)
     with pytest.raises(DataError, match=r"no row of .*clean\.jsonl is left to train on") as info:
         format_rows(FormatConfig(workspace=str(tmp_path)))
@@ -354,8 +414,9 @@ def test_training_refuses_a_split_with_no_trained_token_before_loading_a_model(t
     from nbkit.core.train_config import TrainConfig
     from nbkit.train.sft import build_trainer, tokenized_split
 
-    weighted_out = [{"messages": [{"role": "user", "content": "hi"},
-                                  {"role": "assistant", "content": "hello", "weight": 0}]}]
+    weighted_out = [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "weight": 0}]}
+    ]
     with pytest.raises(DataError, match=r"nothing to learn: none of the 1 rows .* max_seq_len=512"):
         tokenized_split(weighted_out, tokenizer, 512)
     plain = [chat(OTHERS[0], "billing")]
@@ -375,8 +436,20 @@ def test_training_refuses_a_split_with_no_trained_token_before_loading_a_model(t
 
 
 def test_redaction_reaches_tool_call_arguments():
-    message = {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
-        "name": "send_mail", "arguments": {"to": "maria.lopez@example.com", "cc": ["x@example.org"]}}}]}
+    message = {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "c",
+                "type": "function",
+                "function": {
+                    "name": "send_mail",
+                    "arguments": {"to": "maria.lopez@example.com", "cc": ["x@example.org"]},
+                },
+            }
+        ],
+    }
     (call,) = redact_row({"messages": [message]})["messages"][0]["tool_calls"]
     assert call["function"]["arguments"] == {"to": "[EMAIL]", "cc": ["[EMAIL]"]}
     assert message["tool_calls"][0]["function"]["arguments"]["to"] == "maria.lopez@example.com"  # input untouched

@@ -26,8 +26,14 @@ from nbkit.model.chat_templates import end_of_turn, end_of_turn_token_id
 pytestmark = pytest.mark.model
 
 # family -> the architecture llama.cpp's converter writes (Mistral 7B is a Llama to llama.cpp)
-ARCHITECTURES = {"qwen2.5": "qwen2", "qwen3": "qwen3", "llama3.2": "llama", "phi3.5": "phi3", "mistral": "llama",
-                 "gemma3": "gemma3"}
+ARCHITECTURES = {
+    "qwen2.5": "qwen2",
+    "qwen3": "qwen3",
+    "llama3.2": "llama",
+    "phi3.5": "phi3",
+    "mistral": "llama",
+    "gemma3": "gemma3",
+}
 CONVERSATION = [
     {"role": "system", "content": "Antworte kurz. 答えは短く。"},
     {"role": "user", "content": "Grüße 🚀 日本語 привет — ¿qué tal? 👩‍💻 naïve café\ttab  two spaces"},
@@ -80,8 +86,10 @@ def test_the_file_tokenizes_a_conversation_like_the_source(exported, read):
     text = exported.tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
     for sample in (text, CONVERSATION[1]["content"]):
         expected = exported.tokenizer.encode(sample, add_special_tokens=False)
-        assert read.tokenizer.encode(sample, add_special_tokens=False) == expected, \
-            (exported.tokenizer.convert_ids_to_tokens(expected), read.tokenizer.tokenize(sample))
+        assert read.tokenizer.encode(sample, add_special_tokens=False) == expected, (
+            exported.tokenizer.convert_ids_to_tokens(expected),
+            read.tokenizer.tokenize(sample),
+        )
     plain = CONVERSATION[1]["content"]
     assert read.tokenizer.encode(plain) == exported.tokenizer.encode(plain), "BOS handling differs"
 
@@ -93,8 +101,9 @@ def test_the_file_carries_the_chat_template_and_the_end_of_turn_token(exported, 
     turn_end = families.FAMILIES[exported.name].end_of_turn
     assert end_of_turn(read.tokenizer) == end_of_turn(exported.tokenizer) == turn_end
     assert end_of_turn_token_id(read.tokenizer) == exported.tokenizer.convert_tokens_to_ids(turn_end)
-    assert read.tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True) == \
-        exported.tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    assert read.tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=False, add_generation_prompt=True
+    ) == exported.tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
 
 
 def test_the_f16_file_computes_what_the_source_model_does(exported, read):
@@ -103,8 +112,13 @@ def test_the_f16_file_computes_what_the_source_model_does(exported, read):
     from transformers import AutoModelForCausalLM
 
     source = AutoModelForCausalLM.from_pretrained(exported.model_dir, dtype=torch.float32).eval()
-    ids = torch.tensor([exported.tokenizer.apply_chat_template(CONVERSATION[:2], add_generation_prompt=True,
-                                                               tokenize=True, return_dict=True)["input_ids"]])
+    ids = torch.tensor(
+        [
+            exported.tokenizer.apply_chat_template(
+                CONVERSATION[:2], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
+        ]
+    )
     with torch.no_grad():
         expected, got = source(ids).logits, read.model(ids).logits
         assert torch.allclose(got, expected, atol=5e-3, rtol=0), (got - expected).abs().max()

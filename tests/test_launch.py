@@ -56,8 +56,10 @@ def test_configs_ship_as_package_data():
 
 
 def test_launch_imports_without_notebook_machinery():
-    code = ("import sys\nfor name in ('ipywidgets', 'IPython', 'IPython.display'): sys.modules[name] = None\n"
-            "import nbkit.train.launch, nbkit.cli\nprint('ok')")
+    code = (
+        "import sys\nfor name in ('ipywidgets', 'IPython', 'IPython.display'): sys.modules[name] = None\n"
+        "import nbkit.train.launch, nbkit.cli\nprint('ok')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
@@ -88,7 +90,7 @@ def train_args(command: str) -> list[str]:
     """The arguments `accelerate launch` hands to `python -m nbkit.cli`."""
     argv = shlex.split(command)
     assert argv[:2] == ["accelerate", "launch"]
-    return argv[argv.index("nbkit.cli") + 1:]
+    return argv[argv.index("nbkit.cli") + 1 :]
 
 
 def test_launch_command_writes_the_files_it_points_at(tmp_path, monkeypatch):
@@ -130,8 +132,10 @@ def test_resuming_without_a_run_id_points_at_the_latest_run_with_a_checkpoint(tm
 
 def notebook_parameters(name: str) -> dict:
     """The parameters cell's defaults, as papermill sees them."""
-    return {p: ast.literal_eval(info["default"]) for p, info in papermill.inspect_notebook(
-        str(NOTEBOOKS / f"{name}.ipynb")).items()}
+    return {
+        p: ast.literal_eval(info["default"])
+        for p, info in papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb")).items()
+    }
 
 
 def test_notebook_parameters_round_trip_through_file_and_cli(tmp_path, monkeypatch):

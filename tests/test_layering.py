@@ -12,8 +12,11 @@ import pytest
 import nbkit
 
 REPO = Path(__file__).resolve().parent.parent
-CORE = sorted(m.name for m in pkgutil.walk_packages(nbkit.__path__, "nbkit.")
-              if not m.name.startswith(("nbkit.widgets", "nbkit.notebooks", "nbkit.sample_data.generate")))
+CORE = sorted(
+    m.name
+    for m in pkgutil.walk_packages(nbkit.__path__, "nbkit.")
+    if not m.name.startswith(("nbkit.widgets", "nbkit.notebooks", "nbkit.sample_data.generate"))
+)
 MAX_LINES = 400
 
 
@@ -27,8 +30,14 @@ def test_every_module_imports_with_ipywidgets_blocked():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
-    assert {"nbkit.core.workspace", "nbkit.model.generation", "nbkit.data.collect", "nbkit.train.prefer.trainer",
-            "nbkit.evaluate.evaluator", "nbkit.export.exporter"} <= set(CORE)
+    assert {
+        "nbkit.core.workspace",
+        "nbkit.model.generation",
+        "nbkit.data.collect",
+        "nbkit.train.prefer.trainer",
+        "nbkit.evaluate.evaluator",
+        "nbkit.export.exporter",
+    } <= set(CORE)
 
 
 def test_widgets_are_not_imported_by_the_core():
@@ -49,6 +58,9 @@ def test_import_contracts_hold():
 
 
 def test_no_module_is_longer_than_a_reader_takes_in():
-    long = {str(p.relative_to(REPO)): n for p in [*REPO.glob("nbkit/**/*.py"), *REPO.glob("widgets/*.py")]
-            if "sample_data" not in p.parts and (n := len(p.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(p.relative_to(REPO)): n
+        for p in [*REPO.glob("nbkit/**/*.py"), *REPO.glob("widgets/*.py")]
+        if "sample_data" not in p.parts and (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert not long, f"modules over {MAX_LINES} lines (split them where the ideas part): {long}"

@@ -33,8 +33,15 @@ PLANTED = {  # (file, position) -> category, as described in tests/fixtures/mess
     ("exports.csv", 2): "missing_content",
     ("mixed.json", 2): "unrecognized_role",
 }
-VALID = {("tickets.jsonl", 1), ("tickets.jsonl", 14), ("tickets.jsonl", 16), ("exports.csv", 1),
-         ("exports.csv", 3), ("mixed.json", 0), ("mixed.json", 1)}
+VALID = {
+    ("tickets.jsonl", 1),
+    ("tickets.jsonl", 14),
+    ("tickets.jsonl", 16),
+    ("exports.csv", 1),
+    ("exports.csv", 3),
+    ("mixed.json", 0),
+    ("mixed.json", 1),
+}
 
 
 @pytest.fixture(scope="module")
@@ -71,5 +78,6 @@ def test_later_stages_ran_on_the_kept_rows(workspace):
     assert sum(manifest["sizes"].values()) - manifest["replay"]["rows"] == 400 + len(VALID)  # replay: train only
     for name in ("01_collect", "02_format", "03_split"):
         nb = json.loads((workspace.executed / f"{name}.ipynb").read_text())
-        assert not [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]
-                    if o["output_type"] == "error"], name
+        assert not [
+            o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "error"
+        ], name

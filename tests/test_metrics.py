@@ -11,6 +11,7 @@ TRIAGE = '{"team": "billing", "priority": "high"}'
 
 # -- normalize / exact_match ----------------------------------------------------------------
 
+
 def test_normalize_json_sorts_keys_and_drops_spacing():
     assert normalize('{"b": 2,  "a": [1, 2]}') == '{"a":[1,2],"b":2}'
 
@@ -62,13 +63,17 @@ def test_exact_match_returns_float():
 
 # -- parse_json -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text", [
-    '```json\n{"a": 1}\n```',
-    '```\n{"a": 1}\n```',
-    '  ```json{"a": 1}```  ',
-    '{"a": 1}',
-    '\n {"a": 1} \n',
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '```json\n{"a": 1}\n```',
+        '```\n{"a": 1}\n```',
+        '  ```json{"a": 1}```  ',
+        '{"a": 1}',
+        '\n {"a": 1} \n',
+    ],
+)
 def test_parse_json_tolerates_fences_and_whitespace(text):
     assert parse_json(text) == {"a": 1}
 
@@ -77,18 +82,27 @@ def test_parse_json_arrays():
     assert parse_json("```json\n[1, 2]\n```") == [1, 2]
 
 
-@pytest.mark.parametrize("text", [
-    "", "Paris", "42", '"a string"', "null", "true",   # JSON, but not an object/array
-    '{"a": 1',                                         # truncated
-    '{"a": 1} and more text',                          # trailing prose
-    'Sure! {"a": 1}',                                  # leading prose
-    "```json\n{'a': 1}\n```",                         # Python dict, not JSON
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Paris",
+        "42",
+        '"a string"',
+        "null",
+        "true",  # JSON, but not an object/array
+        '{"a": 1',  # truncated
+        '{"a": 1} and more text',  # trailing prose
+        'Sure! {"a": 1}',  # leading prose
+        "```json\n{'a': 1}\n```",  # Python dict, not JSON
+    ],
+)
 def test_parse_json_returns_none_for_non_json(text):
     assert parse_json(text) is None
 
 
 # -- field_accuracy -------------------------------------------------------------------------
+
 
 def test_field_accuracy_all_fields_right():
     assert field_accuracy('{"priority": "high", "team": "billing"}', TRIAGE) == 1.0
@@ -122,10 +136,13 @@ def test_field_accuracy_none_for_non_object_reference(reference):
 
 # -- score ----------------------------------------------------------------------------------
 
+
 def test_score_json_references_hand_checked():
-    predictions = [TRIAGE,                                       # exact: 1, valid, fields 1.0
-                   '{"team": "billing", "priority": "low"}',     # exact: 0, valid, fields 0.5
-                   "billing, high"]                              # exact: 0, invalid, fields 0.0
+    predictions = [
+        TRIAGE,  # exact: 1, valid, fields 1.0
+        '{"team": "billing", "priority": "low"}',  # exact: 0, valid, fields 0.5
+        "billing, high",
+    ]  # exact: 0, invalid, fields 0.0
     result = score(predictions, [TRIAGE] * 3)
     assert set(result) == {"exact_match", "json_valid", "field_accuracy"}
     assert result["exact_match"] == pytest.approx(1 / 3)
@@ -136,8 +153,11 @@ def test_score_json_references_hand_checked():
 def test_score_short_text_references_are_scored_as_labels():
     result = score(["Paris.", "Lyon", "rome"], ["Paris", "Marseille", "Rome"])
     # per-class F1: paris 1, marseille 0 (never predicted), rome 1
-    assert result == {"exact_match": pytest.approx(2 / 3), "accuracy": pytest.approx(2 / 3),
-                      "macro_f1": pytest.approx(2 / 3)}
+    assert result == {
+        "exact_match": pytest.approx(2 / 3),
+        "accuracy": pytest.approx(2 / 3),
+        "macro_f1": pytest.approx(2 / 3),
+    }
 
 
 def test_score_mixed_references_has_no_json_metrics():
@@ -157,6 +177,7 @@ def test_score_empty():
 
 
 # -- metrics chosen by answer kind (hand-checked) ------------------------------------------------
+
 
 def test_label_answers_get_accuracy_and_macro_f1():
     from nbkit.core.metrics import kind_of, score, task_metric

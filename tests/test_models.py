@@ -37,7 +37,7 @@ def test_qlora_loads_4bit_nf4_and_answers(tokenizer, qlora):
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_unknown_method_is_refused():
@@ -46,11 +46,17 @@ def test_unknown_method_is_refused():
 
 
 def test_loss_mask_trains_only_assistant_turns_and_their_end_token(tokenizer):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
-                {"role": "assistant", "content": "Goodbye!"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye!"},
+    ]
     encoded = tokenize_chat(tokenizer, messages)
-    trained = tokenizer.decode([t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE_INDEX])
+    trained = tokenizer.decode(
+        [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != IGNORE_INDEX]
+    )
     assert trained == "Hello!<|im_end|>Goodbye!<|im_end|>"
     assert mask_problems(tokenizer, messages) == []
     assert len(tokenize_chat(tokenizer, messages, max_seq_len=10)["input_ids"]) == 10
@@ -84,8 +90,9 @@ def full_logits_loss(model, tokenizer, rows, max_seq_len=160) -> float:
     mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in encoded])
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
-                                             ignore_index=IGNORE_INDEX).item()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    ).item()
 
 
 def test_the_loss_pass_scores_answer_positions_only_and_agrees_with_full_logits(tokenizer, qlora):

@@ -12,8 +12,29 @@ from nbkit.pipeline import PIPELINE
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.model]
 
-SMALL = ["-p", "max_steps", "3", "-p", "batch_size", "4", "-p", "eval_steps", "0", "-p", "max_examples", "6",
-         "-p", "lora_r", "8", "-p", "lora_alpha", "16", "-p", "max_seq_len", "160"]
+SMALL = [
+    "-p",
+    "max_steps",
+    "3",
+    "-p",
+    "batch_size",
+    "4",
+    "-p",
+    "eval_steps",
+    "0",
+    "-p",
+    "max_examples",
+    "6",
+    "-p",
+    "lora_r",
+    "8",
+    "-p",
+    "lora_alpha",
+    "16",
+    "-p",
+    "max_seq_len",
+    "160",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +83,58 @@ def test_prefer_runs_headless_from_the_evaluated_run(executed, tmp_path):
     SFT run, then base → SFT → DPO on the same test rows."""
     rows = [json.loads(line) for line in executed.split("train").read_text().splitlines()][:6]
     pairs = tmp_path / "prefs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": r["messages"][-2]["content"], "chosen": r["messages"][-1]["content"],
-                                         "rejected": "I cannot help with that."}) + "\n"
-                             for r in rows if r["messages"][-2]["role"] == "user"))
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": r["messages"][-2]["content"],
+                    "chosen": r["messages"][-1]["content"],
+                    "rejected": "I cannot help with that.",
+                }
+            )
+            + "\n"
+            for r in rows
+            if r["messages"][-2]["role"] == "user"
+        )
+    )
     (sft,) = [p.name for p in executed.runs.iterdir()]
-    assert main(["run", "--workspace", str(executed.root), "--only", "06", "--quiet", "-p", "sources",
-                 '["files", "metric"]', "-p", "files", json.dumps([str(pairs)]), "-p", "max_prompts", "2",
-                 "-p", "samples_per_prompt", "2", "-p", "max_steps", "2", "-p", "batch_size", "2",
-                 "-p", "compare_examples", "6", "-p", "run_id", "dpo"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--workspace",
+                str(executed.root),
+                "--only",
+                "06",
+                "--quiet",
+                "-p",
+                "sources",
+                '["files", "metric"]',
+                "-p",
+                "files",
+                json.dumps([str(pairs)]),
+                "-p",
+                "max_prompts",
+                "2",
+                "-p",
+                "samples_per_prompt",
+                "2",
+                "-p",
+                "max_steps",
+                "2",
+                "-p",
+                "batch_size",
+                "2",
+                "-p",
+                "compare_examples",
+                "6",
+                "-p",
+                "run_id",
+                "dpo",
+            ]
+        )
+        == 0
+    )
     nb = executed.executed / "06_prefer.ipynb"
     assert not [o for o in outputs(nb) if o["output_type"] == "error"]
     assert "application/vnd.jupyter.widget-view+json" not in json.dumps(outputs(nb))
@@ -105,8 +170,25 @@ def test_users_own_files_run_through_collect_and_format(tmp_path):
 
     folder = Path(__file__).parent / "fixtures" / "user_files"
     ws = Workspace(tmp_path / "workspace")
-    assert main(["run", "--workspace", str(ws.root), "--only", "01,02", "--quiet",
-                 "-p", "sources", json.dumps([str(folder)]), "-p", "replay_guard", "false"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--workspace",
+                str(ws.root),
+                "--only",
+                "01,02",
+                "--quiet",
+                "-p",
+                "sources",
+                json.dumps([str(folder)]),
+                "-p",
+                "replay_guard",
+                "false",
+            ]
+        )
+        == 0
+    )
     report = json.loads(ws.collect_report.read_text())
     assert (report["read"], report["kept"], report["rejected"]) == (19, 17, 2)
     assert [Path(u["source"]).name for u in report["unreadable"]] == ["broken.json"]
@@ -126,8 +208,24 @@ def test_a_base_gemma_checkpoint_runs_the_five_notebooks_and_exports(tmp_path, f
     guard finds nothing to replay and turns itself off; 05 exports GGUF and an Ollama Modelfile, each checked."""
     folder = family_model("gemma3")
     ws = Workspace(tmp_path / "workspace")
-    assert main(["run", "--workspace", str(ws.root), "--quiet", *SMALL, "-p", "base_model", str(folder),
-                 "-p", "export_formats", '["gguf", "ollama"]']) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--workspace",
+                str(ws.root),
+                "--quiet",
+                *SMALL,
+                "-p",
+                "base_model",
+                str(folder),
+                "-p",
+                "export_formats",
+                '["gguf", "ollama"]',
+            ]
+        )
+        == 0
+    )
     printed = json.dumps(outputs(ws.executed / "02_format.ipynb"))
     assert "its vocabulary already has the gemma3 turn tokens" in printed and "Replay guard turned off" in printed
     formatted = json.loads(ws.format_report.read_text())
@@ -135,7 +233,9 @@ def test_a_base_gemma_checkpoint_runs_the_five_notebooks_and_exports(tmp_path, f
     (run_dir,) = [p for p in ws.runs.iterdir() if p.is_dir()]
     parity = json.loads((run_dir / "export" / "parity.json").read_text())
     assert {"f16", "q8_0"} <= set(parity["gguf"]) and "refused" not in parity["gguf"]
-    assert all(parity["gguf"][kind]["chat_template_in_file"] and parity["gguf"][kind]["end_of_turn"] == "<end_of_turn>"
-               for kind in ("f16", "q8_0"))
+    assert all(
+        parity["gguf"][kind]["chat_template_in_file"] and parity["gguf"][kind]["end_of_turn"] == "<end_of_turn>"
+        for kind in ("f16", "q8_0")
+    )
     modelfile = (run_dir / "export" / "Modelfile").read_text()
     assert "<end_of_turn>" in modelfile and "<start_of_turn>model" in modelfile

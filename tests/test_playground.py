@@ -30,8 +30,20 @@ def play_workspace(prepared_workspace, tmp_path_factory):
     belongs to other tests, which add runs of their own)."""
     ws = tmp_path_factory.mktemp("playground") / "ws"
     shutil.copytree(prepared_workspace / "data", ws / "data")
-    train(TrainConfig(workspace=str(ws), run_id="play", max_steps=2, batch_size=4, max_seq_len=160, eval_steps=0,
-                      lora_r=8, lora_alpha=16, logging_steps=1), on_log=None)
+    train(
+        TrainConfig(
+            workspace=str(ws),
+            run_id="play",
+            max_steps=2,
+            batch_size=4,
+            max_seq_len=160,
+            eval_steps=0,
+            lora_r=8,
+            lora_alpha=16,
+            logging_steps=1,
+        ),
+        on_log=None,
+    )
     return ws
 
 
@@ -51,9 +63,10 @@ def test_streamed_reply_equals_greedy_generation(chat_model):
     # Generated in a worker thread like the streamed reply: on a busy 2-core machine torch's main-thread
     # thread pool can spin against other processes and take ~40x longer for the same tokens.
     with ThreadPoolExecutor(1) as pool, torch.no_grad():
-        out = pool.submit(model.generate, **inputs, max_new_tokens=FEW, do_sample=False,
-                          pad_token_id=tokenizer.pad_token_id).result()
-    expected = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = pool.submit(
+            model.generate, **inputs, max_new_tokens=FEW, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        ).result()
+    expected = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "".join(pieces).strip() == expected.strip()
 
 

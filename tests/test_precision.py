@@ -29,14 +29,34 @@ MPS = DeviceFacts("mps", "CPU", 16.0)
 CPU = DeviceFacts("cpu", "CPU", 24.0)
 CPU_BF16 = DeviceFacts("cpu", "CPU", 24.0, cpu_bf16=True)
 
-TINY = dict(max_steps=2, batch_size=2, max_seq_len=96, lora_r=4, lora_alpha=8, logging_steps=1, eval_steps=0,
-            save_steps=2, early_stopping_patience=0, load_best=False, report_to="none", learning_rate=2e-3)
+TINY = dict(
+    max_steps=2,
+    batch_size=2,
+    max_seq_len=96,
+    lora_r=4,
+    lora_alpha=8,
+    logging_steps=1,
+    eval_steps=0,
+    save_steps=2,
+    early_stopping_patience=0,
+    load_best=False,
+    report_to="none",
+    learning_rate=2e-3,
+)
 
 
-@pytest.mark.parametrize("facts, compute, autocast", [
-    (T4, "float16", "fp16"), (L4, "bfloat16", "bf16"), (A100, "bfloat16", "bf16"), (H100, "bfloat16", "bf16"),
-    (MPS, "float32", "none"), (CPU, "float32", "none"), (CPU_BF16, "float32", "bf16"),
-])
+@pytest.mark.parametrize(
+    "facts, compute, autocast",
+    [
+        (T4, "float16", "fp16"),
+        (L4, "bfloat16", "bf16"),
+        (A100, "bfloat16", "bf16"),
+        (H100, "bfloat16", "bf16"),
+        (MPS, "float32", "none"),
+        (CPU, "float32", "none"),
+        (CPU_BF16, "float32", "bf16"),
+    ],
+)
 def test_precision_follows_native_support_not_emulation(facts, compute, autocast):
     """A T4 (7.5) has no native bf16, although torch.cuda.is_bf16_supported() says True there (emulation)."""
     plan = plan_for(facts, "qlora")
@@ -61,8 +81,10 @@ def test_paged_adamw_on_cuda_only():
 
 
 def test_fsdp_stores_4bit_weights_and_adapters_in_one_dtype():
-    for facts in (DeviceFacts("cuda", "Tesla T4", 14.7, (7, 5), world_size=2, fsdp=True),
-                  DeviceFacts("cuda", "NVIDIA A100", 79.0, (8, 0), world_size=4, fsdp=True)):
+    for facts in (
+        DeviceFacts("cuda", "Tesla T4", 14.7, (7, 5), world_size=2, fsdp=True),
+        DeviceFacts("cuda", "NVIDIA A100", 79.0, (8, 0), world_size=4, fsdp=True),
+    ):
         plan = plan_for(facts, "qlora")
         assert plan.quant_storage == plan.compute_dtype == plan.trainable_dtype
     assert plan_for(H100, "qlora").quant_storage is None
@@ -162,8 +184,11 @@ def test_training_gives_its_memory_back(prepared_workspace, tmp_path):
     before = alive()
     gc.disable()  # only the collection train() does itself may free the cycle
     try:
-        train(TrainConfig(workspace=str(prepared_workspace), run_id="released", **TINY), on_log=None,
-              run_dir=tmp_path / "released")
+        train(
+            TrainConfig(workspace=str(prepared_workspace), run_id="released", **TINY),
+            on_log=None,
+            run_dir=tmp_path / "released",
+        )
         assert alive() == before, "a model outlived train()"
     finally:
         gc.enable()
@@ -196,15 +221,25 @@ def test_an_8b_qlora_run_at_2048_tokens_fits_a_t4_in_the_estimate():
     from nbkit.model.shape import ModelShape
     from nbkit.train.estimate import estimate_fit
 
-    llama_8b = ModelShape(total=8_030_000_000, linear=6_980_000_000, embedding=1_050_000_000, lora=41_943_040,
-                          hidden=4096, intermediate=14336, layers=32, vocab=128256)
+    llama_8b = ModelShape(
+        total=8_030_000_000,
+        linear=6_980_000_000,
+        embedding=1_050_000_000,
+        lora=41_943_040,
+        hidden=4096,
+        intermediate=14336,
+        layers=32,
+        vocab=128256,
+    )
     config = TrainConfig(batch_size=1, max_seq_len=2048, gradient_checkpointing="on")
-    t4 = estimate_fit(config, [2048] * 100, device="cuda", half=True, available_gib=14.7, shape=llama_8b,
-                      measure_speed=False)
+    t4 = estimate_fit(
+        config, [2048] * 100, device="cuda", half=True, available_gib=14.7, shape=llama_8b, measure_speed=False
+    )
     assert t4.verdict == "fits" and 7 < t4.total_gib < 12, t4
     assert t4.parts_gib["logits"] < 0.5 and t4.parts_gib["activations"] < 2
-    cpu = estimate_fit(config, [2048] * 100, device="cpu", half=False, available_gib=64, shape=llama_8b,
-                       measure_speed=False)
+    cpu = estimate_fit(
+        config, [2048] * 100, device="cpu", half=False, available_gib=64, shape=llama_8b, measure_speed=False
+    )
     assert cpu.parts_gib["logits"] > 4, "the CPU constants keep their calibration (full logits counted)"
 
 

@@ -31,12 +31,20 @@ def wrong_answer(answer: str) -> str:
 
 def write_pairs(ws: Workspace, n: int = 24) -> None:
     rows = [r for r in read_jsonl(ws.split("train")) if not is_replay(r)][:n]
-    write_jsonl(ws.pairs, [{"prompt": prompt_messages(r["messages"]),
-                            "chosen": [{"role": "assistant", "content": reference_answer(r["messages"])}],
-                            "rejected": [{"role": "assistant",
-                                          "content": wrong_answer(reference_answer(r["messages"]))}],
-                            "source": "file", "origin": {"file": "test_prefer", "line": i}, "reference": "x"}
-                           for i, r in enumerate(rows)])
+    write_jsonl(
+        ws.pairs,
+        [
+            {
+                "prompt": prompt_messages(r["messages"]),
+                "chosen": [{"role": "assistant", "content": reference_answer(r["messages"])}],
+                "rejected": [{"role": "assistant", "content": wrong_answer(reference_answer(r["messages"]))}],
+                "source": "file",
+                "origin": {"file": "test_prefer", "line": i},
+                "reference": "x",
+            }
+            for i, r in enumerate(rows)
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +70,14 @@ def test_config_round_trips_and_names_the_field(tmp_path):
     config = PreferConfig(workspace=str(tmp_path), method="grpo", num_generations=2, batch_size=4, beta=0.02)
     path = config.save(tmp_path / "config.json")
     assert PreferConfig.load(path) == config and PreferConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
-    for bad, field in ((dict(method="ppo"), "method"), (dict(method="grpo", batch_size=3, num_generations=2),
-                                                         "batch_size"),
-                       (dict(num_generations=1), "num_generations"), (dict(method="dpo", beta=0), "beta"),
-                       (dict(max_length=64, max_prompt_length=64), "max_prompt_length"),
-                       (dict(parent_run="../x"), "parent_run")):
+    for bad, field in (
+        (dict(method="ppo"), "method"),
+        (dict(method="grpo", batch_size=3, num_generations=2), "batch_size"),
+        (dict(num_generations=1), "num_generations"),
+        (dict(method="dpo", beta=0), "beta"),
+        (dict(max_length=64, max_prompt_length=64), "max_prompt_length"),
+        (dict(parent_run="../x"), "parent_run"),
+    ):
         with pytest.raises(ConfigError, match=f"`{field}`"):
             PreferConfig(**bad)
     assert isinstance(config, Config)
@@ -107,8 +118,9 @@ def test_dpo_reference_is_the_sft_model_and_only_the_policy_adapter_moves(worksp
     import torch
     from trl.trainer.utils import use_adapter
 
-    trainer, _, config, _ = build_prefer_trainer(PreferConfig(workspace=str(workspace.root), max_steps=2, **TINY),
-                                                 tmp_path)
+    trainer, _, config, _ = build_prefer_trainer(
+        PreferConfig(workspace=str(workspace.root), max_steps=2, **TINY), tmp_path
+    )
     model = trainer.model
     assert set(model.peft_config) == {"default", "ref"} and config.beta == 0.1 and config.learning_rate == 5e-5
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
@@ -116,8 +128,9 @@ def test_dpo_reference_is_the_sft_model_and_only_the_policy_adapter_moves(worksp
 
     def logps(adapter):
         with torch.no_grad(), use_adapter(model, adapter), trainer.accelerator.autocast():  # as the trainer does
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
-                        fused_lm_head=True)
+            out = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, fused_lm_head=True
+            )
         return out.log_probs.sum(dim=1)
 
     reference = torch.cat(trainer.compute_ref_log_probs(model, batch))
@@ -167,8 +180,16 @@ def test_dpo_run_is_recorded_resumes_and_loads_like_any_run(workspace, dpo_run):
 
 
 def test_grpo_logs_its_rewards_and_moves_the_adapter(workspace):
-    config = PreferConfig(workspace=str(workspace.root), method="grpo", run_id="grpo-test", max_steps=1,
-                          num_generations=4, max_completion_length=16, temperature=1.3, **{**TINY, "batch_size": 4})
+    config = PreferConfig(
+        workspace=str(workspace.root),
+        method="grpo",
+        run_id="grpo-test",
+        max_steps=1,
+        num_generations=4,
+        max_completion_length=16,
+        temperature=1.3,
+        **{**TINY, "batch_size": 4},
+    )
     run = prefer(config, on_log=None)
     run_dir = workspace.run_dir("grpo-test")
     assert run["objective"] == "grpo" and run["beta"] == 0.0 and run["dataset"]["prompts"]["kind"] == "json"
@@ -188,13 +209,30 @@ def test_lora_and_full_parents(workspace, tmp_path, method):
     shutil.copytree(workspace.root / "data", root / "data")
     shutil.rmtree(root / "data" / "preferences", ignore_errors=True)
     write_pairs(Workspace(root), n=8)  # too few to hold some out: no evaluation pass
-    train(TrainConfig(workspace=str(root), run_id=f"sft-{method}", method=method, max_steps=1, batch_size=2,
-                      max_seq_len=128, learning_rate=1e-4, eval_steps=0, lora_r=4, lora_alpha=8,
-                      report_to="none"), on_log=None)
+    train(
+        TrainConfig(
+            workspace=str(root),
+            run_id=f"sft-{method}",
+            method=method,
+            max_steps=1,
+            batch_size=2,
+            max_seq_len=128,
+            learning_rate=1e-4,
+            eval_steps=0,
+            lora_r=4,
+            lora_alpha=8,
+            report_to="none",
+        ),
+        on_log=None,
+    )
     estimate = preference_memory_estimate(PreferConfig(workspace=str(root)))
     assert any(k.startswith("reference") for k in estimate.parts_gib)
-    run = prefer(PreferConfig(workspace=str(root), run_id=f"dpo-{method}", max_steps=1,
-                              **{**TINY, "parent_run": f"sft-{method}"}), on_log=None)
+    run = prefer(
+        PreferConfig(
+            workspace=str(root), run_id=f"dpo-{method}", max_steps=1, **{**TINY, "parent_run": f"sft-{method}"}
+        ),
+        on_log=None,
+    )
     assert run["method"] == method and run["parent_run"] == f"sft-{method}" and run["steps"] == 1
     ws = Workspace(root)
     parent_dir, run_dir = ws.run_dir(f"sft-{method}"), ws.run_dir(f"dpo-{method}")

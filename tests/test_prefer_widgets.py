@@ -34,14 +34,22 @@ def test_shared_settings_are_edited_once_for_both_configs():
     panel.training.inputs["num_generations"].value = 3  # batch 4 is no multiple of 3: refused, field named
     assert config.num_generations == 4 and "batch_size" in panel.training.error.value
     panel.pairs.inputs["sources"].value = "metric\nbogus"
-    assert pairs_config.sources == ["ratings", "corrections", "metric", "files"] and "sources" in panel.pairs.error.value
+    assert (
+        pairs_config.sources == ["ratings", "corrections", "metric", "files"] and "sources" in panel.pairs.error.value
+    )
 
 
 def test_rating_buttons_save_choices_that_become_pairs(tmp_path):
     ws = workspace_with_train(tmp_path)
-    candidates = [{"prompt": PROMPT, "reference": '{"team": "shipping"}', "A": '{"team": "billing"}',
-                   "B": '{"team": "shipping"}'},
-                  {"prompt": PROMPT, "reference": "", "A": "one", "B": "two"}]
+    candidates = [
+        {
+            "prompt": PROMPT,
+            "reference": '{"team": "shipping"}',
+            "A": '{"team": "billing"}',
+            "B": '{"team": "shipping"}',
+        },
+        {"prompt": PROMPT, "reference": "", "A": "one", "B": "two"},
+    ]
     panel = PreferenceRatingPanel(str(tmp_path), candidates)
     assert "My parcel is late." in panel.view.value and panel.progress.value == "rated 0 of 2"
     panel.buttons["B"].click()
@@ -54,7 +62,10 @@ def test_rating_buttons_save_choices_that_become_pairs(tmp_path):
     report = build_pairs(PairsConfig(workspace=str(tmp_path), sources=["ratings"]))
     assert report["sources"]["rating"]["kept"] == 1 and report["sources"]["rating"]["ties"] == 1
     (pair,) = load_pairs(tmp_path)
-    assert pair["chosen"][0]["content"] == '{"team": "shipping"}' and pair["rejected"][0]["content"] == '{"team": "billing"}'
+    assert (
+        pair["chosen"][0]["content"] == '{"team": "shipping"}'
+        and pair["rejected"][0]["content"] == '{"team": "billing"}'
+    )
     viewer = pairs_viewer([pair])
     assert "nbkit-pair-chosen" in viewer.view.value and "rating" in viewer.view.value
 

@@ -20,8 +20,10 @@ SYSTEM = {"role": "system", "content": "Triage the ticket."}
 
 
 def row(question: str, answer: str) -> dict:
-    return {"messages": [SYSTEM, {"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            "meta": {"source": "hand"}}
+    return {
+        "messages": [SYSTEM, {"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        "meta": {"source": "hand"},
+    }
 
 
 def prompt(question: str) -> list[dict]:
@@ -30,8 +32,9 @@ def prompt(question: str) -> list[dict]:
 
 def write_lines(path, records, prefix: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prefix + "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records),
-                    encoding="utf-8")
+    path.write_text(
+        prefix + "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8"
+    )
 
 
 @pytest.fixture
@@ -45,10 +48,14 @@ def ws(tmp_path):
     run = root / "runs" / "r1"
     write_lines(run / "adapter/adapter_config.json", ["{}"])
     (run / "run.json").write_text("{}")
-    write_lines(run / "eval/predictions.jsonl", [
-        {"prompt": "x1", "reference": "X1", "base": "base x1", "tuned": "tuned x1"},
-        {"prompt": "x2", "reference": "X2", "base": "base x2", "tuned": "tuned x2"},
-        {"prompt": "t1", "reference": "A1", "base": "base t1", "tuned": "tuned t1"}])
+    write_lines(
+        run / "eval/predictions.jsonl",
+        [
+            {"prompt": "x1", "reference": "X1", "base": "base x1", "tuned": "tuned x1"},
+            {"prompt": "x2", "reference": "X2", "base": "base x2", "tuned": "tuned x2"},
+            {"prompt": "t1", "reference": "A1", "base": "base t1", "tuned": "tuned t1"},
+        ],
+    )
     return root
 
 
@@ -61,23 +68,40 @@ def sides(pair) -> tuple[str, str]:
 
 
 def test_ratings_use_training_prompts_only_and_skip_ties(ws):
-    write_lines(ws / "runs/r1/eval/ratings.jsonl", [
-        {"prompt": "x1", "choice": "A", "winner": "tuned"},  # a test prompt: never used
-        {"prompt": "x2", "choice": "tie", "winner": "tie"},
-        {"prompt": "t1", "choice": "B", "winner": "base"},  # a training prompt 05 happened to rate
-        {"prompt": "gone", "choice": "A", "winner": "tuned"}])  # no prediction row
+    write_lines(
+        ws / "runs/r1/eval/ratings.jsonl",
+        [
+            {"prompt": "x1", "choice": "A", "winner": "tuned"},  # a test prompt: never used
+            {"prompt": "x2", "choice": "tie", "winner": "tie"},
+            {"prompt": "t1", "choice": "B", "winner": "base"},  # a training prompt 05 happened to rate
+            {"prompt": "gone", "choice": "A", "winner": "tuned"},
+        ],
+    )  # no prediction row
     for pair, choice in ((prompt("t2"), "B"), (prompt("t2"), "tie"), (prompt("v1"), "A")):
         prefs.save_preference_rating(ws, {"prompt": pair, "A": "first", "B": "second"}, choice)
     report = build(ws, sources=["ratings"])
     pairs = read_jsonl(Workspace(ws).pairs)
-    assert [(p["prompt"], sides(p)) for p in pairs] == [(prompt("t2"), ("second", "first")),
-                                                        (prompt("t1"), ("base t1", "tuned t1"))]
+    assert [(p["prompt"], sides(p)) for p in pairs] == [
+        (prompt("t2"), ("second", "first")),
+        (prompt("t1"), ("base t1", "tuned t1")),
+    ]
     assert pairs[0]["reference"] == "A2" and pairs[0]["origin"]["choice"] == "B"
-    assert pairs[1]["origin"] == {"run_id": "r1", "file": "runs/r1/eval/ratings.jsonl", "record": 3,
-                                  "choice": "B", "sides": {"A": "tuned", "B": "base"}}
+    assert pairs[1]["origin"] == {
+        "run_id": "r1",
+        "file": "runs/r1/eval/ratings.jsonl",
+        "record": 3,
+        "choice": "B",
+        "sides": {"A": "tuned", "B": "base"},
+    }
     counts = report["sources"]["rating"]
     assert {k: counts[k] for k in ("read", "built", "kept", "ties", "not_train", "rejected")} == {
-        "read": 7, "built": 4, "kept": 2, "ties": 2, "not_train": 2, "rejected": 1}
+        "read": 7,
+        "built": 4,
+        "kept": 2,
+        "ties": 2,
+        "not_train": 2,
+        "rejected": 1,
+    }
     assert any("05 rates the test split" in note for note in report["notes"])
     rejected = read_jsonl(Workspace(ws).pairs_rejected)
     assert rejected[0]["record"] == 4 and "predictions.jsonl" in rejected[0]["reason"]
@@ -87,8 +111,13 @@ def test_ratings_use_training_prompts_only_and_skip_ties(ws):
 def test_save_preference_rating_appends_and_checks_the_choice(ws):
     pair = {"prompt": prompt("t1"), "A": "a", "B": "b", "reference": "A1"}
     record = prefs.save_preference_rating(ws, pair, "A")
-    assert read_jsonl(Workspace(ws).preference_ratings) == [record] and set(record) == {"prompt", "A", "B", "choice",
-                                                                                        "time"}
+    assert read_jsonl(Workspace(ws).preference_ratings) == [record] and set(record) == {
+        "prompt",
+        "A",
+        "B",
+        "choice",
+        "time",
+    }
     with pytest.raises(ConfigError, match="`choice`"):
         prefs.save_preference_rating(ws, pair, "C")
 
@@ -108,16 +137,27 @@ def test_corrections_pair_the_correction_with_the_model_answer(ws):
 
 TRL_AND_OPENAI = [
     {"prompt": "plain question", "chosen": "good", "rejected": "bad"},
-    {"prompt": prompt("t1"), "chosen": [{"role": "assistant", "content": "good t1"}],
-     "rejected": [{"role": "assistant", "content": "bad t1"}]},
+    {
+        "prompt": prompt("t1"),
+        "chosen": [{"role": "assistant", "content": "good t1"}],
+        "rejected": [{"role": "assistant", "content": "bad t1"}],
+    },
     '{"prompt": "cut off", "chosen": "x"',
-    {"chosen": prompt("implicit") + [{"role": "assistant", "content": "good i"}],
-     "rejected": prompt("implicit") + [{"role": "assistant", "content": "bad i"}]},
+    {
+        "chosen": prompt("implicit") + [{"role": "assistant", "content": "good i"}],
+        "rejected": prompt("implicit") + [{"role": "assistant", "content": "bad i"}],
+    },
     {"prompt": prompt("x1"), "chosen": "good x1", "rejected": "bad x1"},  # a test prompt
-    {"input": {"messages": prompt("v1")}, "preferred_output": [{"role": "assistant", "content": "good v1"}],
-     "non_preferred_output": [{"role": "assistant", "content": "bad v1"}]},  # a validation prompt
-    {"input": {"messages": prompt("openai")}, "preferred_output": [{"role": "assistant", "content": "good o"}],
-     "non_preferred_output": [{"role": "assistant", "content": "bad o"}]},
+    {
+        "input": {"messages": prompt("v1")},
+        "preferred_output": [{"role": "assistant", "content": "good v1"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad v1"}],
+    },  # a validation prompt
+    {
+        "input": {"messages": prompt("openai")},
+        "preferred_output": [{"role": "assistant", "content": "good o"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad o"}],
+    },
     {"prompt": "same", "chosen": "one  answer", "rejected": "one answer"},
     {"prompt": prompt("t2")[:1], "chosen": "good", "rejected": "bad"},  # no user turn
     {"question": "q", "answer": "a"},
@@ -131,8 +171,11 @@ def test_preference_files_keep_valid_lines_and_reject_bad_ones_with_line_and_rea
     report = build(ws, sources=["files"], files=[str(path), str(ws / "missing.jsonl")])
     pairs = read_jsonl(Workspace(ws).pairs)
     assert [(p["prompt"][-1]["content"], sides(p), p["origin"]["line"]) for p in pairs] == [
-        ("plain question", ("good", "bad"), 1), ("t1", ("good t1", "bad t1"), 2), ("implicit", ("good i", "bad i"), 4),
-        ("openai", ("good o", "bad o"), 7)]
+        ("plain question", ("good", "bad"), 1),
+        ("t1", ("good t1", "bad t1"), 2),
+        ("implicit", ("good i", "bad i"), 4),
+        ("openai", ("good o", "bad o"), 7),
+    ]
     assert pairs[0]["prompt"] == [{"role": "user", "content": "plain question"}] and "reference" not in pairs[0]
     assert pairs[1]["reference"] == "A1" and pairs[1]["origin"]["file"] == str(path)
     rejected = {r["line"]: r for r in read_jsonl(Workspace(ws).pairs_rejected)}
@@ -141,8 +184,17 @@ def test_preference_files_keep_valid_lines_and_reject_bad_ones_with_line_and_rea
     assert all("validation or test prompt" in rejected[n]["reason"] for n in (5, 6))
     assert "same answer" in rejected[8]["reason"] and "must end with a user turn" in rejected[9]["reason"]
     assert "input/preferred_output" in rejected[10]["reason"] and "file not found" in rejected[None]["reason"]
-    assert report["sources"]["file"] == {"read": 11, "built": 5, "kept": 4, "ties": 0, "not_train": 0,
-                                         "duplicates": 1, "identical": 0, "no_margin": 0, "rejected": 7}
+    assert report["sources"]["file"] == {
+        "read": 11,
+        "built": 5,
+        "kept": 4,
+        "ties": 0,
+        "not_train": 0,
+        "duplicates": 1,
+        "identical": 0,
+        "no_margin": 0,
+        "rejected": 7,
+    }
 
 
 def test_a_json_array_file_names_each_record_by_its_index(ws):
@@ -161,8 +213,9 @@ def test_the_same_pair_from_two_sources_is_kept_once(ws):
     report = build(ws, files=[str(path)], sources=["corrections", "files"])
     assert len(read_jsonl(Workspace(ws).pairs)) == 1 and report["total"] == 1
     assert report["sources"]["correction"]["kept"] == 1 and report["sources"]["file"]["duplicates"] == 1
-    assert report["examples"] == [{"source": "correction", "prompt": "t1", "chosen": "A1 fixed",
-                                   "rejected": "wrong t1"}]
+    assert report["examples"] == [
+        {"source": "correction", "prompt": "t1", "chosen": "A1 fixed", "rejected": "wrong t1"}
+    ]
     assert read_json(Workspace(ws).pairs_report) == report
     table = prefs.pairs_table(prefs.load_pairs(ws))
     assert list(table.columns) == ["source", "prompt", "chosen", "rejected"]
@@ -193,15 +246,36 @@ def test_choose_rows_is_seeded_and_zero_means_all():
 
 
 def test_config_round_trips_and_rejects_bad_values(tmp_path):
-    config = prefs.PairsConfig(workspace="w", parent_run="r", sources=["metric", "files"], files=["a.jsonl"],
-                               samples_per_prompt=3, max_prompts=0, temperature=0.8, top_p=0.9, max_new_tokens=20,
-                               min_margin=0.5, seed=7)
+    config = prefs.PairsConfig(
+        workspace="w",
+        parent_run="r",
+        sources=["metric", "files"],
+        files=["a.jsonl"],
+        samples_per_prompt=3,
+        max_prompts=0,
+        temperature=0.8,
+        top_p=0.9,
+        max_new_tokens=20,
+        min_margin=0.5,
+        seed=7,
+    )
     assert prefs.PairsConfig.from_dict(config.to_dict()) == config
     assert prefs.PairsConfig.load(config.save(tmp_path / "pairs.json")).to_dict() == config.to_dict()
-    for name, value in (("sources", []), ("sources", ["votes"]), ("sources", "metric"), ("files", "a.jsonl"),
-                        ("samples_per_prompt", 1), ("max_prompts", -1), ("temperature", 0.0), ("top_p", 0.0),
-                        ("top_p", 1.5), ("max_new_tokens", -1), ("min_margin", 0.0), ("min_margin", 1.5),
-                        ("workspace", "")):
+    for name, value in (
+        ("sources", []),
+        ("sources", ["votes"]),
+        ("sources", "metric"),
+        ("files", "a.jsonl"),
+        ("samples_per_prompt", 1),
+        ("max_prompts", -1),
+        ("temperature", 0.0),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("max_new_tokens", -1),
+        ("min_margin", 0.0),
+        ("min_margin", 1.5),
+        ("workspace", ""),
+    ):
         with pytest.raises(ConfigError, match=f"`{name}`"):
             prefs.PairsConfig(**{name: value})
     with pytest.warns(UserWarning, match="`files` is ignored"):
@@ -212,6 +286,7 @@ def test_config_round_trips_and_rejects_bad_values(tmp_path):
 
 
 # -- on a real SFT run ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def own_sft(sft_run, tmp_path_factory):
@@ -235,8 +310,11 @@ def test_metric_pairs_prefer_the_higher_scoring_sample_on_training_prompts(own_s
     from nbkit.core.metrics import kind_of, row_score
 
     root, run_id = own_sft
-    report = prefs.build_pairs(prefs.PairsConfig(workspace=str(root), sources=["metric"], max_prompts=5, seed=3),
-                               progress=False, chat_model=chat_model)
+    report = prefs.build_pairs(
+        prefs.PairsConfig(workspace=str(root), sources=["metric"], max_prompts=5, seed=3),
+        progress=False,
+        chat_model=chat_model,
+    )
     counts = report["sources"]["metric"]
     assert report["run_id"] == run_id and counts["read"] == 5 and counts["kept"] + counts["no_margin"] == 5
     pairs = read_jsonl(Workspace(root).pairs)

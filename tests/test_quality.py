@@ -25,9 +25,11 @@ from nbkit.data.near_duplicates import (
 from nbkit.data.pii import find_pii, mask_secret, redact_pii
 from nbkit.data.quality import QualityConfig, quality_report, verdict_text
 
-TICKET = ("Hello, I ordered a pair of headphones three weeks ago and the tracking page still says the parcel is "
-          "waiting at the depot. I need them for a trip next Friday, so could you check with the carrier and "
-          "tell me when it will arrive? Thanks a lot, Maria")
+TICKET = (
+    "Hello, I ordered a pair of headphones three weeks ago and the tracking page still says the parcel is "
+    "waiting at the depot. I need them for a trip next Friday, so could you check with the carrier and "
+    "tell me when it will arrive? Thanks a lot, Maria"
+)
 # One word changed near the end: most three-word phrases are shared.
 REWORDED = TICKET.replace("Thanks a lot", "Thanks so much")
 SAME_IN_CAPS = TICKET.upper().replace(",", "").replace("?", " ?")
@@ -51,8 +53,13 @@ def words_text(rng: random.Random, vocabulary: list[str], n: int) -> str:
 
 
 def test_row_text_leaves_out_the_system_prompt():
-    row = {"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
-                        {"role": "assistant", "content": "Hello"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
     assert row_text(row) == "Hi\nHello"
 
 
@@ -141,8 +148,9 @@ def test_quality_config_round_trips_and_reads_the_format_settings(tmp_path):
 
     config = QualityConfig(workspace=str(tmp_path), near_duplicate_threshold=0.9, redact_pii=True)
     assert QualityConfig.from_dict(json.loads(config.to_json())) == config
-    derived = QualityConfig.from_config(FormatConfig(workspace="w", drop_near_duplicates=True,
-                                                     near_duplicate_threshold=0.85))
+    derived = QualityConfig.from_config(
+        FormatConfig(workspace="w", drop_near_duplicates=True, near_duplicate_threshold=0.85)
+    )
     assert (derived.workspace, derived.drop_near_duplicates, derived.near_duplicate_threshold) == ("w", True, 0.85)
     assert derived.label_field == "label"
 
@@ -195,8 +203,10 @@ def test_find_pii_leaves_order_numbers_prices_dates_and_versions_alone(text):
 
 
 def test_redact_pii_replaces_each_match_with_its_placeholder():
-    text = ("Mail bob@example.com or call 415-555-2671, card 4111 1111 1111 1111, host 10.1.2.3, "
-            "api_key=Ab12Cd34Ef56Gh78Ij90")
+    text = (
+        "Mail bob@example.com or call 415-555-2671, card 4111 1111 1111 1111, host 10.1.2.3, "
+        "api_key=Ab12Cd34Ef56Gh78Ij90"
+    )
     assert redact_pii(text) == "Mail [EMAIL] or call [PHONE], card [CARD], host [IP], api_key=[API_KEY]"
     assert redact_pii("Order #48213 on 2024-03-15") == "Order #48213 on 2024-03-15"
 
@@ -226,8 +236,10 @@ def test_diversity_map_is_quiet_for_the_balanced_sample():
 
 def where_is_my_parcel(rng: random.Random) -> str:
     """The same request, lightly varied: what a data set built from one template looks like."""
-    return (f"{rng.choice(['Hi', 'Hello', 'Hey'])}, my {rng.choice(['parcel', 'order', 'package'])} "
-            f"{rng.randint(100, 999)} has not arrived yet, where is it? {rng.choice(['Thanks', 'Regards', 'Cheers'])}")
+    return (
+        f"{rng.choice(['Hi', 'Hello', 'Hey'])}, my {rng.choice(['parcel', 'order', 'package'])} "
+        f"{rng.randint(100, 999)} has not arrived yet, where is it? {rng.choice(['Thanks', 'Regards', 'Cheers'])}"
+    )
 
 
 def test_diversity_map_warns_about_one_tight_cluster():
@@ -264,10 +276,15 @@ def sample_report(tmp_path_factory):
 
 def test_report_on_the_bundled_sample(sample_report):
     ws, report = sample_report
-    assert {"rows", "exact_duplicates", "near_duplicates", "pii", "lengths", "labels", "diversity",
-            "verdict"} <= set(report)
-    assert report["rows"] == 400 and report["labels"]["counts"] == {"account": 100, "billing": 100,
-                                                                   "shipping": 100, "technical": 100}
+    assert {"rows", "exact_duplicates", "near_duplicates", "pii", "lengths", "labels", "diversity", "verdict"} <= set(
+        report
+    )
+    assert report["rows"] == 400 and report["labels"]["counts"] == {
+        "account": 100,
+        "billing": 100,
+        "shipping": 100,
+        "technical": 100,
+    }
     assert report["pii"]["counts"]["email"] == report["pii"]["rows_with_pii"] > 0
     assert set(report["lengths"]["per_role"]) == {"system", "user", "assistant"}
     near = report["near_duplicates"]
@@ -283,8 +300,9 @@ def test_report_on_the_bundled_sample(sample_report):
     messages = " ".join(item["message"] for item in verdict)
     assert "Labels balanced: smallest class 'account' is 25% of rows" in messages
     assert any(item["level"] == "fix" and "redact_pii" in item["fix"] for item in verdict)  # the sample has emails
-    assert [item["level"] for item in verdict] == sorted((item["level"] for item in verdict),
-                                                         key=["fix", "warn", "good"].index)
+    assert [item["level"] for item in verdict] == sorted(
+        (item["level"] for item in verdict), key=["fix", "warn", "good"].index
+    )
 
 
 def test_report_never_stores_a_raw_email(sample_report):
@@ -296,30 +314,51 @@ def test_report_never_stores_a_raw_email(sample_report):
 
 
 def test_verdict_names_the_fixes_for_messy_data(tmp_path):
-    records = [{"messages": [{"role": "user", "content": TICKET}, {"role": "assistant", "content": "shipping"}],
-                "label": "shipping"},
-               {"messages": [{"role": "user", "content": REWORDED}, {"role": "assistant", "content": "shipping"}],
-                "label": "shipping"},
-               {"messages": [{"role": "user", "content": "My key is sk-live-abcdefghijklmnop1234567890 oops"},
-                             {"role": "assistant", "content": "account"}], "label": "account"}]
-    records += [{"messages": [{"role": "user", "content": f"{text} (case {i})"},
-                              {"role": "assistant", "content": "billing"}], "label": "billing"}
-                for i, text in enumerate(OTHERS * 5)]
+    records = [
+        {
+            "messages": [{"role": "user", "content": TICKET}, {"role": "assistant", "content": "shipping"}],
+            "label": "shipping",
+        },
+        {
+            "messages": [{"role": "user", "content": REWORDED}, {"role": "assistant", "content": "shipping"}],
+            "label": "shipping",
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "My key is sk-live-abcdefghijklmnop1234567890 oops"},
+                {"role": "assistant", "content": "account"},
+            ],
+            "label": "account",
+        },
+    ]
+    records += [
+        {
+            "messages": [
+                {"role": "user", "content": f"{text} (case {i})"},
+                {"role": "assistant", "content": "billing"},
+            ],
+            "label": "billing",
+        }
+        for i, text in enumerate(OTHERS * 5)
+    ]
     collect(CollectConfig(workspace=str(tmp_path), sources=[records]))
     report = quality_report(QualityConfig(workspace=str(tmp_path)))
     by_fix = {item["fix"]: item for item in report["verdict"]}
     assert report["pii"]["counts"]["api_key"] == 1
     assert any("drop_near_duplicates" in fix for fix in by_fix) and any("redact_pii" in fix for fix in by_fix)
     assert any("Only 23 rows" in item["message"] for item in report["verdict"])
-    assert any(item["level"] == "warn" and "Labels unbalanced: 'account'" in item["message"]
-               for item in report["verdict"])
+    assert any(
+        item["level"] == "warn" and "Labels unbalanced: 'account'" in item["message"] for item in report["verdict"]
+    )
     assert "sk-live-abcdefghijklmnop1234567890" not in json.dumps(report)
     text = verdict_text(report)
     assert text.startswith("Data quality: 23 rows") and "[FIX ]" in text and "-> Set redact_pii = True" in text
     # With the fixes switched on, the same findings read as handled.
     handled = quality_report(QualityConfig(workspace=str(tmp_path), redact_pii=True, drop_near_duplicates=True))
-    assert not any(item["level"] == "fix" and ("redact" in item["fix"] or "drop_near" in item["fix"])
-                   for item in handled["verdict"])
+    assert not any(
+        item["level"] == "fix" and ("redact" in item["fix"] or "drop_near" in item["fix"])
+        for item in handled["verdict"]
+    )
 
 
 def test_report_needs_collect_first(tmp_path):
@@ -333,9 +372,11 @@ def test_the_core_module_imports_no_notebook_machinery():
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "for name in ('ipywidgets', 'IPython', 'plotly'): sys.modules[name] = None\n"
-            "import nbkit.data.quality, nbkit.data.formatting\nprint('ok')\n")
+    code = (
+        "import sys\n"
+        "for name in ('ipywidgets', 'IPython', 'plotly'): sys.modules[name] = None\n"
+        "import nbkit.data.quality, nbkit.data.formatting\nprint('ok')\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -346,8 +387,13 @@ def test_the_core_module_imports_no_notebook_machinery():
 def test_verdict_html_colours_each_level_and_escapes_text():
     import nbkit.widgets as nw
 
-    report = {"rows": 3, "verdict": [{"level": "fix", "message": "<b>bad</b>", "fix": "Set redact_pii = True"},
-                                     {"level": "good", "message": "fine", "fix": ""}]}
+    report = {
+        "rows": 3,
+        "verdict": [
+            {"level": "fix", "message": "<b>bad</b>", "fix": "Set redact_pii = True"},
+            {"level": "good", "message": "fine", "fix": ""},
+        ],
+    }
     page = nw.verdict_html(report)
     assert 'class="nbkit-quality-item nbkit-quality-fix"' in page and "nbkit-quality-good" in page
     assert "&lt;b&gt;bad&lt;/b&gt;" in page and "<b>bad</b>" not in page
@@ -411,9 +457,16 @@ def test_verdict_says_whether_the_replay_guard_is_on_and_what_triggers_the_task(
     from nbkit.core.files import write_jsonl
 
     ws = tmp_path / "ws"
-    rows = [{"messages": [{"role": "user", "content": f"ticket {i} about topic {i % 7}"},
-                          {"role": "assistant", "content": "billing"}], "meta": {"source": "t", "line": i + 1}}
-            for i in range(120)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"ticket {i} about topic {i % 7}"},
+                {"role": "assistant", "content": "billing"},
+            ],
+            "meta": {"source": "t", "line": i + 1},
+        }
+        for i in range(120)
+    ]
     write_jsonl(ws / "data" / "clean.jsonl", rows)
     off = quality_report(QualityConfig(workspace=str(ws), replay_guard=False))
     item = next(i for i in off["verdict"] if "Replay guard off" in i["message"])
@@ -421,5 +474,9 @@ def test_verdict_says_whether_the_replay_guard_is_on_and_what_triggers_the_task(
     bare = quality_report(QualityConfig(workspace=str(ws)))
     item = next(i for i in bare["verdict"] if "Replay guard on" in i["message"])
     assert item["level"] == "warn" and "120 rows of 120 have no system prompt" in item["message"]
-    assert bare["replay"] == {"enabled": True, "share": 0.15, "rows_with_system_prompt": 0,
-                              "base_model_without_template": False}
+    assert bare["replay"] == {
+        "enabled": True,
+        "share": 0.15,
+        "rows_with_system_prompt": 0,
+        "base_model_without_template": False,
+    }

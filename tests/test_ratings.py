@@ -16,8 +16,17 @@ from nbkit.evaluate import ratings
 
 def predictions(n: int) -> list[dict]:
     # Answers carry no model name, so any "base"/"tuned" in the panel would be a label leak.
-    return [{"prompt": f"question {i}", "reference": f"ref {i}", "base": f"plain answer {i}",
-             "tuned": f"better answer {i}", "base_exact_match": 0.0, "tuned_exact_match": 1.0} for i in range(n)]
+    return [
+        {
+            "prompt": f"question {i}",
+            "reference": f"ref {i}",
+            "base": f"plain answer {i}",
+            "tuned": f"better answer {i}",
+            "base_exact_match": 0.0,
+            "tuned_exact_match": 1.0,
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture

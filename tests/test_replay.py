@@ -46,13 +46,13 @@ def test_the_probe_reads_as_kept_of_the_base_models_right_answers():
     n = len(FORGETTING_PROBE)
     right = [" ".join(q.expected) for q in FORGETTING_PROBE]
     base = right[:40] + ["no idea"] * (n - 40)
-    tuned = right[:38] + ["{\"team\": \"billing\"}"] * 2 + right[40:41] + ["no idea"] * (n - 41)
+    tuned = right[:38] + ['{"team": "billing"}'] * 2 + right[40:41] + ["no idea"] * (n - 41)
     result = forgetting_scores(base, tuned)
     assert (result["base_right"], result["kept"], result["lost"], result["gained"]) == (40, 38, 2, 1)
     assert result["reading"].startswith(f"kept 38 of 40 general answers the base model got right (of {n} questions)")
     assert "got 1 more right" in result["reading"] and "forgot" not in result["reading"]
     assert sum(k["n"] for k in result["by_kind"].values()) == n
-    forgot = forgetting_scores(base, ["{\"team\": \"billing\"}"] * n)
+    forgot = forgetting_scores(base, ['{"team": "billing"}'] * n)
     assert kept_share(forgot) == 0 < KEPT_ENOUGH and "replay_share" in forgetting_reading(forgot)
 
 
@@ -61,13 +61,17 @@ def test_replay_answers_are_generated_once_cached_and_marked(tmp_path, monkeypat
     rows, report = replay.replay_rows(EMBEDDED_MODEL, 3)
     assert len(rows) == 3 and report["generated"] >= 3 and report["asked"] >= 3
     for row in rows:
-        assert row["meta"] == {"source": "replay", "index": row["meta"]["index"], "replay": True,
-                               "model": EMBEDDED_MODEL} and is_replay(row)
+        assert row["meta"] == {
+            "source": "replay",
+            "index": row["meta"]["index"],
+            "replay": True,
+            "model": EMBEDDED_MODEL,
+        } and is_replay(row)
         user, answer = row["messages"]
         assert user == {"role": "user", "content": replay.REPLAY_PROMPTS[row["meta"]["index"]]}
         assert answer["role"] == "assistant" and answer["content"]  # the model's own words, ended by itself
     cached = [json.loads(line) for line in open(report["cache"], encoding="utf-8")]
-    assert [c["prompt"] for c in cached] == list(replay.REPLAY_PROMPTS[:len(cached)])
+    assert [c["prompt"] for c in cached] == list(replay.REPLAY_PROMPTS[: len(cached)])
 
     import nbkit.model.loader
 
@@ -85,7 +89,9 @@ def test_replay_rows_go_to_train_only(prepared_workspace):
     ws = Workspace(prepared_workspace)
     manifest = json.loads(ws.manifest.read_text())
     pool = read_jsonl(ws.replay)
-    assert manifest["replay"]["enabled"] and manifest["replay"]["rows"] == 57 == replay.replay_needed(320, replay.DEFAULT_SHARE)
+    assert manifest["replay"]["enabled"] and manifest["replay"]["rows"] == 57 == replay.replay_needed(
+        320, replay.DEFAULT_SHARE
+    )
     assert manifest["sizes"] == {"train": 377, "validation": 40, "test": 40}
     train = read_jsonl(ws.split("train"))
     assert sum(map(is_replay, train)) == 57 and [r["messages"] for r in train if is_replay(r)] != []
@@ -106,7 +112,9 @@ def test_the_switch_off_leaves_training_without_replay(tmp_path):
     ws = Workspace(tmp_path)
     collect(CollectConfig(workspace=str(ws.root)))
     assert format_rows(FormatConfig(workspace=str(ws.root), replay_guard=False))["replay"] == {
-        "enabled": False, "rows": 0}
+        "enabled": False,
+        "rows": 0,
+    }
     assert read_jsonl(ws.replay) == []
     manifest = split_dataset(SplitConfig(workspace=str(ws.root)))
     assert manifest["replay"]["rows"] == 0 and manifest["sizes"]["train"] == 320

@@ -15,13 +15,26 @@ def fake_run(ws: Workspace, run_id: str, lr: float, tuned_em: float | None) -> N
     run_dir = ws.run_dir(run_id)
     write_json(run_dir / "adapter" / "adapter_config.json", {"peft_type": "LORA"})
     write_json(run_dir / "config.json", {"learning_rate": lr, "lora_r": 8})
-    write_json(run_dir / "run.json", {"base_model": "m", "method": "qlora", "steps": 10,
-                                      "train_loss": {"last": 0.5}, "eval_loss": 0.6,
-                                      "dataset": {"fingerprints": {"train": "abc"}}})
+    write_json(
+        run_dir / "run.json",
+        {
+            "base_model": "m",
+            "method": "qlora",
+            "steps": 10,
+            "train_loss": {"last": 0.5},
+            "eval_loss": 0.6,
+            "dataset": {"fingerprints": {"train": "abc"}},
+        },
+    )
     if tuned_em is not None:
-        write_json(run_dir / "eval" / "summary.json", {
-            "task_metric": "exact_match", "base": {"exact_match": 0.0, "perplexity": 40.0, "loss": 3.7},
-            "tuned": {"exact_match": tuned_em, "perplexity": 1.1, "loss": 0.1}})
+        write_json(
+            run_dir / "eval" / "summary.json",
+            {
+                "task_metric": "exact_match",
+                "base": {"exact_match": 0.0, "perplexity": 40.0, "loss": 3.7},
+                "tuned": {"exact_match": tuned_em, "perplexity": 1.1, "loss": 0.1},
+            },
+        )
 
 
 def test_compare_runs_lists_every_run_with_its_metrics(tmp_path):
@@ -47,8 +60,14 @@ def test_diff_marks_only_the_words_that_differ():
     html = diff_html('{"team": "billing", "priority": "high"}', '{"team": "billing", "priority": "low"}')
     assert html.count('<mark class="nbkit-diff">') == 1 and "high" in html.split("<mark")[1]
     assert "<mark" not in diff_html("same words", "same words")
-    row = {"prompt": "p", "reference": "a b c", "base": "x y z", "tuned": "a b c", "base_exact_match": 0.0,
-           "tuned_exact_match": 1.0}
+    row = {
+        "prompt": "p",
+        "reference": "a b c",
+        "base": "x y z",
+        "tuned": "a b c",
+        "base_exact_match": 0.0,
+        "tuned_exact_match": 1.0,
+    }
     page = comparison_html(row)
     assert page.split("nbkit-answer-tuned")[1].count("<mark") == 0
     assert page.split("nbkit-answer-base")[1].split("nbkit-answer-tuned")[0].count("<mark") == 1
@@ -61,14 +80,18 @@ def test_lineage_puts_base_sft_and_preference_run_side_by_side(tmp_path):
     ws = Workspace(tmp_path)
     fake_run(ws, "20260101-sft", 1e-3, 0.70)
     fake_run(ws, "20260102-dpo", 5e-5, 0.75)
-    record = {**json.loads((ws.run_dir("20260102-dpo") / "run.json").read_text()),
-              "parent_run": "20260101-sft", "objective": "dpo"}
+    record = {
+        **json.loads((ws.run_dir("20260102-dpo") / "run.json").read_text()),
+        "parent_run": "20260101-sft",
+        "objective": "dpo",
+    }
     write_json(ws.run_dir("20260102-dpo") / "run.json", record)
     for run_id, kept, runaway in (("20260101-sft", 8, 1), ("20260102-dpo", 6, 3)):
         path = ws.run_dir(run_id) / "eval" / "summary.json"
         summary = json.loads(path.read_text())
-        write_json(path, {**summary, "forgetting": {"base_right": 10, "kept": kept},
-                          "runaway": {"base": 5, "tuned": runaway}})
+        write_json(
+            path, {**summary, "forgetting": {"base_right": 10, "kept": kept}, "runaway": {"base": 5, "tuned": runaway}}
+        )
     assert lineage(tmp_path, "20260102-dpo") == ["20260101-sft", "20260102-dpo"]
     assert is_preference_run(tmp_path, "20260102-dpo") and not is_preference_run(tmp_path, "20260101-sft")
     table = lineage_table(tmp_path, "20260102-dpo")

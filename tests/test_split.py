@@ -30,8 +30,13 @@ def sample_rows() -> list[dict]:
     rows = []
     for n, line in enumerate(SAMPLE_DATA.read_text(encoding="utf-8").splitlines(), start=1):
         record = json.loads(line)
-        rows.append({"messages": record["messages"], "text": "<rendered>",
-                     "meta": {"source": str(SAMPLE_DATA), "line": n, "label": record["label"]}})
+        rows.append(
+            {
+                "messages": record["messages"],
+                "text": "<rendered>",
+                "meta": {"source": str(SAMPLE_DATA), "line": n, "label": record["label"]},
+            }
+        )
     return rows
 
 
@@ -51,6 +56,7 @@ def key(r: dict) -> str:
 
 
 # -- sizes and determinism ------------------------------------------------------------------
+
 
 def test_default_sizes_are_80_10_10(tmp_path):
     manifest = run_split(tmp_path, sample_rows())
@@ -111,6 +117,7 @@ def test_fingerprints_are_short_hex(tmp_path):
 
 # -- stratification and disjointness --------------------------------------------------------
 
+
 def test_stratification_keeps_label_proportions(tmp_path):
     manifest = run_split(tmp_path, sample_rows())
     labels = ("account", "billing", "shipping", "technical")
@@ -123,8 +130,11 @@ def test_stratification_keeps_label_proportions(tmp_path):
 
 
 def test_stratification_with_uneven_labels():
-    rows = labelled_rows(60, labels=("big",)) + labelled_rows(20, labels=("small",)) \
+    rows = (
+        labelled_rows(60, labels=("big",))
+        + labelled_rows(20, labels=("small",))
         + [row(f"extra {i}", label="big") for i in range(20)]
+    )
     splits = split_rows(rows, SplitConfig())
     test_labels = Counter(r["meta"]["label"] for r in splits["test"])
     assert test_labels == {"big": 8, "small": 2}
@@ -156,12 +166,12 @@ def test_splits_are_interleaved_not_grouped_by_label(tmp_path):
 
 # -- leakage ----------------------------------------------------------------------------------
 
+
 def test_leakage_counts_duplicated_prompt_across_splits():
     splits = {
         "train": [row("Where is my ORDER?", "shipping"), row("reset my password")],
         "validation": [row("how do refunds work")],
-        "test": [row("where is my order", "a different answer", system="other system prompt"),
-                 row("something new")],
+        "test": [row("where is my order", "a different answer", system="other system prompt"), row("something new")],
     }
     assert leakage(splits) == {"train_validation": 0, "train_test": 1}
 
@@ -177,6 +187,7 @@ def test_leakage_counts_every_leaked_row():
 
 
 # -- manifest and errors ----------------------------------------------------------------------
+
 
 def test_manifest_contract(tmp_path):
     manifest = run_split(tmp_path, sample_rows(), seed=11)
@@ -215,9 +226,13 @@ def test_missing_formatted_file_names_format_notebook(tmp_path):
 
 # -- grouping, clusters, near-duplicate leakage -----------------------------------------------
 
+
 def test_group_by_keeps_related_rows_in_one_split(tmp_path):
-    rows = [row(f"conversation {c} turn {t} asks about item {c * 7 + t}", label="a", conversation=c)
-            for c in range(40) for t in range(5)]
+    rows = [
+        row(f"conversation {c} turn {t} asks about item {c * 7 + t}", label="a", conversation=c)
+        for c in range(40)
+        for t in range(5)
+    ]
     manifest = run_split(tmp_path, rows, group_by="conversation", stratify_by="")
     where = {}
     for name, part in read_splits(tmp_path).items():
@@ -229,8 +244,12 @@ def test_group_by_keeps_related_rows_in_one_split(tmp_path):
 
 
 def test_stratify_by_cluster_balances_the_diversity_clusters(tmp_path):
-    topics = {"refund": "refund invoice charge billing card payment", "login": "password login reset account email",
-              "crash": "app crash error bug freeze update", "parcel": "parcel delivery tracking courier address"}
+    topics = {
+        "refund": "refund invoice charge billing card payment",
+        "login": "password login reset account email",
+        "crash": "app crash error bug freeze update",
+        "parcel": "parcel delivery tracking courier address",
+    }
     rows = [row(f"{words} number {i} please {topic}", label="x") for topic, words in topics.items() for i in range(30)]
     manifest = run_split(tmp_path, rows, stratify_by="cluster")
     clusters = manifest["labels"]
@@ -243,14 +262,20 @@ def test_stratify_by_cluster_balances_the_diversity_clusters(tmp_path):
 
 def test_near_duplicate_leak_is_found_listed_and_can_be_dropped(tmp_path):
     rows = labelled_rows(25)
-    base = ("my parcel with order 12345 never arrived and the tracking page has not changed for a week so I "
-            "called the courier twice and they told me to contact the shop about the missing delivery today")
+    base = (
+        "my parcel with order 12345 never arrived and the tracking page has not changed for a week so I "
+        "called the courier twice and they told me to contact the shop about the missing delivery today"
+    )
     rows += [row(base + f" {suffix}", "shipping", label="a") for suffix in ("please help", "please help!!", "help")]
     kept = run_split(tmp_path / "keep", rows, seed=3)
     found = sum(kept["leakage_found"].values())
     assert found == sum(kept["leakage"].values())
-    leaked_rows = [r for part in ("validation", "test") for r in read_splits(tmp_path / "keep")[part]
-                   if "parcel" in r["messages"][0]["content"]]
+    leaked_rows = [
+        r
+        for part in ("validation", "test")
+        for r in read_splits(tmp_path / "keep")[part]
+        if "parcel" in r["messages"][0]["content"]
+    ]
     trained = any("parcel" in r["messages"][0]["content"] for r in read_splits(tmp_path / "keep")["train"])
     assert found == (len(leaked_rows) if trained else 0)
     dropped = run_split(tmp_path / "drop", rows, seed=3, drop_leaked=True)
@@ -261,8 +286,11 @@ def test_near_duplicate_leak_is_found_listed_and_can_be_dropped(tmp_path):
 
 
 def test_leak_examples_name_both_rows():
-    splits = {"train": [row("where is my order 991 it is late", line=4)],
-              "validation": [], "test": [row("Where is my order 991, it is late!", "other", line=9)]}
+    splits = {
+        "train": [row("where is my order 991 it is late", line=4)],
+        "validation": [],
+        "test": [row("Where is my order 991, it is late!", "other", line=9)],
+    }
     from nbkit.data.split import find_leaks
 
     (leak,) = find_leaks(splits)["test"]

@@ -29,14 +29,30 @@ from nbkit.train.estimate import estimate_fit, train_lengths
 from nbkit.train.log import RunControl, diagnose
 from nbkit.train.sft import train
 
-TINY = dict(batch_size=2, max_seq_len=96, lora_r=4, lora_alpha=8, logging_steps=1, eval_steps=2, save_steps=2,
-            early_stopping_patience=0, load_best=False, report_to="none", learning_rate=2e-3)
+TINY = dict(
+    batch_size=2,
+    max_seq_len=96,
+    lora_r=4,
+    lora_alpha=8,
+    logging_steps=1,
+    eval_steps=2,
+    save_steps=2,
+    early_stopping_patience=0,
+    load_best=False,
+    report_to="none",
+    learning_rate=2e-3,
+)
 
 
 def nbkit_train_process(config_path: Path) -> subprocess.Popen:
     """`nbkit train --config ...` in its own process group (so the test can kill all of it)."""
-    return subprocess.Popen([sys.executable, "-m", "nbkit.cli", "train", "--config", str(config_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nbkit.cli", "train", "--config", str(config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def losses_by_step(run_dir: Path) -> dict[int, float]:
@@ -47,8 +63,9 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
 def test_a_killed_run_resumes_to_the_same_final_step_and_losses(prepared_workspace, tmp_path):
     ws = Workspace(prepared_workspace)
     settings = {**TINY, "eval_steps": 0}  # checkpoints, data order and RNG are what resuming restores
-    reference = train(TrainConfig(workspace=str(ws.root), run_id="resume-reference", max_steps=8, **settings),
-                      on_log=None)
+    reference = train(
+        TrainConfig(workspace=str(ws.root), run_id="resume-reference", max_steps=8, **settings), on_log=None
+    )
     config = TrainConfig(workspace=str(ws.root), run_id="resume-killed", max_steps=8, **settings)
     run_dir = ws.run_dir("resume-killed")
     process = nbkit_train_process(config.save(tmp_path / "config.json"))
@@ -97,8 +114,9 @@ def test_stop_from_the_panel_saves_a_checkpoint_and_the_adapter(prepared_workspa
         if record["step"] >= 2:
             monitor.stop_button.click()
 
-    config = TrainConfig(workspace=str(prepared_workspace), run_id="stopped", max_steps=20,
-                         **{**TINY, "report_to": "tensorboard"})
+    config = TrainConfig(
+        workspace=str(prepared_workspace), run_id="stopped", max_steps=20, **{**TINY, "report_to": "tensorboard"}
+    )
     record = train(config, on_log=on_log, control=monitor.control)
     run_dir = Workspace(prepared_workspace).run_dir("stopped")
     assert record["status"] == "stopped" and 2 <= record["steps"] <= 3
@@ -124,12 +142,17 @@ def diverging_workspace(prepared_workspace, tmp_path_factory) -> Path:
     shutil.copytree(prepared_workspace / "data", root / "data")
     ws = Workspace(root)
     rewrite_split(ws, "train", [r for r in read_jsonl(ws.split("train")) if not is_replay(r)])
-    plain = [("What is the capital of France?", "The capital of France is Paris."),
-             ("How many days are in a week?", "There are seven days in a week."),
-             ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
-             ("Name a fruit that is yellow.", "A banana is a yellow fruit.")]
-    rewrite_split(ws, "validation", [{"messages": [{"role": "user", "content": q},
-                                                  {"role": "assistant", "content": a}]} for q, a in plain])
+    plain = [
+        ("What is the capital of France?", "The capital of France is Paris."),
+        ("How many days are in a week?", "There are seven days in a week."),
+        ("What colour is the sky on a clear day?", "The sky is blue on a clear day."),
+        ("Name a fruit that is yellow.", "A banana is a yellow fruit."),
+    ]
+    rewrite_split(
+        ws,
+        "validation",
+        [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in plain],
+    )
     return root
 
 
@@ -137,21 +160,33 @@ def diverging_workspace(prepared_workspace, tmp_path_factory) -> Path:
 def test_early_stopping_keeps_the_best_checkpoint(diverging_workspace):
     from safetensors.torch import load_file
 
-    config = TrainConfig(workspace=str(diverging_workspace), run_id="early", max_steps=16,
-                         **{**TINY, "eval_steps": 1, "save_steps": 1, "early_stopping_patience": 2,
-                            "load_best": True, "learning_rate": 3e-3})
+    config = TrainConfig(
+        workspace=str(diverging_workspace),
+        run_id="early",
+        max_steps=16,
+        **{
+            **TINY,
+            "eval_steps": 1,
+            "save_steps": 1,
+            "early_stopping_patience": 2,
+            "load_best": True,
+            "learning_rate": 3e-3,
+        },
+    )
     record = train(config, on_log=None)
     assert record["status"] == "early-stopped" and record["steps"] < 16
     best = record["best"]
     assert best["loaded"] and best["step"] < record["steps"]
-    evals = [r for r in read_metrics(Workspace(diverging_workspace).run_dir("early") / "metrics.jsonl")
-             if "eval_loss" in r]
+    evals = [
+        r for r in read_metrics(Workspace(diverging_workspace).run_dir("early") / "metrics.jsonl") if "eval_loss" in r
+    ]
     assert best["eval_loss"] == pytest.approx(min(r["eval_loss"] for r in evals))
     run_dir = Workspace(diverging_workspace).run_dir("early")
     saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     kept = load_file(run_dir / "checkpoints" / f"checkpoint-{best['step']}" / "adapter_model.safetensors")
-    assert saved.keys() == kept.keys() and all(saved[k].equal(kept[k]) for k in saved), \
+    assert saved.keys() == kept.keys() and all(saved[k].equal(kept[k]) for k in saved), (
         "the adapter is not the best checkpoint's"
+    )
     assert record["diagnosis"]["verdict"] in ("overfitting", "healthy", "too short")
 
 
@@ -170,8 +205,13 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
     # Task rows only, so the first and last step's losses compare like with like (a replay row's loss starts low).
     ws = Workspace(tmp_path)
     rewrite_split(ws, "train", [r for r in read_jsonl(ws.split("train")) if not is_replay(r)])
-    config = TrainConfig(workspace=str(tmp_path), run_id="full", method="full", max_steps=4,
-                         **{**TINY, "learning_rate": 1e-4, "eval_steps": 0, "save_steps": 4})
+    config = TrainConfig(
+        workspace=str(tmp_path),
+        run_id="full",
+        method="full",
+        max_steps=4,
+        **{**TINY, "learning_rate": 1e-4, "eval_steps": 0, "save_steps": 4},
+    )
     record = train(config, on_log=None)
     run_dir = Workspace(tmp_path).run_dir("full")
     assert record["method"] == "full" and record["adapter"] is None and record["model"] == str(run_dir / "model")
@@ -184,11 +224,13 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
 
     model, tokenizer = load_chat_model(tmp_path, "full")
     assert not hasattr(model, "peft_config") and model.config.use_cache
-    reply = "".join(stream_reply(model, tokenizer, [{"role": "user", "content": "My invoice is wrong."}],
-                                 max_new_tokens=8, temperature=0))
+    reply = "".join(
+        stream_reply(
+            model, tokenizer, [{"role": "user", "content": "My invoice is wrong."}], max_new_tokens=8, temperature=0
+        )
+    )
     assert reply.strip()
-    assert merge_adapter(tmp_path, "full") == {"run_id": "full", "path": str(run_dir / "model"),
-                                                          "merged": False}
+    assert merge_adapter(tmp_path, "full") == {"run_id": "full", "path": str(run_dir / "model"), "merged": False}
     from nbkit.export.exporter import export_run
 
     exported = export_run(tmp_path, "full", ["gguf"])  # the saved model itself goes to GGUF, checked against it
@@ -199,9 +241,18 @@ def test_full_fine_tuning_trains_every_weight_and_the_saved_model_chats(prepared
 @pytest.mark.model
 def test_the_fit_estimate_is_close_to_the_measured_peak(prepared_workspace, tmp_path):
     """A fresh process (nothing else in its memory) trains 2 steps; its peak RSS against the estimate."""
-    config = TrainConfig(workspace=str(prepared_workspace), run_id="memory", max_steps=2, batch_size=6,
-                         max_seq_len=128, eval_steps=0, early_stopping_patience=0, load_best=False,
-                         gradient_checkpointing="off", report_to="none")
+    config = TrainConfig(
+        workspace=str(prepared_workspace),
+        run_id="memory",
+        max_steps=2,
+        batch_size=6,
+        max_seq_len=128,
+        eval_steps=0,
+        early_stopping_patience=0,
+        load_best=False,
+        gradient_checkpointing="off",
+        report_to="none",
+    )
     process = nbkit_train_process(config.save(tmp_path / "config.json"))
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
@@ -245,18 +296,28 @@ def test_model_shape_counts_the_real_parameters(shape):
 
 def test_estimate_verdicts_and_fixes(shape):
     lengths = [80] * 100
-    fits = estimate_fit(TrainConfig(), lengths, device="cpu", half=False, shape=shape, available_gib=64,
-                        measure_speed=False)
+    fits = estimate_fit(
+        TrainConfig(), lengths, device="cpu", half=False, shape=shape, available_gib=64, measure_speed=False
+    )
     assert fits.verdict == "fits" and not fits.advice and not fits.gradient_checkpointing
-    short = estimate_fit(TrainConfig(batch_size=64), lengths, device="cpu", half=False, shape=shape,
-                         available_gib=6, measure_speed=False)
+    short = estimate_fit(
+        TrainConfig(batch_size=64), lengths, device="cpu", half=False, shape=shape, available_gib=6, measure_speed=False
+    )
     assert short.gradient_checkpointing, "auto turns checkpointing on when memory is short"
-    wont = estimate_fit(TrainConfig(batch_size=64, gradient_checkpointing="off"), lengths, device="cpu",
-                        half=False, shape=shape, available_gib=4, measure_speed=False)
+    wont = estimate_fit(
+        TrainConfig(batch_size=64, gradient_checkpointing="off"),
+        lengths,
+        device="cpu",
+        half=False,
+        shape=shape,
+        available_gib=4,
+        measure_speed=False,
+    )
     assert wont.verdict == "will not fit"
     assert any("batch_size=" in fix and "gradient_accumulation_steps=" in fix for fix in wont.advice)
-    hopeless = estimate_fit(TrainConfig(), lengths, device="cpu", half=False, shape=shape, available_gib=0.5,
-                            measure_speed=False)
+    hopeless = estimate_fit(
+        TrainConfig(), lengths, device="cpu", half=False, shape=shape, available_gib=0.5, measure_speed=False
+    )
     assert hopeless.verdict == "will not fit" and "smaller base model" in hopeless.advice[-1]
 
 
@@ -267,8 +328,14 @@ def test_time_estimate_scales_with_steps(shape, monkeypatch):
     two = estimate_fit(TrainConfig(max_steps=20), [80] * 100, device="cpu", half=False, shape=shape)
     assert one.steps == 10 and one.step_seconds > 0
     assert two.total_seconds == pytest.approx(2 * one.total_seconds, rel=0.05)
-    epochs = estimate_fit(TrainConfig(max_steps=0, num_train_epochs=2), [80] * 100, device="cpu", half=False,
-                          shape=shape, measure_speed=False)
+    epochs = estimate_fit(
+        TrainConfig(max_steps=0, num_train_epochs=2),
+        [80] * 100,
+        device="cpu",
+        half=False,
+        shape=shape,
+        measure_speed=False,
+    )
     assert epochs.verdict == "fits"
 
 
@@ -296,8 +363,7 @@ def test_out_of_memory_is_answered_with_the_settings_to_change(prepared_workspac
     control = RunControl()
     finished = []
     control.on_finish = lambda: finished.append(True)
-    config = TrainConfig(workspace=str(prepared_workspace), run_id="oom", method="lora", batch_size=8,
-                         max_seq_len=1024)
+    config = TrainConfig(workspace=str(prepared_workspace), run_id="oom", method="lora", batch_size=8, max_seq_len=1024)
     with pytest.raises(OutOfMemory) as info:
         train(config, on_log=None, control=control)
     message = str(info.value)
@@ -319,6 +385,7 @@ def test_runs_are_recorded_only_by_the_main_process(prepared_workspace, monkeypa
 
 # -- the diagnosis -----------------------------------------------------------------------------------
 
+
 def logs(train_losses, evals=()):
     out = [{"step": i + 1, "loss": v} for i, v in enumerate(train_losses)]
     return out + [{"step": s, "eval_loss": v} for s, v in evals]
@@ -336,6 +403,7 @@ def test_diagnosis_reads_the_curves():
 
 
 # -- the environment doctor -------------------------------------------------------------------------
+
 
 def test_doctor_reports_platform_device_and_versions(monkeypatch):
     from nbkit.doctor import check_environment, detect_platform, format_environment, version_problems

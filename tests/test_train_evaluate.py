@@ -15,8 +15,16 @@ from nbkit.train.sft import build_trainer, train
 
 pytestmark = pytest.mark.model
 
-SMALL = dict(max_steps=4, batch_size=4, max_seq_len=160, learning_rate=2e-3, logging_steps=1, eval_steps=2,
-             lora_r=8, lora_alpha=16)
+SMALL = dict(
+    max_steps=4,
+    batch_size=4,
+    max_seq_len=160,
+    learning_rate=2e-3,
+    logging_steps=1,
+    eval_steps=2,
+    lora_r=8,
+    lora_alpha=16,
+)
 
 
 def test_lora_weights_change_and_base_weights_do_not(prepared_workspace, tmp_path):
@@ -30,8 +38,9 @@ def test_lora_weights_change_and_base_weights_do_not(prepared_workspace, tmp_pat
     assert not any(named[n].requires_grad for n in base)
     assert any(p.dtype.is_floating_point is False for p in base.values()), "expected 4-bit packed base weights"
     trainer.train()  # SMALL evaluates at step 2: the validation pass must not disturb the 4-bit layers
-    assert not any(getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False)
-                   for p in trainer.model.parameters()), "4-bit weights were repacked for inference mid-training"
+    assert not any(
+        getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False) for p in trainer.model.parameters()
+    ), "4-bit weights were repacked for inference mid-training"
     after = dict(trainer.model.named_parameters())
     changed = [n for n in lora if "lora_B" in n and not after[n].detach().equal(lora[n])]
     assert len(changed) == sum("lora_B" in n for n in lora), "every LoRA B matrix should have moved"
@@ -52,8 +61,14 @@ def test_loss_falls_and_the_run_is_recorded(finished_run, prepared_workspace):
     evals = [m["eval_loss"] for m in metrics if "eval_loss" in m]
     assert len(evals) == 2 and evals[-1] < 0.7 * evals[0]
     assert finished_run["eval_loss"] is not None
-    for name in ("config.json", "env.json", "metrics.jsonl", "run.json", "adapter/adapter_config.json",
-                 "adapter/adapter_model.safetensors"):
+    for name in (
+        "config.json",
+        "env.json",
+        "metrics.jsonl",
+        "run.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (run_dir / name).exists(), name
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["run_id"] == "test-run" and saved["max_steps"] == 4

@@ -48,11 +48,18 @@ def test_every_valid_row_of_the_folder_is_kept(folder):
     report, by_file, rejected = folder
     assert report["read"] == report["kept"] + report["rejected"]
     assert {name: len(rows) for name, rows in by_file.items()} == {
-        "faq.csv": 3, "export_semicolon.csv": 2, "unicode_text.txt": 2, "tickets.tsv": 3, "dolly.jsonl": 2,
-        "openai_chat.jsonl": 3, "faq.xlsx": 2}
+        "faq.csv": 3,
+        "export_semicolon.csv": 2,
+        "unicode_text.txt": 2,
+        "tickets.tsv": 3,
+        "dolly.jsonl": 2,
+        "openai_chat.jsonl": 3,
+        "faq.xlsx": 2,
+    }
     assert sorted((Path(r["source"]).name, r.get("row", r.get("line")), r["category"]) for r in rejected) == [
         ("faq.csv", 3, "missing_content"),  # the answer cell is empty
-        ("openai_chat.jsonl", 4, "bad_weight")]  # weight 0.5
+        ("openai_chat.jsonl", 4, "bad_weight"),
+    ]  # weight 0.5
 
 
 def test_a_file_that_cannot_be_read_is_reported_and_the_others_collected(folder):
@@ -60,8 +67,13 @@ def test_a_file_that_cannot_be_read_is_reported_and_the_others_collected(folder)
     [broken] = report["unreadable"]
     assert Path(broken["source"]).name == "broken.json"
     assert "invalid JSON at line 1, column 44" in broken["reason"] and ".jsonl" in broken["fix"]
-    assert report["sources"][broken["source"]] == {"read": 0, "kept": 0, "rejected": 0, "error": broken["reason"],
-                                                  "fix": broken["fix"]}
+    assert report["sources"][broken["source"]] == {
+        "read": 0,
+        "kept": 0,
+        "rejected": 0,
+        "error": broken["reason"],
+        "fix": broken["fix"],
+    }
     assert "broken.json: NOT READ — invalid JSON" in describe_report(report)
 
 
@@ -69,8 +81,10 @@ def test_excel_csv_keeps_quotes_commas_and_line_breaks(folder):
     _, by_file, _ = folder
     rows = by_file["faq.csv"]  # UTF-8 with BOM, CRLF, quoted cells
     assert [r["meta"]["row"] for r in rows] == [1, 2, 4]
-    assert conversation(rows[0]) == [("user", "How do I reset my password?"),
-                                     ("assistant", 'Use "Forgot password" on the sign-in page, then follow the e-mail.')]
+    assert conversation(rows[0]) == [
+        ("user", "How do I reset my password?"),
+        ("assistant", 'Use "Forgot password" on the sign-in page, then follow the e-mail.'),
+    ]
     assert rows[1]["messages"][1]["content"] == "Yes. Go to Settings > Billing.\nChanges apply from the next invoice."
     assert rows[0]["meta"]["layout"] == "Question → user, Answer → assistant"
 
@@ -78,12 +92,16 @@ def test_excel_csv_keeps_quotes_commas_and_line_breaks(folder):
 def test_semicolon_and_utf16_tab_exports(folder):
     report, by_file, _ = folder
     semicolon = by_file["export_semicolon.csv"]
-    assert conversation(semicolon[0]) == [("user", "Wie kündige ich mein Abo?"),
-                                          ("assistant", "Unter Konto > Abo > Kündigen; die Kündigung gilt zum Monatsende.")]
+    assert conversation(semicolon[0]) == [
+        ("user", "Wie kündige ich mein Abo?"),
+        ("assistant", "Unter Konto > Abo > Kündigen; die Kündigung gilt zum Monatsende."),
+    ]
     unicode_text = by_file["unicode_text.txt"]  # Excel's "Unicode text": UTF-16 LE, tabs, CRLF
     assert [r["meta"]["row"] for r in unicode_text] == [1, 2]
-    assert conversation(unicode_text[0]) == [("user", "Where is my order 4411?"),
-                                             ("assistant", "It left our warehouse yesterday; tracking is in your e-mail.")]
+    assert conversation(unicode_text[0]) == [
+        ("user", "Where is my order 4411?"),
+        ("assistant", "It left our warehouse yesterday; tracking is in your e-mail."),
+    ]
     source = next(s for s in report["sources"] if s.endswith("unicode_text.txt"))
     assert report["sources"][source]["layout"] == "Query → user, Response → assistant"
 
@@ -92,7 +110,10 @@ def test_classification_and_dolly_layouts(folder):
     _, by_file, _ = folder
     tickets = by_file["tickets.tsv"]
     assert [(r["messages"][1]["content"], r["meta"]["label"]) for r in tickets] == [
-        ("bug", "bug"), ("feature", "feature"), ("billing", "billing")]  # label kept in meta for the split
+        ("bug", "bug"),
+        ("feature", "feature"),
+        ("billing", "billing"),
+    ]  # label kept in meta for the split
     dolly = by_file["dolly.jsonl"]
     assert dolly[0]["messages"][0]["content"].startswith("Summarise the refund policy in one sentence.\n\nRefunds")
     assert dolly[1]["messages"][0]["content"] == "Name the capital of Kenya."  # an empty context adds nothing
@@ -102,11 +123,14 @@ def test_classification_and_dolly_layouts(folder):
 
 def test_xlsx_first_sheet_by_default_and_a_named_sheet(folder, tmp_path):
     _, by_file, _ = folder
-    assert conversation(by_file["faq.xlsx"][0]) == [("user", "How many seats does the team plan include?"),
-                                                    ("assistant", "10")]  # a number cell reads as its text
+    assert conversation(by_file["faq.xlsx"][0]) == [
+        ("user", "How many seats does the team plan include?"),
+        ("assistant", "10"),
+    ]  # a number cell reads as its text
     report, clean, _ = run(tmp_path, [USER_FILES / "faq.xlsx"], sheet="Archive")
-    assert [conversation(r) for r in clean] == [[("user", "Do you offer phone support?"),
-                                                 ("assistant", "Yes, on weekdays from 9 to 17.")]]
+    assert [conversation(r) for r in clean] == [
+        [("user", "Do you offer phone support?"), ("assistant", "Yes, on weekdays from 9 to 17.")]
+    ]
     assert clean[0]["meta"]["row"] == 1
     with pytest.raises(DataError, match="has no sheet 'Nope' \\(sheets: FAQ, Archive\\)"):
         run(tmp_path / "other", [USER_FILES / "faq.xlsx"], sheet="Nope")
@@ -119,26 +143,38 @@ def test_openai_weight_name_and_tools_as_documented(folder):
     assert named["messages"][0] == {"role": "user", "content": "Who wrote 'Romeo and Juliet'?", "name": "ada"}
     assert weather["tools"][0]["function"]["name"] == "get_current_weather"
     call = weather["messages"][1]
-    assert call["content"] == "" and call["tool_calls"] == [{"id": "call_id", "type": "function", "function": {
-        "name": "get_current_weather", "arguments": {"location": "San Francisco, USA", "format": "celsius"}}}]
+    assert call["content"] == "" and call["tool_calls"] == [
+        {
+            "id": "call_id",
+            "type": "function",
+            "function": {
+                "name": "get_current_weather",
+                "arguments": {"location": "San Francisco, USA", "format": "celsius"},
+            },
+        }
+    ]
     assert weather["messages"][2] == {"role": "tool", "content": '{"temperature": 14}', "tool_call_id": "call_id"}
 
 
 def test_common_pairs_are_recognised_ignoring_case():
-    cases = {("Question", "Answer"): "Question → user, Answer → assistant",
-             ("query", "response"): "query → user, response → assistant",
-             ("PROMPT", "Response"): "PROMPT → user, Response → assistant",
-             ("input", "output"): "input → user, output → assistant",
-             ("instruction", "response"): "instruction → user, response → assistant",
-             ("text", "label"): "text → user, label → assistant",
-             ("source", "target"): "source → user, target → assistant",
-             ("context", "response"): "context → user, response → assistant",
-             ("Instruction", "Output"): "Instruction → user, Output → assistant"}
+    cases = {
+        ("Question", "Answer"): "Question → user, Answer → assistant",
+        ("query", "response"): "query → user, response → assistant",
+        ("PROMPT", "Response"): "PROMPT → user, Response → assistant",
+        ("input", "output"): "input → user, output → assistant",
+        ("instruction", "response"): "instruction → user, response → assistant",
+        ("text", "label"): "text → user, label → assistant",
+        ("source", "target"): "source → user, target → assistant",
+        ("context", "response"): "context → user, response → assistant",
+        ("Instruction", "Output"): "Instruction → user, Output → assistant",
+    }
     for (user, assistant), layout in cases.items():
         record, described = schemas.map_record({user: "the question", assistant: "the answer", "id": 7})
         assert described == layout
-        assert schemas.to_messages(record) == [{"role": "user", "content": "the question"},
-                                                   {"role": "assistant", "content": "the answer"}], (user, assistant)
+        assert schemas.to_messages(record) == [
+            {"role": "user", "content": "the question"},
+            {"role": "assistant", "content": "the answer"},
+        ], (user, assistant)
     record, described = schemas.map_record({"System Prompt": "Be brief.", "Question": "q", "Answer": "a"})
     assert described == "System Prompt → system, Question → user, Answer → assistant"
     assert schemas.to_messages(record)[0] == {"role": "system", "content": "Be brief."}
@@ -185,8 +221,10 @@ def test_a_row_with_more_cells_than_the_header_is_rejected_at_its_row(tmp_path):
 
 def test_utf16_jsonl_and_a_non_utf8_csv(tmp_path):
     good = tmp_path / "notepad.jsonl"
-    good.write_bytes("\ufeff".encode("utf-16-le") + (json.dumps({"question": "Tschüss?", "answer": "Ciao."})
-                                                      + "\r\n").encode("utf-16-le"))
+    good.write_bytes(
+        "\ufeff".encode("utf-16-le")
+        + (json.dumps({"question": "Tschüss?", "answer": "Ciao."}) + "\r\n").encode("utf-16-le")
+    )
     latin = tmp_path / "latin1.csv"
     latin.write_bytes("question,answer\nCafé?,Oui.\n".encode("cp1252"))
     report, clean, _ = run(tmp_path, [good, latin])
@@ -212,20 +250,39 @@ def test_a_corrupt_xlsx_is_reported_not_raised(tmp_path):
     assert report["unreadable"][0]["source"] == str(bad) and "cannot be read" in report["unreadable"][0]["reason"]
 
 
-@pytest.mark.parametrize("messages, category", [
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [
-        {"type": "function", "function": {"name": "f", "arguments": "{}"}}]},
-      {"role": "tool", "content": "1"}, {"role": "tool", "content": "2"}, {"role": "assistant", "content": "done"}],
-     None),  # two tool results for parallel calls
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}], None),
-    ([{"role": "user", "content": "q"}, {"role": "tool", "content": "1"}, {"role": "assistant", "content": "a"}],
-     "bad_role_order"),  # a tool result nobody asked for
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": True}], "bad_weight"),
-    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "tool_calls": "f()"}], "bad_tools"),
-    ([{"role": "user", "content": "q", "tool_calls": [{"function": {"name": "f"}}]},
-      {"role": "assistant", "content": "a"}], "bad_tools"),
-    ([{"role": "user", "content": "q"}, {"role": "function", "name": "f", "content": "1"}], "unrecognized_role"),
-])
+@pytest.mark.parametrize(
+    "messages, category",
+    [
+        (
+            [
+                {"role": "user", "content": "q"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "content": "1"},
+                {"role": "tool", "content": "2"},
+                {"role": "assistant", "content": "done"},
+            ],
+            None,
+        ),  # two tool results for parallel calls
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}], None),
+        (
+            [{"role": "user", "content": "q"}, {"role": "tool", "content": "1"}, {"role": "assistant", "content": "a"}],
+            "bad_role_order",
+        ),  # a tool result nobody asked for
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": True}], "bad_weight"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "tool_calls": "f()"}], "bad_tools"),
+        (
+            [
+                {"role": "user", "content": "q", "tool_calls": [{"function": {"name": "f"}}]},
+                {"role": "assistant", "content": "a"},
+            ],
+            "bad_tools",
+        ),
+        ([{"role": "user", "content": "q"}, {"role": "function", "name": "f", "content": "1"}], "unrecognized_role"),
+    ],
+)
 def test_openai_message_rules(messages, category):
     if category is None:
         assert validate_messages(messages)

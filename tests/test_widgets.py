@@ -57,7 +57,7 @@ def shown_fields(widget, skip=None) -> list[str]:
     """Config fields with an input under `widget`, in display order, leaving out the subtree `skip`."""
     if widget is skip:
         return []
-    names = [c[len("nbkit-field-"):] for c in getattr(widget, "_dom_classes", ()) if c.startswith("nbkit-field-")]
+    names = [c[len("nbkit-field-") :] for c in getattr(widget, "_dom_classes", ()) if c.startswith("nbkit-field-")]
     return names + [name for child in getattr(widget, "children", ()) for name in shown_fields(child, skip)]
 
 
@@ -93,8 +93,13 @@ def test_train_panel_shows_the_main_fields_first_and_the_rest_under_advanced():
 
 
 def test_every_stage_panel_builds_with_stable_css_classes():
-    panels = [nw.CollectPanel(CollectConfig()), nw.format_panel(FormatConfig()), nw.split_panel(SplitConfig()),
-              nw.TrainPanel(TrainConfig()), nw.eval_panel(EvalConfig(workspace="/nonexistent"))]
+    panels = [
+        nw.CollectPanel(CollectConfig()),
+        nw.format_panel(FormatConfig()),
+        nw.split_panel(SplitConfig()),
+        nw.TrainPanel(TrainConfig()),
+        nw.eval_panel(EvalConfig(workspace="/nonexistent")),
+    ]
     for panel in panels:
         assert isinstance(panel.box, widgets.Box)
         bundle = panel._repr_mimebundle_()
@@ -129,8 +134,15 @@ def test_upload_saves_files_into_the_workspace_and_adds_them(tmp_path):
     panel = nw.CollectPanel(config)
     content = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
     if int(widgets.__version__.split(".")[0]) >= 8:
-        panel.upload.value = ({"name": "../evil.jsonl", "type": "", "size": len(content), "content": memoryview(content),
-                               "last_modified": datetime.datetime(2026, 1, 1)},)
+        panel.upload.value = (
+            {
+                "name": "../evil.jsonl",
+                "type": "",
+                "size": len(content),
+                "content": memoryview(content),
+                "last_modified": datetime.datetime(2026, 1, 1),
+            },
+        )
     else:  # ipywidgets 7 (Colab): `value` is read-only; the browser sends metadata and data, then bumps _counter
         panel.upload.set_trait("metadata", [{"name": "../evil.jsonl", "type": "", "size": len(content)}])
         panel.upload.set_trait("data", [content])
@@ -154,8 +166,12 @@ def test_pager_buttons_move_and_stop_at_the_ends():
 
 
 def test_mask_viewer_colours_trained_and_masked_text(tokenizer):
-    row = {"messages": [{"role": "user", "content": "Where is my parcel?"},
-                        {"role": "assistant", "content": '{"team": "shipping"}'}]}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Where is my parcel?"},
+            {"role": "assistant", "content": '{"team": "shipping"}'},
+        ]
+    }
     view = nw.mask_viewer(tokenizer, [row], 512).view.value
     trained = view.split('class="nbkit-trained"')[1]
     assert "shipping" in trained.split("</span>")[0]
@@ -163,8 +179,9 @@ def test_mask_viewer_colours_trained_and_masked_text(tokenizer):
 
 
 def test_comparison_viewer_marks_matches():
-    rows = [{"prompt": "p", "reference": "r", "base": "x", "tuned": "r", "base_exact_match": 0.0,
-             "tuned_exact_match": 1.0}]
+    rows = [
+        {"prompt": "p", "reference": "r", "base": "x", "tuned": "r", "base_exact_match": 0.0, "tuned_exact_match": 1.0}
+    ]
     html = nw.comparison_viewer(rows).view.value
     assert "base ✗" in html and "tuned ✓" in html
 
@@ -197,8 +214,19 @@ def test_live_monitor_buttons_drive_the_run_control():
 
 def test_live_monitor_shows_speed_eta_and_memory_as_text():
     monitor = nw.LiveMonitor(mode="redraw")
-    monitor.history.append({"step": 5, "max_steps": 60, "elapsed_s": 30.0, "loss": 1.5, "learning_rate": 1e-3,
-                            "grad_norm": 0.8, "tokens_per_s": 95.2, "eta_s": 330.0, "memory_gib": 1.75})
+    monitor.history.append(
+        {
+            "step": 5,
+            "max_steps": 60,
+            "elapsed_s": 30.0,
+            "loss": 1.5,
+            "learning_rate": 1e-3,
+            "grad_norm": 0.8,
+            "tokens_per_s": 95.2,
+            "eta_s": 330.0,
+            "memory_gib": 1.75,
+        }
+    )
     text = monitor.status_html()
     for part in ("step 5/60", "loss 1.5", "lr 0.001", "grad 0.8", "95 tok/s", "ETA 330s", "mem 1.75 GiB"):
         assert part in text
@@ -212,6 +240,7 @@ def test_training_progress_is_plain_printing_when_not_interactive(capsys):
 
 
 # -- notebook 01: mappings, the example editor and the rejected-row fixer --------------------
+
 
 def manual_rows(workspace):
     import json
@@ -242,14 +271,24 @@ def test_example_editor_appends_a_valid_example(tmp_path):
     editor.assistant.value = "On its way."
     editor.label.value = "shipping"
     editor.add.click()
-    assert manual_rows(tmp_path) == [{"messages": [{"role": "system", "content": "Be brief."},
-                                                   {"role": "user", "content": "Where is my parcel?"},
-                                                   {"role": "assistant", "content": "On its way."}],
-                                      "label": "shipping"}]
+    assert manual_rows(tmp_path) == [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Where is my parcel?"},
+                {"role": "assistant", "content": "On its way."},
+            ],
+            "label": "shipping",
+        }
+    ]
     assert "nbkit-ok" in editor.status.value and "line 1" in editor.status.value
     assert editor.user.value == editor.assistant.value == "" and editor.system.value == "Be brief."
-    for widget, name in [(editor.box, "nbkit-editor"), (editor.add, "nbkit-editor-add"),
-                         (editor.user, "nbkit-editor-user"), (editor.status, "nbkit-editor-status")]:
+    for widget, name in [
+        (editor.box, "nbkit-editor"),
+        (editor.add, "nbkit-editor-add"),
+        (editor.user, "nbkit-editor-user"),
+        (editor.status, "nbkit-editor-status"),
+    ]:
         assert name in widget._dom_classes
 
 
@@ -292,9 +331,13 @@ def test_rejected_row_fixed_and_picked_up_by_the_next_collect(tmp_path):
 
     source = tmp_path / "in.jsonl"
     bad = {"messages": [{"role": "user", "content": "Refund?"}], "label": "billing"}
-    source.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
-                                                                                   "content": "yo"}]})
-                      + "\n" + json.dumps(bad) + "\n{broken\n", encoding="utf-8")
+    source.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+        + "\n"
+        + json.dumps(bad)
+        + "\n{broken\n",
+        encoding="utf-8",
+    )
     config = CollectConfig(workspace=str(tmp_path / "ws"), sources=[str(source)])
     collect(config)
     fixer = nw.RejectedFixer(config.workspace)
@@ -353,8 +396,9 @@ def test_resume_button_loads_the_interrupted_runs_settings(tmp_path):
     TrainConfig(workspace="elsewhere", run_id="a", max_steps=8).save(runs / "a" / "config.json")
     (runs / "a" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
     (runs / "a" / "checkpoints" / "checkpoint-8" / "trainer_state.json").write_text("{}")
-    TrainConfig(workspace="elsewhere", run_id="b", max_steps=12, batch_size=4, learning_rate=5e-4,
-                eval_steps=6, save_steps=6).save(runs / "b" / "config.json")
+    TrainConfig(
+        workspace="elsewhere", run_id="b", max_steps=12, batch_size=4, learning_rate=5e-4, eval_steps=6, save_steps=6
+    ).save(runs / "b" / "config.json")
     for step in (6, 12):  # checkpoint-12 is incomplete: its trainer_state.json was never written
         (runs / "b" / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
     (runs / "b" / "checkpoints" / "checkpoint-6" / "trainer_state.json").write_text("{}")
@@ -362,15 +406,22 @@ def test_resume_button_loads_the_interrupted_runs_settings(tmp_path):
     config = TrainConfig(workspace=str(tmp_path), batch_size=8, max_steps=60)
     panel = nw.TrainPanel(config)
     panel.resume_button.click()
-    assert (config.run_id, config.resume, config.batch_size, config.max_steps, config.learning_rate) == \
-        ("b", True, 4, 12, 5e-4)
+    assert (config.run_id, config.resume, config.batch_size, config.max_steps, config.learning_rate) == (
+        "b",
+        True,
+        4,
+        12,
+        5e-4,
+    )
     assert config.workspace == str(tmp_path), "the workspace stays the one this notebook uses"
     assert panel.form.inputs["batch_size"].value == 4 and panel.form.inputs["resume"].value is True
     assert "continue run b from step 6 of 12" in panel.resume_view.value
 
     nothing = nw.TrainPanel(TrainConfig(workspace=str(tmp_path / "new")))
     nothing.resume_button.click()
-    assert "Nothing to resume: no run in" in nothing.resume_view.value and "starts a new run" in nothing.resume_view.value
+    assert (
+        "Nothing to resume: no run in" in nothing.resume_view.value and "starts a new run" in nothing.resume_view.value
+    )
     assert nothing.config.resume is False
 
 

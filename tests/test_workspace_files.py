@@ -32,8 +32,14 @@ KILLER = REPO / "tests" / "kill_during_write.py"
 def killed_while_writing(name: str, writes: int, code: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python killed by SIGKILL at the WRITES-th write to the file NAME."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, str(KILLER), name, str(writes), code], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(KILLER), name, str(writes), code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == -9, f"not killed mid-write (exit {done.returncode}): {done.stderr[-2000:]}"
     return done
 
@@ -43,6 +49,7 @@ def hidden_leftovers(folder: Path) -> list[str]:
 
 
 # -- whole files ---------------------------------------------------------------------------------------------
+
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "rows.jsonl"
@@ -82,6 +89,7 @@ def test_a_folder_is_replaced_whole(tmp_path):
 
 
 # -- append-only files ----------------------------------------------------------------------------------------
+
 
 def cut_off(path: Path, record: dict, keep: int) -> bytes:
     """Append the first KEEP bytes of a record's line, as a kill mid-append leaves it."""
@@ -150,6 +158,7 @@ def test_training_logs_survive_a_cut_off_line(tmp_path):
 
 # -- a stage's inputs are the files its predecessor's report lists ------------------------------------------
 
+
 def test_split_files_that_do_not_match_the_manifest_name_the_stage_to_rerun(tmp_path):
     ws = Workspace(tmp_path)
     for name in ("train", "validation", "test"):
@@ -157,8 +166,11 @@ def test_split_files_that_do_not_match_the_manifest_name_the_stage_to_rerun(tmp_
     write_json(ws.manifest, {"files": file_records(*(ws.split(n) for n in ("train", "validation", "test")))})
     assert len(ws.read_split("test")) == 4
     write_jsonl(ws.split("train"), [{"messages": [], "meta": {}}])  # a newer 03 killed before its manifest
-    with pytest.raises(WorkspaceError, match=r"train.jsonl has 1 rows where manifest.json lists 4: 03_split was "
-                                             r"interrupted.*re-run 03_split"):
+    with pytest.raises(
+        WorkspaceError,
+        match=r"train.jsonl has 1 rows where manifest.json lists 4: 03_split was "
+        r"interrupted.*re-run 03_split",
+    ):
         ws.read_split("test")
     write_jsonl(ws.split("train"), [{"messages": [], "meta": {"n": -i}} for i in range(4)])
     with pytest.raises(WorkspaceError, match="is not the file manifest.json lists"):
@@ -170,6 +182,7 @@ def test_split_files_that_do_not_match_the_manifest_name_the_stage_to_rerun(tmp_
 
 
 # -- stages killed mid-write ---------------------------------------------------------------------------------
+
 
 def whole_jsonl(path: Path) -> int:
     """Rows of a JSONL file, failing on any line that is not a whole JSON object."""
@@ -209,7 +222,9 @@ def test_export_killed_mid_save_keeps_no_half_model_and_runs_again(sft_run, tmp_
 
     root, run_id = sft_run
     export = Workspace(root).run_dir(run_id) / "export"
-    code = f"from nbkit.export.exporter import export_run; export_run({str(root)!r}, {run_id!r}, ['merged'], n_prompts=2)"
+    code = (
+        f"from nbkit.export.exporter import export_run; export_run({str(root)!r}, {run_id!r}, ['merged'], n_prompts=2)"
+    )
     killed_while_writing("merged/", 0, code, tmp_path)
     assert not (export / "parity.json").exists() and not (export / "merged").exists()
     assert hidden_leftovers(export) == [".merged.partial"]

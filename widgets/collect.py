@@ -59,19 +59,26 @@ class CollectPanel(Panel):
         self.form = ConfigForm(config, ["sources", "sheet"], title="Sources (empty = bundled sample data)")
         self.status = css(widgets.HTML(""), "nbkit-collect-status")
         self.mappings = {name: self._mapping_input(name) for name in ("columns", "roles")}
-        self.upload = css(widgets.FileUpload(accept=UPLOAD_TYPES, multiple=True, description="Upload"),
-                          "nbkit-upload")
+        self.upload = css(widgets.FileUpload(accept=UPLOAD_TYPES, multiple=True, description="Upload"), "nbkit-upload")
         self.upload.observe(guarded(self.status, self.save_uploads), names="value")
-        rows = [widgets.HBox([control, widgets.HTML(f'<span style="color:#666">'
-                                                    f'{html.escape(CollectConfig.help()[name])}</span>')])
-                for name, control in self.mappings.items()]
+        rows = [
+            widgets.HBox(
+                [control, widgets.HTML(f'<span style="color:#666">{html.escape(CollectConfig.help()[name])}</span>')]
+            )
+            for name, control in self.mappings.items()
+        ]
         self.box = css(widgets.VBox([self.form.box, *rows, self.upload, self.status]), "nbkit-collect-panel")
 
     def _mapping_input(self, name: str) -> widgets.Text:
         value = getattr(self.config, name)
-        control = widgets.Text(value=json.dumps(value) if value else "", description=name, continuous_update=False,
-                               placeholder='{"question": "prompt"}' if name == "columns" else '{"human": "user"}',
-                               style={"description_width": "170px"}, layout=widgets.Layout(width="420px"))
+        control = widgets.Text(
+            value=json.dumps(value) if value else "",
+            description=name,
+            continuous_update=False,
+            placeholder='{"question": "prompt"}' if name == "columns" else '{"human": "user"}',
+            style={"description_width": "170px"},
+            layout=widgets.Layout(width="420px"),
+        )
         control.observe(guarded(self.status, lambda: self.set_mapping(name, control.value)), names="value")
         return css(control, "nbkit-field", f"nbkit-field-{name}")
 
@@ -114,15 +121,19 @@ def parse_mapping(name: str, text: str) -> dict:
         except yaml.YAMLError:
             value = None
     if not isinstance(value, dict):
-        raise ConfigError(f"`{name}` must be a mapping like {{\"question\": \"prompt\"}}, got {text!r} — "
-                          "type it as JSON, or one `old: new` per line.")
+        raise ConfigError(
+            f'`{name}` must be a mapping like {{"question": "prompt"}}, got {text!r} — '
+            "type it as JSON, or one `old: new` per line."
+        )
     return value
 
 
 def rejected_html(row: dict[str, Any]) -> str:
-    return (f'<div><b>{html.escape(row["category"])}</b> — {html.escape(describe_provenance(row))}<br>'
-            f'{html.escape(row["message"])}<pre style="white-space:pre-wrap;background:#fff3f3">'
-            f'{html.escape(row["raw"][:2000])}</pre></div>')
+    return (
+        f"<div><b>{html.escape(row['category'])}</b> — {html.escape(describe_provenance(row))}<br>"
+        f'{html.escape(row["message"])}<pre style="white-space:pre-wrap;background:#fff3f3">'
+        f"{html.escape(row['raw'][:2000])}</pre></div>"
+    )
 
 
 def collect_results(workspace: str) -> widgets.Widget:
@@ -138,6 +149,7 @@ def collect_results(workspace: str) -> widgets.Widget:
 
 # -- examples by hand --------------------------------------------------------------------
 
+
 class ExampleEditor(Panel):
     """A form for one example (optional system text, user, assistant, optional label).
 
@@ -148,25 +160,40 @@ class ExampleEditor(Panel):
     def __init__(self, workspace: str) -> None:
         self.workspace = workspace
         self.path = manual_path(workspace)
-        self.system = css(widgets.Textarea(description="system", placeholder="optional: how the assistant behaves",
-                                           **TEXTAREA), "nbkit-editor-system")
-        self.user = css(widgets.Textarea(description="user", placeholder="what the user asks", **TEXTAREA),
-                        "nbkit-editor-user")
-        self.assistant = css(widgets.Textarea(description="assistant", placeholder="the answer to learn",
-                                              **TEXTAREA), "nbkit-editor-assistant")
-        self.label = css(widgets.Text(description="label", placeholder="optional, e.g. billing",
-                                      layout=widgets.Layout(width="320px"), style={"description_width": "90px"}),
-                         "nbkit-editor-label")
+        self.system = css(
+            widgets.Textarea(description="system", placeholder="optional: how the assistant behaves", **TEXTAREA),
+            "nbkit-editor-system",
+        )
+        self.user = css(
+            widgets.Textarea(description="user", placeholder="what the user asks", **TEXTAREA), "nbkit-editor-user"
+        )
+        self.assistant = css(
+            widgets.Textarea(description="assistant", placeholder="the answer to learn", **TEXTAREA),
+            "nbkit-editor-assistant",
+        )
+        self.label = css(
+            widgets.Text(
+                description="label",
+                placeholder="optional, e.g. billing",
+                layout=widgets.Layout(width="320px"),
+                style={"description_width": "90px"},
+            ),
+            "nbkit-editor-label",
+        )
         self.add = css(widgets.Button(description="Add example", button_style="success"), "nbkit-editor-add")
         self.status = css(widgets.HTML(""), "nbkit-editor-status")
         self.add.on_click(guarded(self.status, self.add_example))
         title = widgets.HTML(f"<b>Add an example</b> (saved to {html.escape(str(self.path))})")
-        self.box = css(widgets.VBox([title, self.system, self.user, self.assistant, self.label, self.add,
-                                     self.status]), "nbkit-editor")
+        self.box = css(
+            widgets.VBox([title, self.system, self.user, self.assistant, self.label, self.add, self.status]),
+            "nbkit-editor",
+        )
 
     def example(self) -> dict[str, Any]:
-        messages = [{"role": "user", "content": self.user.value},
-                    {"role": "assistant", "content": self.assistant.value}]
+        messages = [
+            {"role": "user", "content": self.user.value},
+            {"role": "assistant", "content": self.assistant.value},
+        ]
         if self.system.value.strip():
             messages.insert(0, {"role": "system", "content": self.system.value})
         record: dict[str, Any] = {"messages": messages}
@@ -177,16 +204,20 @@ class ExampleEditor(Panel):
     def add_example(self) -> bool:
         empty = [name for name, box in (("user", self.user), ("assistant", self.assistant)) if not box.value.strip()]
         if empty:
-            self.status.value = message_html(f"not added (missing_content): the {' and the '.join(empty)} "
-                                             f"box {'is' if len(empty) == 1 else 'are'} empty", "error")
+            self.status.value = message_html(
+                f"not added (missing_content): the {' and the '.join(empty)} "
+                f"box {'is' if len(empty) == 1 else 'are'} empty",
+                "error",
+            )
             return False
         try:
             line = add_manual_example(self.workspace, self.example())
         except RecordError as err:
             self.status.value = message_html(f"not added ({err.category}): {err}", "error")
             return False
-        self.status.value = message_html(f"added as line {line} of {self.path} — run the collect cell again "
-                                         "to include it", "ok")
+        self.status.value = message_html(
+            f"added as line {line} of {self.path} — run the collect cell again to include it", "ok"
+        )
         self.user.value = self.assistant.value = ""  # keep system and label for the next example
         return True
 
@@ -207,8 +238,12 @@ class RejectedFixer(Pager):
         self.save = css(widgets.Button(description="Save fix", button_style="success"), "nbkit-editor-fix-save")
         self.status = css(widgets.HTML(""), "nbkit-editor-fix-status")
         self.fixed: dict[int, int] = {}  # rejected index -> manual.jsonl line
-        super().__init__(read_jsonl(rejected) if rejected.is_file() else [], rejected_html,
-                         "Fix rejected rows (saved to manual.jsonl)", name="editor-fix")
+        super().__init__(
+            read_jsonl(rejected) if rejected.is_file() else [],
+            rejected_html,
+            "Fix rejected rows (saved to manual.jsonl)",
+            name="editor-fix",
+        )
         self.save.on_click(guarded(self.status, self.save_fix))
         self.box.children = (*self.box.children, self.raw, self.save, self.status)
         css(self.box, "nbkit-editor-fixer")
@@ -227,14 +262,16 @@ class RejectedFixer(Pager):
         row = self.items[self.index]
         try:
             record = parse_fix(self.raw.value, self.roles)
-            line = add_manual_example(self.workspace, record, columns=self.columns, roles=self.roles,
-                                      fixed_from=describe_provenance(row))
+            line = add_manual_example(
+                self.workspace, record, columns=self.columns, roles=self.roles, fixed_from=describe_provenance(row)
+            )
         except RecordError as err:
             self.status.value = message_html(f"not saved ({err.category}): {err}", "error")
             return False
         self.fixed[self.index] = line
-        self.status.value = message_html(f"saved as line {line} of {self.path} — run the collect cell again "
-                                         "to include it", "ok")
+        self.status.value = message_html(
+            f"saved as line {line} of {self.path} — run the collect cell again to include it", "ok"
+        )
         return True
 
 
@@ -252,5 +289,6 @@ def parse_fix(text: str, roles: dict | None = None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise RecordError(INVALID_JSON, f"invalid JSON: {err.msg} at line {err.lineno}, column {err.colno}; "
-                                          "nothing saved") from err
+        raise RecordError(
+            INVALID_JSON, f"invalid JSON: {err.msg} at line {err.lineno}, column {err.colno}; nothing saved"
+        ) from err

@@ -19,8 +19,7 @@ def eval_panel(config: EvalConfig) -> ConfigForm:
     if runs:
         choices["run_id"] = tuple([""] + runs[::-1])
     fields = ["run_id", "max_examples", "max_new_tokens", "batch_size", "task_metric", "export_formats"]
-    form = ConfigForm(config, fields,
-                      choices=choices, title="Which run to evaluate (empty = latest)")
+    form = ConfigForm(config, fields, choices=choices, title="Which run to evaluate (empty = latest)")
     css(form.box, "nbkit-eval-panel")
     return form
 
@@ -39,16 +38,20 @@ def diff_html(answer: str, reference: str) -> str:
 def _answer(label: str, text: str, reference: str, correct: float) -> str:
     colour = "#e8f5e9" if correct else "#ffebee"
     mark = "✓" if correct else "✗"
-    return (f'<div class="nbkit-answer-{label}" style="background:{colour};padding:4px 8px;margin:2px 0;'
-            f'white-space:pre-wrap"><b>{label} {mark}</b> {diff_html(text, reference)}</div>')
+    return (
+        f'<div class="nbkit-answer-{label}" style="background:{colour};padding:4px 8px;margin:2px 0;'
+        f'white-space:pre-wrap"><b>{label} {mark}</b> {diff_html(text, reference)}</div>'
+    )
 
 
 def comparison_html(row: dict[str, Any]) -> str:
-    return (f'<div style="white-space:pre-wrap;background:#e3f2fd;padding:4px 8px"><b>prompt</b> '
-            f'{html.escape(row["prompt"])}</div>'
-            f'<div style="padding:4px 8px"><b>reference</b> {html.escape(row["reference"])}</div>'
-            + _answer("base", row["base"], row["reference"], row["base_exact_match"])
-            + _answer("tuned", row["tuned"], row["reference"], row["tuned_exact_match"]))
+    return (
+        f'<div style="white-space:pre-wrap;background:#e3f2fd;padding:4px 8px"><b>prompt</b> '
+        f"{html.escape(row['prompt'])}</div>"
+        f'<div style="padding:4px 8px"><b>reference</b> {html.escape(row["reference"])}</div>'
+        + _answer("base", row["base"], row["reference"], row["base_exact_match"])
+        + _answer("tuned", row["tuned"], row["reference"], row["tuned_exact_match"])
+    )
 
 
 def comparison_viewer(predictions: list[dict[str, Any]]) -> Pager:
@@ -65,7 +68,12 @@ def runs_figure(table):
     for column in columns:
         fig.add_bar(name=column.removeprefix("tuned_"), x=list(table.index), y=list(table[column]))
     if "base_exact_match" in table:
-        fig.add_scatter(name="base exact_match", x=list(table.index), y=list(table["base_exact_match"]),
-                        mode="markers", marker={"symbol": "x", "size": 12})
+        fig.add_scatter(
+            name="base exact_match",
+            x=list(table.index),
+            y=list(table["base_exact_match"]),
+            mode="markers",
+            marker={"symbol": "x", "size": 12},
+        )
     fig.update_layout(barmode="group", title="Runs compared (tuned model)", yaxis_title="score", height=360)
     return fig

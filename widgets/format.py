@@ -24,13 +24,18 @@ def mask_html(segments: list[tuple[str, bool]]) -> str:
         f'{"#c8e6c9" if trained else "#eeeeee"};white-space:pre-wrap">{html.escape(text)}</span>'
         for text, trained in segments
     ]
-    legend = ('<div style="font-size:small"><span style="background:#c8e6c9">trained (loss)</span> '
-              '<span style="background:#eeeeee">masked (context only)</span></div>')
+    legend = (
+        '<div style="font-size:small"><span style="background:#c8e6c9">trained (loss)</span> '
+        '<span style="background:#eeeeee">masked (context only)</span></div>'
+    )
     return legend + '<div style="font-family:monospace">' + "".join(spans) + "</div>"
 
 
 def mask_viewer(tokenizer, rows: list[dict[str, Any]], max_seq_len: int) -> Pager:
     """Each row as training sees it (its tools rendered, cut at max_seq_len); weight-0 replies show as context."""
-    return Pager(rows, lambda row: mask_html(mask_segments(tokenizer, row["messages"], max_seq_len,
-                                                           tools=row.get("tools"))),
-                 "Loss mask: what the model learns from", name="mask")
+    return Pager(
+        rows,
+        lambda row: mask_html(mask_segments(tokenizer, row["messages"], max_seq_len, tools=row.get("tools"))),
+        "Loss mask: what the model learns from",
+        name="mask",
+    )

@@ -23,8 +23,9 @@ class Pager(Panel):
         self.prev.on_click(lambda _: self.go(self.index - 1))
         self.next.on_click(lambda _: self.go(self.index + 1))
         header = [widgets.HTML(f"<b>{html.escape(title)}</b>")] if title else []
-        self.box = css(widgets.VBox(header + [widgets.HBox([self.prev, self.next, self.position]), self.view]),
-                       f"nbkit-{name}")
+        self.box = css(
+            widgets.VBox(header + [widgets.HBox([self.prev, self.next, self.position]), self.view]), f"nbkit-{name}"
+        )
         self.go(0)
 
     def go(self, index: int) -> None:
@@ -39,9 +40,11 @@ class Pager(Panel):
 def bubble_html(message: dict[str, Any], classes: str) -> str:
     """One message as a bubble coloured by its role (the previews and the playground's transcript)."""
     role = str(message["role"])
-    return (f'<div class="{classes}" style="background:{ROLE_COLOURS.get(role, "#fff")};border-radius:8px;'
-            f'padding:6px 10px;margin:4px 0;white-space:pre-wrap"><b>{html.escape(role)}</b><br>'
-            f'{html.escape(message.get("content") or "")}</div>')
+    return (
+        f'<div class="{classes}" style="background:{ROLE_COLOURS.get(role, "#fff")};border-radius:8px;'
+        f'padding:6px 10px;margin:4px 0;white-space:pre-wrap"><b>{html.escape(role)}</b><br>'
+        f"{html.escape(message.get('content') or '')}</div>"
+    )
 
 
 def chat_html(row: dict[str, Any]) -> str:

@@ -30,8 +30,14 @@ class Panel:
         if hasattr(self.box, "_repr_mimebundle_"):  # ipywidgets 8
             return self.box._repr_mimebundle_(**kwargs)
         # ipywidgets 7 (Colab) has no _repr_mimebundle_; this is the bundle its display sends.
-        return {"text/plain": repr(self.box), "application/vnd.jupyter.widget-view+json":
-                {"version_major": 2, "version_minor": 0, "model_id": self.box._model_id}}
+        return {
+            "text/plain": repr(self.box),
+            "application/vnd.jupyter.widget-view+json": {
+                "version_major": 2,
+                "version_minor": 0,
+                "model_id": self.box._model_id,
+            },
+        }
 
     def show(self, interactive: bool = True) -> None:
         """Display the panel when running interactively; do nothing under papermill."""
@@ -61,9 +67,15 @@ class ConfigForm(Panel):
     are inputs like any other (`inputs`, `set`, `refresh`), and the error line stays outside.
     """
 
-    def __init__(self, config: Any, fields: list[str] | None = None, choices: dict[str, tuple] | None = None,
-                 title: str = "", advanced: list[str] | dict[str, list[str]] | None = None,
-                 advanced_title: str = "Advanced") -> None:
+    def __init__(
+        self,
+        config: Any,
+        fields: list[str] | None = None,
+        choices: dict[str, tuple] | None = None,
+        title: str = "",
+        advanced: list[str] | dict[str, list[str]] | None = None,
+        advanced_title: str = "Advanced",
+    ) -> None:
         self.config = config
         self.inputs: dict[str, widgets.Widget] = {}
         self.error = css(widgets.HTML(""), "nbkit-error")
@@ -87,8 +99,9 @@ class ConfigForm(Panel):
                 inner += [self._row(name) for name in names]
             # selected_index=None: collapsed (ipywidgets 7 opens the first page by default);
             # set_title works on 7.x and 8.x alike (8.x also has `titles=`, 7.x does not).
-            self.advanced = css(widgets.Accordion(children=[widgets.VBox(inner)], selected_index=None),
-                                "nbkit-advanced")
+            self.advanced = css(
+                widgets.Accordion(children=[widgets.VBox(inner)], selected_index=None), "nbkit-advanced"
+            )
             self.advanced.set_title(0, advanced_title)
             rows.append(self.advanced)
         self.box = css(widgets.VBox(header + rows + [self.error]), "nbkit-form")
@@ -99,12 +112,13 @@ class ConfigForm(Panel):
         css(control, "nbkit-field", f"nbkit-field-{name}")
         control.observe(lambda change, name=name: self.set(name, change["new"]), names="value")
         self.inputs[name] = control
-        return widgets.HBox([control, widgets.HTML(f'<span style="color:#666">{html.escape(self._helps[name])}</span>')])
+        return widgets.HBox(
+            [control, widgets.HTML(f'<span style="color:#666">{html.escape(self._helps[name])}</span>')]
+        )
 
     @staticmethod
     def _control(name: str, hint: Any, value: Any, choices: tuple | None) -> widgets.Widget:
-        common = {"description": name, "style": {"description_width": "170px"},
-                  "layout": widgets.Layout(width="420px")}
+        common = {"description": name, "style": {"description_width": "170px"}, "layout": widgets.Layout(width="420px")}
         if choices:
             return widgets.Dropdown(options=list(choices), value=value, **common)
         if hint is bool:

@@ -38,8 +38,9 @@ def transcript_html(messages: list[dict[str, str]], partial: str | None = None) 
 class ChatPlayground(Panel):
     """Chat with runs/<run_id>'s adapter (empty run_id = the latest run)."""
 
-    def __init__(self, workspace: str, run_id: str = "", *, settings: SamplingSettings | None = None,
-                 min_interval: float = 0.1) -> None:
+    def __init__(
+        self, workspace: str, run_id: str = "", *, settings: SamplingSettings | None = None, min_interval: float = 0.1
+    ) -> None:
         self.workspace = workspace
         self.run_id = resolve_run(workspace, run_id)
         self.config = settings or SamplingSettings()
@@ -48,28 +49,52 @@ class ChatPlayground(Panel):
         self.messages: list[dict[str, str]] = []  # user/assistant turns; the system prompt is kept apart
         self.redraws = 0
 
-        self.status = css(widgets.HTML(message_html(f"run {self.run_id} — the model loads on the first Send")),
-                          "nbkit-playground-status")
-        self.system = css(widgets.Textarea(value="", description="system prompt", placeholder="optional",
-                                           **TEXTAREA), "nbkit-playground-system")
-        self.settings = ConfigForm(self.config, ["max_new_tokens", "temperature", "top_p"],
-                                   title="Sampling (temperature 0 = greedy)")
+        self.status = css(
+            widgets.HTML(message_html(f"run {self.run_id} — the model loads on the first Send")),
+            "nbkit-playground-status",
+        )
+        self.system = css(
+            widgets.Textarea(value="", description="system prompt", placeholder="optional", **TEXTAREA),
+            "nbkit-playground-system",
+        )
+        self.settings = ConfigForm(
+            self.config, ["max_new_tokens", "temperature", "top_p"], title="Sampling (temperature 0 = greedy)"
+        )
         self.transcript = css(widgets.HTML(transcript_html([])), "nbkit-playground-transcript")
         self.user = css(widgets.Textarea(value="", description="your message", **TEXTAREA), "nbkit-playground-user")
         self.send_button = css(widgets.Button(description="Send", button_style="primary"), "nbkit-playground-send")
         self.clear_button = css(widgets.Button(description="New chat"), "nbkit-playground-clear")
-        self.answer = css(widgets.Textarea(value="", description="assistant answer",
-                                           placeholder="the last reply appears here; correct it before promoting",
-                                           **TEXTAREA), "nbkit-playground-answer")
+        self.answer = css(
+            widgets.Textarea(
+                value="",
+                description="assistant answer",
+                placeholder="the last reply appears here; correct it before promoting",
+                **TEXTAREA,
+            ),
+            "nbkit-playground-answer",
+        )
         self.promote_button = css(widgets.Button(description="Promote to dataset"), "nbkit-playground-promote")
         self.promote_status = css(widgets.HTML(""), "nbkit-playground-promote-status")
         self.send_button.on_click(guarded(self.status, self.send))
         self.clear_button.on_click(guarded(self.status, self.clear))
         self.promote_button.on_click(guarded(self.promote_status, self.promote))
-        self.box = css(widgets.VBox([
-            widgets.HTML(f"<b>Chat with run {html.escape(self.run_id)}</b>"), self.system, self.settings.box,
-            self.transcript, self.user, widgets.HBox([self.send_button, self.clear_button]), self.status,
-            self.answer, self.promote_button, self.promote_status]), "nbkit-playground")
+        self.box = css(
+            widgets.VBox(
+                [
+                    widgets.HTML(f"<b>Chat with run {html.escape(self.run_id)}</b>"),
+                    self.system,
+                    self.settings.box,
+                    self.transcript,
+                    self.user,
+                    widgets.HBox([self.send_button, self.clear_button]),
+                    self.status,
+                    self.answer,
+                    self.promote_button,
+                    self.promote_status,
+                ]
+            ),
+            "nbkit-playground",
+        )
 
     # -- actions ---------------------------------------------------------------------------
     def ensure_model(self) -> None:
@@ -100,9 +125,15 @@ class ChatPlayground(Panel):
             self.status.value = message_html("generating…")
             reply, last, started = "", 0.0, time.monotonic()
             try:
-                for piece in stream_reply(self.model, self.tokenizer, self.messages, system=self.system.value,
-                                          max_new_tokens=self.config.max_new_tokens,
-                                          temperature=self.config.temperature, top_p=self.config.top_p):
+                for piece in stream_reply(
+                    self.model,
+                    self.tokenizer,
+                    self.messages,
+                    system=self.system.value,
+                    max_new_tokens=self.config.max_new_tokens,
+                    temperature=self.config.temperature,
+                    top_p=self.config.top_p,
+                ):
                     reply += piece
                     if time.monotonic() - last >= self.min_interval:
                         last = time.monotonic()
@@ -141,11 +172,16 @@ class ChatPlayground(Panel):
             self.promote_status.value = message_html("nothing to promote yet — send a message first", "error")
             return None
         try:
-            path, line = promote(self.workspace, conversation(turns, self.system.value), self.run_id,
-                                 model_answer=self.messages[-1]["content"])
+            path, line = promote(
+                self.workspace,
+                conversation(turns, self.system.value),
+                self.run_id,
+                model_answer=self.messages[-1]["content"],
+            )
         except RecordError as err:
             self.promote_status.value = message_html(f"not saved: {err}", "error")
             return None
         self.promote_status.value = message_html(
-            f"saved to {path} line {line} — the next collect run (01) adds it to the dataset", "ok")
+            f"saved to {path} line {line} — the next collect run (01) adds it to the dataset", "ok"
+        )
         return path, line

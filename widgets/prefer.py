@@ -28,18 +28,23 @@ class PreferPanel(Panel):
     SHARED = ("parent_run", "temperature", "seed")
 
     def __init__(self, pairs_config: PairsConfig, config: Any) -> None:
-        self.pairs = ConfigForm(pairs_config, ["sources", "files", "max_prompts", "samples_per_prompt",
-                                               "rate_prompts"], title="Preference pairs",
-                                advanced=["top_p", "max_new_tokens", "min_margin"],
-                                advanced_title="Sampling for the metric source")
+        self.pairs = ConfigForm(
+            pairs_config,
+            ["sources", "files", "max_prompts", "samples_per_prompt", "rate_prompts"],
+            title="Preference pairs",
+            advanced=["top_p", "max_new_tokens", "min_margin"],
+            advanced_title="Sampling for the metric source",
+        )
         self.pairs.inputs["sources"].placeholder = "one per line: " + ", ".join(SOURCES)
         main = ["method", "parent_run", "max_steps", "learning_rate", "beta"]
         rest = [name for name in config.to_dict() if name not in main + ["workspace"]]
-        self.training = ConfigForm(config, main, choices={"method": ("dpo", "grpo")}, title="Preference run",
-                                   advanced=rest)
+        self.training = ConfigForm(
+            config, main, choices={"method": ("dpo", "grpo")}, title="Preference run", advanced=rest
+        )
         for name in self.SHARED:
             self.training.inputs[name].observe(
-                lambda _change, name=name: setattr(pairs_config, name, getattr(config, name)), names="value")
+                lambda _change, name=name: setattr(pairs_config, name, getattr(config, name)), names="value"
+            )
         self.box = css(widgets.VBox([self.pairs.box, self.training.box]), "nbkit-prefer-panel")
 
 
@@ -48,9 +53,11 @@ def prefer_panel(pairs_config: PairsConfig, config: Any) -> PreferPanel:
 
 
 def answer_html(pair: dict[str, Any], side: str) -> str:
-    return (f'<div class="nbkit-pair-{side}" style="background:{ANSWER_COLOURS[side]};border-radius:8px;'
-            f'padding:6px 10px;margin:4px 0;white-space:pre-wrap"><b>{side}</b><br>'
-            f'{html.escape(pair[side][0]["content"])}</div>')
+    return (
+        f'<div class="nbkit-pair-{side}" style="background:{ANSWER_COLOURS[side]};border-radius:8px;'
+        f'padding:6px 10px;margin:4px 0;white-space:pre-wrap"><b>{side}</b><br>'
+        f"{html.escape(pair[side][0]['content'])}</div>"
+    )
 
 
 def preference_html(pair: dict[str, Any]) -> str:
@@ -58,9 +65,11 @@ def preference_html(pair: dict[str, Any]) -> str:
     and where the pair came from."""
     prompt = "".join(bubble_html(m, f"nbkit-msg-{m['role']}") for m in pair["prompt"])
     origin = json.dumps(pair.get("origin", {}), ensure_ascii=False)
-    return (f'<div class="nbkit-pair-source"><b>source</b> {html.escape(pair["source"])}</div>{prompt}'
-            f'{answer_html(pair, "chosen")}{answer_html(pair, "rejected")}'
-            f'<div style="color:#888;font-size:small">{html.escape(origin)}</div>')
+    return (
+        f'<div class="nbkit-pair-source"><b>source</b> {html.escape(pair["source"])}</div>{prompt}'
+        f"{answer_html(pair, 'chosen')}{answer_html(pair, 'rejected')}"
+        f'<div style="color:#888;font-size:small">{html.escape(origin)}</div>'
+    )
 
 
 def pairs_viewer(pairs: list[dict[str, Any]]) -> Pager:
@@ -80,8 +89,10 @@ class PreferenceRatingPanel(Panel):
         self.status = css(widgets.HTML(""), "nbkit-prefrating-status")
         self.buttons = choice_buttons(self.status, "nbkit-prefrating", self.rate)
         title = widgets.HTML("<b>Which answer is better? Both come from the SFT model (two samples).</b>")
-        self.box = css(widgets.VBox([title, self.progress, self.view, widgets.HBox(list(self.buttons.values())),
-                                     self.status]), "nbkit-prefrating")
+        self.box = css(
+            widgets.VBox([title, self.progress, self.view, widgets.HBox(list(self.buttons.values())), self.status]),
+            "nbkit-prefrating",
+        )
         self.next_pair()
 
     def rate(self, choice: str) -> dict[str, Any]:
@@ -97,8 +108,11 @@ class PreferenceRatingPanel(Panel):
         self.current = self.queue.pop(0) if self.queue else None
         self.progress.value = f"rated {len(self.saved)} of {self.total}"
         if self.current is None:
-            self.view.value = (f"<i>All {self.total} pairs are rated.</i>" if self.total
-                               else "<i>Nothing to rate: no two sampled answers differed.</i>")
+            self.view.value = (
+                f"<i>All {self.total} pairs are rated.</i>"
+                if self.total
+                else "<i>Nothing to rate: no two sampled answers differed.</i>"
+            )
         else:
             self.view.value = pair_html({**self.current, "prompt": self.current["prompt"][-1]["content"]})
         for button in self.buttons.values():

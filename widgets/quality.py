@@ -34,16 +34,25 @@ def verdict_html(report: dict[str, Any]) -> str:
     items = []
     for item in report.get("verdict", []):
         badge, colour, background = LEVELS[item["level"]]
-        fix = (f'<div class="nbkit-quality-fix" style="color:#555;font-size:smaller;margin-left:58px">'
-               f'{html.escape(item["fix"])}</div>') if item.get("fix") and item["level"] != "good" else ""
+        fix = (
+            (
+                f'<div class="nbkit-quality-fix" style="color:#555;font-size:smaller;margin-left:58px">'
+                f"{html.escape(item['fix'])}</div>"
+            )
+            if item.get("fix") and item["level"] != "good"
+            else ""
+        )
         items.append(
             f'<div class="nbkit-quality-item nbkit-quality-{item["level"]}" style="background:{background};'
             f'border-left:4px solid {colour};padding:4px 8px;margin:3px 0">'
             f'<span class="nbkit-quality-badge" style="display:inline-block;width:58px;font-weight:bold;'
-            f'color:{colour}">{badge}</span>{html.escape(item["message"])}{fix}</div>')
+            f'color:{colour}">{badge}</span>{html.escape(item["message"])}{fix}</div>'
+        )
     counts = {level: sum(i["level"] == level for i in report.get("verdict", [])) for level in LEVELS}
-    summary = (f'<b>Data quality: {report.get("rows", 0)} rows</b> — {counts["fix"]} to fix, '
-               f'{counts["warn"]} to check, {counts["good"]} fine')
+    summary = (
+        f"<b>Data quality: {report.get('rows', 0)} rows</b> — {counts['fix']} to fix, "
+        f"{counts['warn']} to check, {counts['good']} fine"
+    )
     return f'<div class="nbkit-quality-verdict">{summary}{"".join(items)}</div>'
 
 
@@ -51,8 +60,7 @@ def verdict_html(report: dict[str, Any]) -> str:
 
 
 def _layout(fig, title: str, **kwargs: Any):
-    fig.update_layout(title=title, height=360, margin=dict(l=50, r=10, t=40, b=45), template="plotly_white",
-                      **kwargs)
+    fig.update_layout(title=title, height=360, margin=dict(l=50, r=10, t=40, b=45), template="plotly_white", **kwargs)
     return fig
 
 
@@ -66,8 +74,9 @@ def lengths_figure(report: dict[str, Any]):
     fig = go.Figure()
     for role, counts in histogram["counts"].items():
         fig.add_bar(x=centres, y=counts, name=role, opacity=0.65, width=(edges[1] - edges[0]) if edges else None)
-    return _layout(fig, "Message lengths by role", barmode="overlay", xaxis_title="characters per message",
-                   yaxis_title="messages")
+    return _layout(
+        fig, "Message lengths by role", barmode="overlay", xaxis_title="characters per message", yaxis_title="messages"
+    )
 
 
 def labels_figure(report: dict[str, Any]):
@@ -78,8 +87,9 @@ def labels_figure(report: dict[str, Any]):
     counts = labels["counts"]
     fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()), marker_color="#5c6bc0"))
     if counts:
-        fig.add_hline(y=sum(counts.values()) / len(counts), line_dash="dash", line_color="#888",
-                      annotation_text="even share")
+        fig.add_hline(
+            y=sum(counts.values()) / len(counts), line_dash="dash", line_color="#888", annotation_text="even share"
+        )
     return _layout(fig, f"Label balance ({labels['field']})", xaxis_title=labels["field"], yaxis_title="rows")
 
 
@@ -99,12 +109,23 @@ def diversity_figure(report: dict[str, Any], points: dict[str, Any]):
     for cluster in sorted(set(points.get("cluster", []))):
         idx = [i for i in range(0, n, step) if points["cluster"][i] == cluster]
         terms = ", ".join(top_terms.get(str(cluster), [])[:3])
-        fig.add_scatter(x=[points["x"][i] for i in idx], y=[points["y"][i] for i in idx], mode="markers",
-                        name=f"{cluster}: {terms}" if terms else str(cluster), marker=dict(size=6, opacity=0.7),
-                        hovertext=[points["text"][i] for i in idx], hoverinfo="text")
+        fig.add_scatter(
+            x=[points["x"][i] for i in idx],
+            y=[points["y"][i] for i in idx],
+            mode="markers",
+            name=f"{cluster}: {terms}" if terms else str(cluster),
+            marker=dict(size=6, opacity=0.7),
+            hovertext=[points["text"][i] for i in idx],
+            hoverinfo="text",
+        )
     title = "Diversity map: rows by topic" + (f" (1 in {step} rows shown)" if step > 1 else "")
-    return _layout(fig, title, xaxis=dict(showticklabels=False, zeroline=False),
-                   yaxis=dict(showticklabels=False, zeroline=False), legend_title="cluster: top words")
+    return _layout(
+        fig,
+        title,
+        xaxis=dict(showticklabels=False, zeroline=False),
+        yaxis=dict(showticklabels=False, zeroline=False),
+        legend_title="cluster: top words",
+    )
 
 
 def quality_figures(report: dict[str, Any], workspace: str | Path) -> list:
@@ -133,8 +154,7 @@ def figure_widget(fig, name: str, mode: str | None = None) -> widgets.Widget:
         except Exception:  # FigureWidget needs anywidget on plotly >= 6
             pass
     page = fig.to_html(include_plotlyjs="cdn", full_html=True)
-    frame = (f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:390px;border:0">'
-             f'</iframe>')
+    frame = f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:390px;border:0"></iframe>'
     return css(widgets.HTML(frame), "nbkit-quality-fig", f"nbkit-quality-fig-{name}")
 
 
@@ -146,11 +166,16 @@ def cluster_html(cluster: list[dict[str, Any]], size: int | None = None) -> str:
     for i, member in enumerate(cluster):
         where = " ".join(f"{k} {v}" for k, v in member.items() if k not in ("text", "source"))
         note = "kept" if i == 0 else "dropped with drop_near_duplicates"
-        rows.append(f'<tr><td style="color:#888;white-space:nowrap;padding-right:8px">'
-                    f'{html.escape(Path(str(member.get("source"))).name)} {html.escape(where)}<br>'
-                    f'<i>{note}</i></td><td style="white-space:pre-wrap">{html.escape(member["text"])}</td></tr>')
-    more = (f'<div style="color:#888">… and {size - len(cluster)} more rows in this cluster</div>'
-            if size and size > len(cluster) else "")
+        rows.append(
+            f'<tr><td style="color:#888;white-space:nowrap;padding-right:8px">'
+            f"{html.escape(Path(str(member.get('source'))).name)} {html.escape(where)}<br>"
+            f'<i>{note}</i></td><td style="white-space:pre-wrap">{html.escape(member["text"])}</td></tr>'
+        )
+    more = (
+        f'<div style="color:#888">… and {size - len(cluster)} more rows in this cluster</div>'
+        if size and size > len(cluster)
+        else ""
+    )
     return f'<table class="nbkit-quality-cluster">{"".join(rows)}</table>{more}'
 
 
@@ -164,8 +189,9 @@ class QualityPanel(Panel):
     that follows applies what the user ticked here.
     """
 
-    def __init__(self, report: dict[str, Any], workspace: str | Path, config: Any = None,
-                 mode: str | None = None) -> None:
+    def __init__(
+        self, report: dict[str, Any], workspace: str | Path, config: Any = None, mode: str | None = None
+    ) -> None:
         self.report, self.config = report, config
         self.verdict = css(widgets.HTML(verdict_html(report)), "nbkit-quality-verdict-box")
         verdict_children: list[widgets.Widget] = [self.verdict]
@@ -177,14 +203,17 @@ class QualityPanel(Panel):
         self.figures = {name: figure_widget(fig, name, mode) for name, fig in _named_figures(report, workspace)}
         near = report["near_duplicates"]
         sizes = near.get("cluster_sizes") or [len(c) for c in near["clusters"]]
-        title = (f"Near-duplicate clusters: {near['n_clusters']} at similarity ≥ {near['threshold']}"
-                 + (f" (first {len(near['clusters'])} shown)" if near["n_clusters"] > len(near["clusters"]) else ""))
-        self.duplicates = Pager(list(zip(near["clusters"], sizes)), lambda item: cluster_html(*item), title,
-                                name="quality-duplicates")
+        title = f"Near-duplicate clusters: {near['n_clusters']} at similarity ≥ {near['threshold']}" + (
+            f" (first {len(near['clusters'])} shown)" if near["n_clusters"] > len(near["clusters"]) else ""
+        )
+        self.duplicates = Pager(
+            list(zip(near["clusters"], sizes)), lambda item: cluster_html(*item), title, name="quality-duplicates"
+        )
         titles = {"lengths": "Lengths", "labels": "Labels", "map": "Diversity map"}
         tabs = [("Verdict", css(widgets.VBox(verdict_children), "nbkit-quality-tab-verdict"))]
-        tabs += [(titles[name], css(widgets.VBox([fig]), f"nbkit-quality-tab-{name}"))
-                 for name, fig in self.figures.items()]
+        tabs += [
+            (titles[name], css(widgets.VBox([fig]), f"nbkit-quality-tab-{name}")) for name, fig in self.figures.items()
+        ]
         tabs.append(("Near-duplicates", css(widgets.VBox([self.duplicates.box]), "nbkit-quality-tab-duplicates")))
         self.tabs = css(widgets.Tab(children=[child for _, child in tabs]), "nbkit-quality-tabs")
         for i, (title, _) in enumerate(tabs):
@@ -192,8 +221,9 @@ class QualityPanel(Panel):
         self.box = css(widgets.VBox([self.tabs]), "nbkit-quality-panel")
 
 
-def quality_panel(report: dict[str, Any], workspace: str | Path, config: Any = None,
-                  mode: str | None = None) -> QualityPanel:
+def quality_panel(
+    report: dict[str, Any], workspace: str | Path, config: Any = None, mode: str | None = None
+) -> QualityPanel:
     return QualityPanel(report, workspace, config, mode)
 
 

@@ -26,12 +26,31 @@ from nbkit.train.log import RunControl, format_log, print_log
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick look": {"max_steps": 30, "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16, "eval_steps": 10,
-                   "save_steps": 10},
-    "balanced": {"max_steps": 71, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 20,
-                 "save_steps": 20},
-    "thorough": {"max_steps": 0, "num_train_epochs": 3.0, "learning_rate": 5e-4, "lora_r": 32, "lora_alpha": 64,
-                 "eval_steps": 50, "save_steps": 50},
+    "quick look": {
+        "max_steps": 30,
+        "learning_rate": 1e-3,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "eval_steps": 10,
+        "save_steps": 10,
+    },
+    "balanced": {
+        "max_steps": 71,
+        "learning_rate": 1e-3,
+        "lora_r": 16,
+        "lora_alpha": 32,
+        "eval_steps": 20,
+        "save_steps": 20,
+    },
+    "thorough": {
+        "max_steps": 0,
+        "num_train_epochs": 3.0,
+        "learning_rate": 5e-4,
+        "lora_r": 32,
+        "lora_alpha": 64,
+        "eval_steps": 50,
+        "save_steps": 50,
+    },
 }
 # What most runs change, shown first (after the preset); every other setting waits under "Advanced",
 # grouped as TrainConfig's docstring groups them. tests/test_widgets.py checks that the two together are
@@ -53,29 +72,60 @@ CHOICES = {"method": TRAIN_METHODS, "batching": BATCHING, "gradient_checkpointin
 class TrainPanel(Panel):
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.form = ConfigForm(config, MAIN_FIELDS, choices=CHOICES, advanced=ADVANCED_FIELDS,
-                               advanced_title=ADVANCED_TITLE)
-        self.preset = css(widgets.Dropdown(options=["(custom)"] + list(PRESETS), value="(custom)",
-                                           description="preset", style={"description_width": "170px"},
-                                           layout=widgets.Layout(width="420px")), "nbkit-preset")
+        self.form = ConfigForm(
+            config, MAIN_FIELDS, choices=CHOICES, advanced=ADVANCED_FIELDS, advanced_title=ADVANCED_TITLE
+        )
+        self.preset = css(
+            widgets.Dropdown(
+                options=["(custom)"] + list(PRESETS),
+                value="(custom)",
+                description="preset",
+                style={"description_width": "170px"},
+                layout=widgets.Layout(width="420px"),
+            ),
+            "nbkit-preset",
+        )
         self.preset.observe(lambda change: self.apply_preset(change["new"]), names="value")
-        preset_row = widgets.HBox([self.preset, widgets.HTML(
-            '<span style="color:#666">Fills max_steps and learning_rate here, and the epochs, LoRA size and '
-            'eval/save intervals under Advanced; every field stays editable.</span>')])
-        self.estimate_button = css(widgets.Button(description="Will it fit?", icon="calculator",
-                                                  tooltip="Estimate memory and time for these settings"),
-                                   "nbkit-train-estimate")
+        preset_row = widgets.HBox(
+            [
+                self.preset,
+                widgets.HTML(
+                    '<span style="color:#666">Fills max_steps and learning_rate here, and the epochs, LoRA size and '
+                    "eval/save intervals under Advanced; every field stays editable.</span>"
+                ),
+            ]
+        )
+        self.estimate_button = css(
+            widgets.Button(
+                description="Will it fit?", icon="calculator", tooltip="Estimate memory and time for these settings"
+            ),
+            "nbkit-train-estimate",
+        )
         self.estimate_button.on_click(lambda _b: self.estimate())
         self.estimate_view = css(widgets.HTML(""), "nbkit-train-estimate-result")
-        self.resume_button = css(widgets.Button(description="Resume last run", icon="play",
-                                                tooltip="Continue the latest run that has a checkpoint, "
-                                                        "with the settings it was started with"),
-                                 "nbkit-train-resume")
+        self.resume_button = css(
+            widgets.Button(
+                description="Resume last run",
+                icon="play",
+                tooltip="Continue the latest run that has a checkpoint, with the settings it was started with",
+            ),
+            "nbkit-train-resume",
+        )
         self.resume_button.on_click(lambda _b: self.resume_latest())
         self.resume_view = css(widgets.HTML(""), "nbkit-train-resume-result")
-        self.box = css(widgets.VBox([widgets.HTML("<b>Training settings</b>"), preset_row, self.form.box,
-                                     widgets.HBox([self.estimate_button, self.resume_button]),
-                                     self.estimate_view, self.resume_view]), "nbkit-train-panel")
+        self.box = css(
+            widgets.VBox(
+                [
+                    widgets.HTML("<b>Training settings</b>"),
+                    preset_row,
+                    self.form.box,
+                    widgets.HBox([self.estimate_button, self.resume_button]),
+                    self.estimate_view,
+                    self.resume_view,
+                ]
+            ),
+            "nbkit-train-panel",
+        )
 
     def estimate(self) -> None:
         """Show the fit and time estimate of the current settings (no weights load)."""
@@ -101,8 +151,10 @@ class TrainPanel(Panel):
         ws = Workspace(self.config.workspace)
         run_id = latest_checkpointed_run(ws)
         if run_id is None:
-            self.resume_view.value = message_html(f"Nothing to resume: no run in {ws.runs} has a checkpoint yet; "
-                                                  "the Train cell starts a new run.", "error")
+            self.resume_view.value = message_html(
+                f"Nothing to resume: no run in {ws.runs} has a checkpoint yet; the Train cell starts a new run.",
+                "error",
+            )
             return
         try:
             saved = TrainConfig.load(ws.run_dir(run_id) / "config.json")
@@ -115,7 +167,9 @@ class TrainPanel(Panel):
         of = f" of {saved.max_steps}" if saved.max_steps else ""
         self.resume_view.value = message_html(
             f"Run the Train cell below to continue run {run_id} from step {step}{of} with the settings it "
-            "started with.", "ok")
+            "started with.",
+            "ok",
+        )
 
     def apply_preset(self, name: str) -> None:
         """Set the preset's fields together: one by one, eval_steps=50 would be refused next to save_steps=20."""
@@ -166,8 +220,12 @@ def kernel_poller():
     return events, events.__enter__()
 
 
-SERIES = (("loss", "train loss", 1), ("eval_loss", "validation loss", 1), ("learning_rate", "learning rate", 2),
-          ("grad_norm", "grad norm", 3))
+SERIES = (
+    ("loss", "train loss", 1),
+    ("eval_loss", "validation loss", 1),
+    ("learning_rate", "learning rate", 2),
+    ("grad_norm", "grad norm", 3),
+)
 
 
 class LiveMonitor(Panel):
@@ -190,12 +248,21 @@ class LiveMonitor(Panel):
         self.control.on_finish = self.close
         self._events = self._poll = None
         self.text = css(widgets.HTML(""), "nbkit-train-status")
-        self.stop_button = css(widgets.Button(description="Stop", icon="stop", button_style="danger",
-                                              tooltip="Stop after this step; saves a checkpoint and the adapter"),
-                               "nbkit-train-stop")
-        self.save_button = css(widgets.Button(description="Save now", icon="save",
-                                              tooltip="Write a checkpoint after this step and keep training"),
-                               "nbkit-train-save")
+        self.stop_button = css(
+            widgets.Button(
+                description="Stop",
+                icon="stop",
+                button_style="danger",
+                tooltip="Stop after this step; saves a checkpoint and the adapter",
+            ),
+            "nbkit-train-stop",
+        )
+        self.save_button = css(
+            widgets.Button(
+                description="Save now", icon="save", tooltip="Write a checkpoint after this step and keep training"
+            ),
+            "nbkit-train-save",
+        )
         self.stop_button.on_click(lambda _b: self.request("stop"))
         self.save_button.on_click(lambda _b: self.request("save"))
         self.buttons = widgets.HBox([self.stop_button, self.save_button])
@@ -262,13 +329,12 @@ class LiveMonitor(Panel):
     def _figure(self):
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "learning rate", "grad norm"),
-                            column_widths=[0.5, 0.25, 0.25])
+        fig = make_subplots(
+            rows=1, cols=3, subplot_titles=("loss", "learning rate", "grad norm"), column_widths=[0.5, 0.25, 0.25]
+        )
         for (_key, label, col), (x, y) in zip(SERIES, self.series().values()):
-            fig.add_scatter(x=x, y=y, mode="lines+markers", name=label, row=1, col=col,
-                            showlegend=col == 1)
-        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=40),
-                          legend=dict(orientation="h", y=-0.2))
+            fig.add_scatter(x=x, y=y, mode="lines+markers", name=label, row=1, col=col, showlegend=col == 1)
+        fig.update_layout(height=300, margin=dict(l=40, r=10, t=40, b=40), legend=dict(orientation="h", y=-0.2))
         fig.update_xaxes(title_text="step")
         return fig
 

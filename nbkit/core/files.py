@@ -175,23 +175,32 @@ def read_appended(path: Path) -> list[dict[str, Any]]:
                 text = body.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 if err.end < len(body):  # a character cut in two at the end of a line is a cut-off write
-                    raise DataError(f"{path} line {number}: not valid UTF-8 at byte {start + err.start} — fix or "
-                                    "delete that line; the other lines are intact.") from None
-                text = body[:err.start].decode("utf-8", errors="replace")
+                    raise DataError(
+                        f"{path} line {number}: not valid UTF-8 at byte {start + err.start} — fix or "
+                        "delete that line; the other lines are intact."
+                    ) from None
+                text = body[: err.start].decode("utf-8", errors="replace")
             if not text.strip():
                 continue
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as err:
                 if not unclosed_object(text):
-                    raise DataError(f"{path} line {number}: not a JSON record ({err.msg} at column {err.colno}) "
-                                    "— fix or delete that line; the other lines are intact.") from None
-                warnings.warn(f"{path}: set aside line {number} (byte {start}), cut off by an interrupted write; "
-                              "every complete line was read.", stacklevel=2)
+                    raise DataError(
+                        f"{path} line {number}: not a JSON record ({err.msg} at column {err.colno}) "
+                        "— fix or delete that line; the other lines are intact."
+                    ) from None
+                warnings.warn(
+                    f"{path}: set aside line {number} (byte {start}), cut off by an interrupted write; "
+                    "every complete line was read.",
+                    stacklevel=2,
+                )
                 continue
             if not isinstance(record, dict):
-                raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__} — "
-                                "fix or delete that line.")
+                raise DataError(
+                    f"{path} line {number}: expected a JSON object, got {type(record).__name__} — "
+                    "fix or delete that line."
+                )
             rows.append(record)
     return rows
 

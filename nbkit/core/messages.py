@@ -54,13 +54,18 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
             raise RecordError(MESSAGE_MISSING_KEY, f"messages[{i}] has no `{missing[0]}`")
         extra = sorted(set(message) - MESSAGE_KEYS)
         if extra:
-            raise RecordError(UNRECOGNIZED_KEY, f"messages[{i}] has unrecognized key `{extra[0]}` "
-                                                f"(allowed: {', '.join(sorted(MESSAGE_KEYS))})")
+            raise RecordError(
+                UNRECOGNIZED_KEY,
+                f"messages[{i}] has unrecognized key `{extra[0]}` (allowed: {', '.join(sorted(MESSAGE_KEYS))})",
+            )
         role = message["role"]
         if role not in MESSAGE_ROLES:
             hint = " (OpenAI's legacy function messages: write them as `tool` messages)" if role == "function" else ""
-            raise RecordError(UNRECOGNIZED_ROLE, f"messages[{i}] has role {role!r}; use one of "
-                                                 f"{', '.join(MESSAGE_ROLES)} (or map it with `roles`){hint}")
+            raise RecordError(
+                UNRECOGNIZED_ROLE,
+                f"messages[{i}] has role {role!r}; use one of "
+                f"{', '.join(MESSAGE_ROLES)} (or map it with `roles`){hint}",
+            )
         content = message.get("content")
         if calls and content is None:
             content = ""
@@ -73,7 +78,9 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
             out["weight"] = _weight(i, role, message["weight"])
         if calls:
             if role != "assistant":
-                raise RecordError(BAD_TOOLS, f"messages[{i}] ({role}) has `tool_calls`; only assistant messages call tools")
+                raise RecordError(
+                    BAD_TOOLS, f"messages[{i}] ({role}) has `tool_calls`; only assistant messages call tools"
+                )
             out["tool_calls"] = _tool_calls(i, calls)
         if role == "tool" and message.get("tool_call_id") is not None:
             out["tool_call_id"] = str(message["tool_call_id"])
@@ -104,12 +111,20 @@ def _tool_calls(i: int, calls: Any) -> list[dict[str, Any]]:
             try:
                 arguments = json.loads(arguments) if arguments.strip() else {}
             except json.JSONDecodeError as err:
-                raise RecordError(BAD_TOOLS, f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON "
-                                             f"({err.msg} at column {err.colno})") from None
+                raise RecordError(
+                    BAD_TOOLS,
+                    f"messages[{i}].tool_calls[{j}].function.arguments is not valid JSON "
+                    f"({err.msg} at column {err.colno})",
+                ) from None
         if not isinstance(arguments, dict):
             raise RecordError(BAD_TOOLS, f"messages[{i}].tool_calls[{j}].function.arguments must be a JSON object")
-        out.append({**({"id": str(call["id"])} if call.get("id") is not None else {}), "type": "function",
-                    "function": {"name": function["name"], "arguments": arguments}})
+        out.append(
+            {
+                **({"id": str(call["id"])} if call.get("id") is not None else {}),
+                "type": "function",
+                "function": {"name": function["name"], "arguments": arguments},
+            }
+        )
     return out
 
 
@@ -120,17 +135,22 @@ def _check_order(messages: list[dict[str, Any]]) -> None:
     if "assistant" not in roles:
         raise RecordError(NO_ASSISTANT, "no assistant message: nothing to learn from this example")
     if "system" in roles[1:]:
-        raise RecordError(BAD_ROLE_ORDER, f"system message at position {roles.index('system', 1)}; "
-                                          "only the first message may be a system message")
+        raise RecordError(
+            BAD_ROLE_ORDER,
+            f"system message at position {roles.index('system', 1)}; only the first message may be a system message",
+        )
     start = 1 if roles[0] == "system" else 0
     expected = ("user",)
     for position in range(start, len(messages)):
         role = roles[position]
         if role not in expected:
             wanted = " or ".join(repr(r) for r in expected)
-            raise RecordError(BAD_ROLE_ORDER, f"messages[{position}] is {role!r} where {wanted} was expected "
-                                              "(turns must alternate user, assistant, starting with user; tool "
-                                              "messages answer an assistant's tool_calls)")
+            raise RecordError(
+                BAD_ROLE_ORDER,
+                f"messages[{position}] is {role!r} where {wanted} was expected "
+                "(turns must alternate user, assistant, starting with user; tool "
+                "messages answer an assistant's tool_calls)",
+            )
         if role == "user":
             expected = ("assistant",)
         elif role == "assistant":
@@ -138,5 +158,6 @@ def _check_order(messages: list[dict[str, Any]]) -> None:
         else:  # tool
             expected = ("tool", "assistant")
     if expected == ("tool",):
-        raise RecordError(BAD_ROLE_ORDER, f"messages[{len(messages) - 1}] calls a tool but no `tool` message "
-                                          "answers it")
+        raise RecordError(
+            BAD_ROLE_ORDER, f"messages[{len(messages) - 1}] calls a tool but no `tool` message answers it"
+        )

@@ -58,7 +58,7 @@ def field_accuracy(prediction: str, reference: str) -> float | None:
 
 
 def kind_of(references: list[str]) -> str:
-    """"json", "label" or "text": what the references look like, which decides the """
+    """ "json", "label" or "text": what the references look like, which decides the"""
     if references and all(parse_json(r) is not None for r in references):
         return "json"
     distinct = {normalize(r) for r in references}
@@ -69,8 +69,17 @@ def kind_of(references: list[str]) -> str:
 
 TASK_METRICS = {"json": "exact_match", "label": "macro_f1", "text": "rouge_l"}
 # What EvalConfig.task_metric (and its panel) accepts: "" = chosen from the references, as above.
-TASK_METRIC_CHOICES = ("", "exact_match", "json_valid", "field_accuracy", "accuracy", "macro_f1", "rouge_l", "bleu",
-                       "perplexity")
+TASK_METRIC_CHOICES = (
+    "",
+    "exact_match",
+    "json_valid",
+    "field_accuracy",
+    "accuracy",
+    "macro_f1",
+    "rouge_l",
+    "bleu",
+    "perplexity",
+)
 
 
 def task_metric(references: list[str]) -> str:
@@ -105,8 +114,10 @@ def label_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     truth = [normalize(r) for r in references]
     guess = [normalize(p) for p in predictions]
     labels = sorted(set(truth))
-    return {"accuracy": float(accuracy_score(truth, guess)),
-            "macro_f1": float(f1_score(truth, guess, labels=labels, average="macro", zero_division=0))}
+    return {
+        "accuracy": float(accuracy_score(truth, guess)),
+        "macro_f1": float(f1_score(truth, guess, labels=labels, average="macro", zero_division=0)),
+    }
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:

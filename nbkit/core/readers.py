@@ -84,13 +84,23 @@ def read_file(reader, path: Path, reading: Reading) -> Iterator[Item]:
     except UnreadableFile as err:
         reading.unreadable.append({"source": str(path), "reason": err.reason, "fix": err.fix})
     except Exception as err:  # noqa: BLE001 — a corrupt .xlsx/.parquet raises the library's own errors
-        reading.unreadable.append({"source": str(path), "reason": f"cannot be read ({type(err).__name__}: {err})",
-                                   "fix": f"open it in the program that wrote it and save it again as {path.suffix}, "
-                                          "or export it as CSV UTF-8"})
+        reading.unreadable.append(
+            {
+                "source": str(path),
+                "reason": f"cannot be read ({type(err).__name__}: {err})",
+                "fix": f"open it in the program that wrote it and save it again as {path.suffix}, "
+                "or export it as CSV UTF-8",
+            }
+        )
 
 
-BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
-        (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+BOMS = (
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
 
 
 def wide_encoding(head: bytes) -> str | None:
@@ -120,8 +130,10 @@ def decoded_text(path: Path) -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise UnreadableFile(f"not valid {encoding.replace('-sig', '').upper()} at byte {err.start} (line {line})",
-                             "re-save the file as UTF-8 (in Excel: Save As > CSV UTF-8)") from None
+        raise UnreadableFile(
+            f"not valid {encoding.replace('-sig', '').upper()} at byte {err.start} (line {line})",
+            "re-save the file as UTF-8 (in Excel: Save As > CSV UTF-8)",
+        ) from None
 
 
 def read_jsonl(path: Path, reading: Reading) -> Iterator[Item]:
@@ -133,8 +145,13 @@ def read_jsonl(path: Path, reading: Reading) -> Iterator[Item]:
         try:
             text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as err:
-            yield Item(str(path), "line", number, raw.decode("utf-8", "backslashreplace").rstrip("\r\n"),
-                       error=RecordError(schemas.NOT_UTF8, f"not valid UTF-8 at byte {err.start}"))
+            yield Item(
+                str(path),
+                "line",
+                number,
+                raw.decode("utf-8", "backslashreplace").rstrip("\r\n"),
+                error=RecordError(schemas.NOT_UTF8, f"not valid UTF-8 at byte {err.start}"),
+            )
             continue
         yield from _jsonl_item(path, number, text.rstrip("\r\n"), reading)
 
@@ -148,8 +165,13 @@ def _jsonl_item(path: Path, number: int, text: str, reading: Reading) -> Iterato
     except json.JSONDecodeError as err:
         # What a kill mid-append leaves (manual.jsonl): said as such, so the fix is plain (re-add that example).
         cut = " — the line stops mid-record, cut off by an interrupted write" if unclosed_object(text) else ""
-        yield Item(str(path), "line", number, text,
-                   error=RecordError(INVALID_JSON, f"invalid JSON: {err.msg} at column {err.colno}{cut}"))
+        yield Item(
+            str(path),
+            "line",
+            number,
+            text,
+            error=RecordError(INVALID_JSON, f"invalid JSON: {err.msg} at column {err.colno}{cut}"),
+        )
         return
     yield Item(str(path), "line", number, text, record)
 
@@ -158,8 +180,10 @@ def read_json(path: Path, reading: Reading) -> Iterator[Item]:
     try:
         data = json.loads(decoded_text(path))
     except json.JSONDecodeError as err:
-        raise UnreadableFile(f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
-                             "fix the file, or write one record per line and name it .jsonl") from None
+        raise UnreadableFile(
+            f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}",
+            "fix the file, or write one record per line and name it .jsonl",
+        ) from None
     if isinstance(data, dict) and not ({"messages", "conversations"} & set(data)):
         # {"data": [...]} or {"id1": {...}, "id2": {...}}
         lists = [v for v in data.values() if isinstance(v, list)]
@@ -178,15 +202,29 @@ def read_table(path: Path, reading: Reading, text: str | None = None) -> Iterato
     try:
         for i, record in enumerate(rows, start=1):
             extra = record.pop(EXTRA_CELLS, None)
-            error = None if extra is None else RecordError(
-                CELL_COUNT, f"{len(rows.fieldnames) + len(extra)} cells where the header has "
-                                        f"{len(rows.fieldnames)} (a {_delimiter_name(delimiter)} inside a cell that "
-                                        "is not in quotes?)")
-            yield Item(str(path), "row", i, raw_text({**record, **({EXTRA_CELLS: extra} if extra else {})}),
-                       clean_cells(record), error)
+            error = (
+                None
+                if extra is None
+                else RecordError(
+                    CELL_COUNT,
+                    f"{len(rows.fieldnames) + len(extra)} cells where the header has "
+                    f"{len(rows.fieldnames)} (a {_delimiter_name(delimiter)} inside a cell that "
+                    "is not in quotes?)",
+                )
+            )
+            yield Item(
+                str(path),
+                "row",
+                i,
+                raw_text({**record, **({EXTRA_CELLS: extra} if extra else {})}),
+                clean_cells(record),
+                error,
+            )
     except csv.Error as err:  # a NUL byte or an unclosed quote: the rows before it are kept
-        raise UnreadableFile(f"not a readable table after line {rows.line_num} ({err})",
-                             "save it again from the spreadsheet as CSV UTF-8") from None
+        raise UnreadableFile(
+            f"not a readable table after line {rows.line_num} ({err})",
+            "save it again from the spreadsheet as CSV UTF-8",
+        ) from None
 
 
 EXTRA_CELLS = "(cells past the header)"  # where a row with more cells than header columns puts the rest
@@ -213,12 +251,15 @@ def read_excel(path: Path, reading: Reading) -> Iterator[Item]:
     except ImportError as err:
         raise UnreadableFile(f"reading .xlsx needs openpyxl ({err})", "pip install openpyxl") from None
     if reading.sheet and reading.sheet not in sheets.sheet_names:
-        raise UnreadableFile(f"has no sheet {reading.sheet!r} (sheets: {', '.join(sheets.sheet_names)})",
-                             "set `sheet` to one of those names, or leave it empty for the first sheet")
+        raise UnreadableFile(
+            f"has no sheet {reading.sheet!r} (sheets: {', '.join(sheets.sheet_names)})",
+            "set `sheet` to one of those names, or leave it empty for the first sheet",
+        )
     frame = sheets.parse(reading.sheet or 0, dtype=object)
     for i, record in enumerate(frame.to_dict(orient="records"), start=1):
-        record = {str(k): _cell_text(v) for k, v in record.items() if not str(k).startswith("Unnamed: ")
-                  or not _is_empty(v)}
+        record = {
+            str(k): _cell_text(v) for k, v in record.items() if not str(k).startswith("Unnamed: ") or not _is_empty(v)
+        }
         yield Item(str(path), "row", i, raw_text(record), clean_cells(record))
 
 
@@ -259,8 +300,10 @@ def read_text(path: Path, reading: Reading) -> Iterator[Item]:
         yield from read_table(path, reading, text)
         return
     if wide:
-        raise UnreadableFile(f"is {wide.upper()} text, not a table with tab-separated columns",
-                             "save it as UTF-8 text (or export the sheet as CSV UTF-8)")
+        raise UnreadableFile(
+            f"is {wide.upper()} text, not a table with tab-separated columns",
+            "save it as UTF-8 text (or export the sheet as CSV UTF-8)",
+        )
     block: list[str] = []
     start, bad = 0, ""
     for number, raw in iter_lines(path):
@@ -292,8 +335,16 @@ def _text_item(path: Path, start: int, lines: list[str], bad: str, roles: Mappin
         return Item(str(path), "line", start, raw, error=err)
 
 
-READERS = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_table, ".tsv": read_table,
-           ".parquet": read_parquet, ".txt": read_text, ".xlsx": read_excel, ".xlsm": read_excel}
+READERS = {
+    ".jsonl": read_jsonl,
+    ".json": read_json,
+    ".csv": read_table,
+    ".tsv": read_table,
+    ".parquet": read_parquet,
+    ".txt": read_text,
+    ".xlsx": read_excel,
+    ".xlsm": read_excel,
+}
 
 
 def clean_cells(record: dict[str, Any]) -> dict[str, Any]:

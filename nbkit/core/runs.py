@@ -31,8 +31,11 @@ def list_runs(workspace: str | Path) -> list[str]:
     runs = Workspace(workspace).runs
     if not runs.exists():
         return []
-    return sorted(p.name for p in runs.iterdir()
-                  if (p / "adapter" / "adapter_config.json").exists() or (p / "model" / "config.json").exists())
+    return sorted(
+        p.name
+        for p in runs.iterdir()
+        if (p / "adapter" / "adapter_config.json").exists() or (p / "model" / "config.json").exists()
+    )
 
 
 def resolve_run(workspace: str | Path, run_id: str = "") -> str:
@@ -41,8 +44,10 @@ def resolve_run(workspace: str | Path, run_id: str = "") -> str:
     if run_id:
         if run_id not in runs:
             known = ", ".join(runs[-5:]) or "none yet"
-            raise WorkspaceError(f"`run_id` {run_id!r} has no saved adapter in {Workspace(workspace).runs} "
-                                 f"(recent runs: {known}) — run 04_train first or fix the id.")
+            raise WorkspaceError(
+                f"`run_id` {run_id!r} has no saved adapter in {Workspace(workspace).runs} "
+                f"(recent runs: {known}) — run 04_train first or fix the id."
+            )
         return run_id
     if not runs:
         raise WorkspaceError(f"no trained run in {Workspace(workspace).runs} — run 04_train first.")
@@ -56,8 +61,9 @@ def load_run(workspace: str | Path, run_id: str) -> dict[str, Any]:
 def is_preference_run(workspace: str | Path, run_id: str) -> bool:
     """Whether a run is a 06 preference run: its run.json (or, before it finishes, config.json) names a parent."""
     folder = Workspace(workspace).run_dir(run_id)
-    return any("parent_run" in read_json(folder / name) for name in ("run.json", "config.json")
-               if (folder / name).is_file())
+    return any(
+        "parent_run" in read_json(folder / name) for name in ("run.json", "config.json") if (folder / name).is_file()
+    )
 
 
 def resolve_parent(ws: Workspace, parent_run: str = "") -> tuple[str, dict[str, Any]]:
@@ -65,12 +71,16 @@ def resolve_parent(ws: Workspace, parent_run: str = "") -> tuple[str, dict[str, 
     run that is not a preference run."""
     finished = [r for r in list_runs(ws.root) if (ws.run_dir(r) / "run.json").is_file()]
     if parent_run and parent_run not in finished:
-        raise WorkspaceError(f"`parent_run` {parent_run!r} is not a finished run in {ws.runs} (finished: "
-                             f"{', '.join(finished[-5:]) or 'none yet'}) — fix the id, or leave it empty.")
+        raise WorkspaceError(
+            f"`parent_run` {parent_run!r} is not a finished run in {ws.runs} (finished: "
+            f"{', '.join(finished[-5:]) or 'none yet'}) — fix the id, or leave it empty."
+        )
     sft = [parent_run] if parent_run else [r for r in finished if not is_preference_run(ws.root, r)]
     if not sft:
-        raise WorkspaceError(f"no finished 04_train run in {ws.runs} to start from — run 04_train first "
-                             "(preference tuning refines an SFT model), or set `parent_run`.")
+        raise WorkspaceError(
+            f"no finished 04_train run in {ws.runs} to start from — run 04_train first "
+            "(preference tuning refines an SFT model), or set `parent_run`."
+        )
     return sft[-1], read_json(ws.run_dir(sft[-1]) / "run.json")
 
 
@@ -81,8 +91,10 @@ def run_config(workspace: str | Path, run_id: str) -> TrainConfig:
         run_id = read_json(Workspace(workspace).run_dir(run_id) / "config.json")["parent_run"]
     path = Workspace(workspace).run_dir(run_id) / "config.json"
     if not path.exists():
-        raise WorkspaceError(f"run {run_id!r} has no {path.name} in {path.parent} — it was not written by "
-                             "04_train; train the run again or pick another run_id.")
+        raise WorkspaceError(
+            f"run {run_id!r} has no {path.name} in {path.parent} — it was not written by "
+            "04_train; train the run again or pick another run_id."
+        )
     return TrainConfig.load(path)
 
 
@@ -99,12 +111,19 @@ def compare_runs(workspace: str | Path):
         run_dir = ws.run_dir(run_id)
         run = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
         config = read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-        record = {"run_id": run_id, "base_model": run.get("base_model"), "method": run.get("method"),
-                  "objective": run.get("objective", "sft"), "parent_run": run.get("parent_run"),
-                  "steps": run.get("steps"), "learning_rate": config.get("learning_rate"),
-                  "lora_r": config.get("lora_r"), "train_loss": (run.get("train_loss") or {}).get("last"),
-                  "eval_loss": run.get("eval_loss"),
-                  "train_data": (run.get("dataset") or {}).get("fingerprints", {}).get("train")}
+        record = {
+            "run_id": run_id,
+            "base_model": run.get("base_model"),
+            "method": run.get("method"),
+            "objective": run.get("objective", "sft"),
+            "parent_run": run.get("parent_run"),
+            "steps": run.get("steps"),
+            "learning_rate": config.get("learning_rate"),
+            "lora_r": config.get("lora_r"),
+            "train_loss": (run.get("train_loss") or {}).get("last"),
+            "eval_loss": run.get("eval_loss"),
+            "train_data": (run.get("dataset") or {}).get("fingerprints", {}).get("train"),
+        }
         summary_path = run_dir / "eval" / "summary.json"
         if summary_path.exists():
             summary = read_json(summary_path)
@@ -168,6 +187,7 @@ def run_to_resume(ws: Workspace, config: TrainConfig) -> str:
         return config.run_id
     run_id = latest_checkpointed_run(ws)
     if run_id is None:
-        raise WorkspaceError(f"`resume` is True but no run in {ws.runs} has a checkpoint — set resume=False "
-                             "to start a new run.")
+        raise WorkspaceError(
+            f"`resume` is True but no run in {ws.runs} has a checkpoint — set resume=False to start a new run."
+        )
     return run_id

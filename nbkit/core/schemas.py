@@ -42,13 +42,29 @@ from nbkit.core.messages import (
 )
 
 # What a source column can be mapped to (CollectConfig.columns).
-RECOGNISED_COLUMNS = ("messages", "conversations", "instruction", "input", "output", "prompt", "completion",
-                      "system", "label")
+RECOGNISED_COLUMNS = (
+    "messages",
+    "conversations",
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "completion",
+    "system",
+    "label",
+)
 STRUCTURED_COLUMNS = ("messages", "conversations")
 # Turned into messages, so not copied into a row's meta.
 SCHEMA_COLUMNS = ("instruction", "input", "output", "prompt", "completion")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "model": "assistant", "system": "system", "bot": "assistant"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "bot": "assistant",
+}
 
 NOT_UTF8 = "not_utf8"
 
@@ -66,16 +82,22 @@ def to_messages(record: Any, *, tabular: bool = False) -> list[dict[str, str]]:
         extra = record.get("input")
         if extra:
             prompt = f"{prompt}\n\n{extra}"
-        messages = _with_system(record, [{"role": "user", "content": prompt},
-                                         {"role": "assistant", "content": record["output"]}])
+        messages = _with_system(
+            record, [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]
+        )
     elif "prompt" in record and "completion" in record:
-        messages = _with_system(record, [{"role": "user", "content": record["prompt"]},
-                                         {"role": "assistant", "content": record["completion"]}])
+        messages = _with_system(
+            record,
+            [{"role": "user", "content": record["prompt"]}, {"role": "assistant", "content": record["completion"]}],
+        )
     else:
         keys = ", ".join(map(str, record)) or "none"
         category = MISSING_COLUMN if tabular else MISSING_MESSAGES
-        raise RecordError(category, f"no `messages` list (found keys: {keys}); expected messages, conversations, "
-                                    "instruction/output or prompt/completion (map other names with `columns`)")
+        raise RecordError(
+            category,
+            f"no `messages` list (found keys: {keys}); expected messages, conversations, "
+            "instruction/output or prompt/completion (map other names with `columns`)",
+        )
     return validate_messages(messages)
 
 
@@ -83,8 +105,11 @@ def record_tools(record: Any) -> list[dict[str, Any]] | None:
     """The record's OpenAI `tools` list, validated (None when it has none), or RecordError."""
     if not isinstance(record, dict) or record.get("tools") in (None, []):
         if isinstance(record, dict) and record.get("functions"):
-            raise RecordError(BAD_TOOLS, "uses OpenAI's legacy `functions`; write them as `tools` "
-                                         '([{"type": "function", "function": {...}}]) and calls as `tool_calls`')
+            raise RecordError(
+                BAD_TOOLS,
+                "uses OpenAI's legacy `functions`; write them as `tools` "
+                '([{"type": "function", "function": {...}}]) and calls as `tool_calls`',
+            )
         return None
     tools = record["tools"]
     if not isinstance(tools, list):
@@ -92,8 +117,11 @@ def record_tools(record: Any) -> list[dict[str, Any]] | None:
     for i, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-            raise RecordError(BAD_TOOLS, f"tools[{i}] needs a `function` with a `name` "
-                                         '(OpenAI\'s {"type": "function", "function": {"name": ..., "parameters": ...}})')
+            raise RecordError(
+                BAD_TOOLS,
+                f"tools[{i}] needs a `function` with a `name` "
+                '(OpenAI\'s {"type": "function", "function": {"name": ..., "parameters": ...}})',
+            )
     return tools
 
 
@@ -111,11 +139,14 @@ def _with_system(record: dict[str, Any], messages: list[dict[str, Any]]) -> list
 
 # -- mapping other layouts onto the recognised one ----------------------------------------
 
+
 def check_mapping(columns: Any, roles: Any) -> list[tuple[str, str]]:
     """Problems with CollectConfig.columns / roles as (field, message) pairs; empty when both are fine."""
     problems = []
-    for name, value, allowed, what in (("columns", columns, RECOGNISED_COLUMNS, "a recognised name"),
-                                       ("roles", roles, ROLES, "a role")):
+    for name, value, allowed, what in (
+        ("columns", columns, RECOGNISED_COLUMNS, "a recognised name"),
+        ("roles", roles, ROLES, "a role"),
+    ):
         if not isinstance(value, Mapping):
             problems.append((name, f"must be a dict like {_example(name)}, got {type(value).__name__}"))
             continue
@@ -123,8 +154,9 @@ def check_mapping(columns: Any, roles: Any) -> list[tuple[str, str]]:
             if not isinstance(key, str) or not key:
                 problems.append((name, f"has the key {key!r}; keys must be non-empty text"))
             elif target not in allowed:
-                problems.append((name, f"maps {key!r} to {target!r}, which is not {what} (use one of "
-                                       f"{', '.join(allowed)})"))
+                problems.append(
+                    (name, f"maps {key!r} to {target!r}, which is not {what} (use one of {', '.join(allowed)})")
+                )
     return problems
 
 
@@ -132,14 +164,24 @@ def _example(name: str) -> str:
     return '{"question": "prompt", "answer": "completion"}' if name == "columns" else '{"human": "user"}'
 
 
-def apply_mapping(record: Any, columns: Mapping[str, str] | None = None, roles: Mapping[str, str] | None = None,
-                  *, tabular: bool = False) -> Any:
+def apply_mapping(
+    record: Any,
+    columns: Mapping[str, str] | None = None,
+    roles: Mapping[str, str] | None = None,
+    *,
+    tabular: bool = False,
+) -> Any:
     """`map_record` without the description of the layout it recognised."""
     return map_record(record, columns, roles, tabular=tabular)[0]
 
 
-def map_record(record: Any, columns: Mapping[str, str] | None = None, roles: Mapping[str, str] | None = None,
-               *, tabular: bool = False) -> tuple[Any, str | None]:
+def map_record(
+    record: Any,
+    columns: Mapping[str, str] | None = None,
+    roles: Mapping[str, str] | None = None,
+    *,
+    tabular: bool = False,
+) -> tuple[Any, str | None]:
     """(record, layout): rename columns, recognise a common layout, decode table cells that hold JSON,
     then rename roles. `layout` describes a recognised layout ("question → user, answer → assistant").
 
@@ -165,11 +207,25 @@ def map_record(record: Any, columns: Mapping[str, str] | None = None, roles: Map
 # Two-column layouts that leave no doubt which side is the user's and which the assistant's, matched
 # ignoring case: (user column, assistant column). Checked after the exactly named schemas above.
 PAIRS = (
-    ("question", "answer"), ("question", "response"), ("query", "response"), ("query", "answer"),
-    ("prompt", "response"), ("prompt", "answer"), ("prompt", "output"), ("prompt", "completion"),
-    ("instruction", "response"), ("instruction", "answer"),
-    ("input", "output"), ("input", "response"), ("input", "target"), ("source", "target"), ("text", "label"),
-    ("context", "response"), ("request", "response"), ("user", "assistant"), ("human", "assistant"),
+    ("question", "answer"),
+    ("question", "response"),
+    ("query", "response"),
+    ("query", "answer"),
+    ("prompt", "response"),
+    ("prompt", "answer"),
+    ("prompt", "output"),
+    ("prompt", "completion"),
+    ("instruction", "response"),
+    ("instruction", "answer"),
+    ("input", "output"),
+    ("input", "response"),
+    ("input", "target"),
+    ("source", "target"),
+    ("text", "label"),
+    ("context", "response"),
+    ("request", "response"),
+    ("user", "assistant"),
+    ("human", "assistant"),
     ("human", "gpt"),
 )
 SYSTEM_COLUMNS = ("system", "system_prompt", "system prompt")
@@ -193,8 +249,7 @@ def recognise_layout(record: Any) -> tuple[Any, str | None]:
             return _renamed(record, {by_lower[name]: name}), f"{by_lower[name]} → {name}"
     mapping: dict[str, str] = {}
     if "instruction" in by_lower and "context" in by_lower and "response" in by_lower:  # Dolly
-        mapping = {by_lower["instruction"]: "instruction", by_lower["context"]: "input",
-                   by_lower["response"]: "output"}
+        mapping = {by_lower["instruction"]: "instruction", by_lower["context"]: "input", by_lower["response"]: "output"}
         text = f"{by_lower['instruction']} + {by_lower['context']} → user, {by_lower['response']} → assistant"
     elif "instruction" in by_lower and "output" in by_lower:  # Alpaca in other capitals
         mapping = {by_lower["instruction"]: "instruction", by_lower["output"]: "output"}
@@ -208,10 +263,13 @@ def recognise_layout(record: Any) -> tuple[Any, str | None]:
             return record, None
         if len({u for u, _ in fits}) > 1 or len({a for _, a in fits}) > 1:
             pairs = "; ".join(f"{by_lower[u]}/{by_lower[a]}" for u, a in fits)
-            raise RecordError(AMBIGUOUS_COLUMNS, f"more than one column pair could be the conversation ({pairs}); "
-                                                 "say which with `columns`, e.g. "
-                                                 f'{{"{by_lower[fits[0][0]]}": "prompt", '
-                                                 f'"{by_lower[fits[0][1]]}": "completion"}}')
+            raise RecordError(
+                AMBIGUOUS_COLUMNS,
+                f"more than one column pair could be the conversation ({pairs}); "
+                "say which with `columns`, e.g. "
+                f'{{"{by_lower[fits[0][0]]}": "prompt", '
+                f'"{by_lower[fits[0][1]]}": "completion"}}',
+            )
         user, assistant = fits[0]
         mapping = {by_lower[user]: "prompt", by_lower[assistant]: "completion"}
         text = f"{by_lower[user]} → user, {by_lower[assistant]} → assistant"
@@ -228,8 +286,7 @@ def recognise_layout(record: Any) -> tuple[Any, str | None]:
 
 def _has_schema(record: dict[str, Any]) -> bool:
     keys = set(record)
-    return bool(set(STRUCTURED_COLUMNS) & keys) or {"instruction", "output"} <= keys or \
-        {"prompt", "completion"} <= keys
+    return bool(set(STRUCTURED_COLUMNS) & keys) or {"instruction", "output"} <= keys or {"prompt", "completion"} <= keys
 
 
 def _renamed(record: dict[str, Any], mapping: Mapping[str, str]) -> dict[str, Any]:
@@ -270,8 +327,12 @@ def _decode_cells(record: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, list):
             # Arrow stores a list of structs with every key any message had; drop the unset ones,
             # but keep role/content/from/value even when None so validation names what is missing.
-            value = [{k: v for k, v in m.items() if v is not None or k in ("role", "content", "from", "value")}
-                     if isinstance(m, dict) else m for m in value]
+            value = [
+                {k: v for k, v in m.items() if v is not None or k in ("role", "content", "from", "value")}
+                if isinstance(m, dict)
+                else m
+                for m in value
+            ]
         if key in out:
             out[key] = value
     return out
@@ -301,8 +362,11 @@ def parse_text_block(text: str, roles: Mapping[str, str] | None = None) -> dict[
             messages.append({"role": match.group(1).lower(), "content": ""})
             lines = []
         elif not messages:
-            raise RecordError(MISSING_MESSAGES, f"text block does not start with a `### User` or `### System` "
-                                                f"header; write each example as {TEXT_FORMAT}")
+            raise RecordError(
+                MISSING_MESSAGES,
+                f"text block does not start with a `### User` or `### System` "
+                f"header; write each example as {TEXT_FORMAT}",
+            )
         else:
             lines.append(line)
     if not messages:
@@ -320,9 +384,10 @@ def _from_sharegpt(turns: Any) -> list[dict[str, Any]]:
             raise RecordError(MESSAGE_MISSING_KEY, f"conversations[{i}] needs `from` and `value`")
         role = SHAREGPT_ROLES.get(str(turn["from"]).lower())
         if role is None:
-            raise RecordError(UNRECOGNIZED_ROLE, f"conversations[{i}] has unknown speaker {turn['from']!r} "
-                                                 "(map it with `roles`, e.g. {\"bot\": \"assistant\"})")
+            raise RecordError(
+                UNRECOGNIZED_ROLE,
+                f"conversations[{i}] has unknown speaker {turn['from']!r} "
+                '(map it with `roles`, e.g. {"bot": "assistant"})',
+            )
         out.append({"role": role, "content": turn["value"]})
     return out
-
-

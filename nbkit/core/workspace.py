@@ -144,9 +144,7 @@ class Workspace:
     def require(self, path: Path, notebook: str) -> Path:
         """Fail with the notebook to run when an earlier stage's output is missing."""
         if not path.exists():
-            raise WorkspaceError(
-                f"{path} is missing — run {notebook} first with the same `workspace` ({self.root})."
-            )
+            raise WorkspaceError(f"{path} is missing — run {notebook} first with the same `workspace` ({self.root}).")
         return path
 
     def checked(self, report_path: Path, notebook: str, required: bool = True) -> dict[str, Any]:
@@ -165,11 +163,17 @@ class Workspace:
             path = report_path.parent / name
             found = file_record(path) if path.is_file() else None
             if found != expected:
-                state = ("is missing" if found is None else
-                         f"has {found['rows']} rows where {report_path.name} lists {expected['rows']}"
-                         if found["rows"] != expected["rows"] else f"is not the file {report_path.name} lists")
-                raise WorkspaceError(f"{path} {state}: {notebook} was interrupted while writing, or the file was "
-                                     f"changed afterwards — re-run {notebook} (its inputs are intact).")
+                state = (
+                    "is missing"
+                    if found is None
+                    else f"has {found['rows']} rows where {report_path.name} lists {expected['rows']}"
+                    if found["rows"] != expected["rows"]
+                    else f"is not the file {report_path.name} lists"
+                )
+                raise WorkspaceError(
+                    f"{path} {state}: {notebook} was interrupted while writing, or the file was "
+                    f"changed afterwards — re-run {notebook} (its inputs are intact)."
+                )
         return report
 
     def read_split(self, name: str) -> list[dict[str, Any]]:
@@ -187,6 +191,6 @@ def provenance(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_provenance(meta: dict[str, Any]) -> str:
-    """"data.jsonl line 3" — for messages."""
+    """ "data.jsonl line 3" — for messages."""
     where = provenance(meta)
     return " ".join(str(v) if k == "source" else f"{k} {v}" for k, v in where.items() if v is not None)

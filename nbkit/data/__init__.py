@@ -8,5 +8,15 @@ from nbkit.data.formatting import FormatConfig, format_rows
 from nbkit.data.quality import QualityConfig, quality_report
 from nbkit.data.split import SplitConfig, split_dataset
 
-__all__ = ["CollectConfig", "FormatConfig", "QualityConfig", "SplitConfig", "collect", "describe_report",
-           "format_rows", "promote", "quality_report", "split_dataset"]
+__all__ = [
+    "CollectConfig",
+    "FormatConfig",
+    "QualityConfig",
+    "SplitConfig",
+    "collect",
+    "describe_report",
+    "format_rows",
+    "promote",
+    "quality_report",
+    "split_dataset",
+]

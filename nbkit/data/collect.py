@@ -76,20 +76,30 @@ class CollectConfig(Config):
     """
 
     workspace: str = field("workspace", "Folder that holds every stage's output.")
-    sources: list = field([], "Paths, globs or folders of .jsonl/.json/.csv/.tsv/.parquet/.txt/.xlsx files, "
-                              "save_to_disk folders or \"hf:org/name[:split]\"; empty = bundled sample data.")
-    columns: dict = field({}, "Map your column names to the recognised ones, e.g. "
-                              '{"question": "prompt", "answer": "completion"} or {"dialog": "messages"}.')
-    roles: dict = field({}, "Map other role names to system/user/assistant, e.g. "
-                            '{"human": "user", "bot": "assistant"}.')
+    sources: list = field(
+        [],
+        "Paths, globs or folders of .jsonl/.json/.csv/.tsv/.parquet/.txt/.xlsx files, "
+        'save_to_disk folders or "hf:org/name[:split]"; empty = bundled sample data.',
+    )
+    columns: dict = field(
+        {},
+        "Map your column names to the recognised ones, e.g. "
+        '{"question": "prompt", "answer": "completion"} or {"dialog": "messages"}.',
+    )
+    roles: dict = field(
+        {}, 'Map other role names to system/user/assistant, e.g. {"human": "user", "bot": "assistant"}.'
+    )
     sheet: str = field("", "Sheet of .xlsx files to read (its name); empty = the first sheet.")
 
     def validate(self) -> None:
         self.require(bool(self.workspace), "workspace", "must not be empty")
         self.require(isinstance(self.sheet, str), "sheet", f"must be a sheet name, got {self.sheet!r}")
-        self.require(isinstance(self.sources, (list, tuple)), "sources",
-                     f"must be a list of paths or globs, got {type(self.sources).__name__}",
-                     'write e.g. sources = ["data/*.jsonl"]')
+        self.require(
+            isinstance(self.sources, (list, tuple)),
+            "sources",
+            f"must be a list of paths or globs, got {type(self.sources).__name__}",
+            'write e.g. sources = ["data/*.jsonl"]',
+        )
         for name, problem in schemas.check_mapping(self.columns, self.roles):
             self.require(False, name, problem)
 
@@ -115,8 +125,7 @@ def collect(config: CollectConfig) -> dict[str, Any]:
         try:
             if item.error:
                 raise item.error
-            record, layout = schemas.map_record(item.record, config.columns, config.roles,
-                                                    tabular=item.where == "row")
+            record, layout = schemas.map_record(item.record, config.columns, config.roles, tabular=item.where == "row")
             row = canonical_row(item, record, layout)
             if layout:
                 layouts.setdefault(item.source, Counter())[layout] += 1
@@ -126,16 +135,25 @@ def collect(config: CollectConfig) -> dict[str, Any]:
             seen[key] = f"{item.source} {item.where} {item.position}"
         except RecordError as err:
             counts["rejected"] += 1
-            rejected.append({"source": item.source, item.where: item.position, "category": err.category,
-                             "message": str(err), "raw": item.raw})
+            rejected.append(
+                {
+                    "source": item.source,
+                    item.where: item.position,
+                    "category": err.category,
+                    "message": str(err),
+                    "raw": item.raw,
+                }
+            )
             continue
         counts["kept"] += 1
         kept.append(row)
 
     if not per_source:
         if reading.unreadable:
-            raise DataError("no file could be read: " + "; ".join(
-                f"{u['source']}: {u['reason']} — {u['fix']}" for u in reading.unreadable))
+            raise DataError(
+                "no file could be read: "
+                + "; ".join(f"{u['source']}: {u['reason']} — {u['fix']}" for u in reading.unreadable)
+            )
         raise DataError(f"no records found in sources {config.sources!r} — check the paths and globs.")
 
     write_jsonl(ws.clean, kept)
@@ -151,8 +169,10 @@ def collect(config: CollectConfig) -> dict[str, Any]:
         "duplicates": by_category.get(DUPLICATE, 0),
         "blank_lines": sum(reading.blank.values()),
         "by_category": dict(sorted(by_category.items())),
-        "sources": {src: source_report(c, layouts.get(src), rejected_by_source.get(src, []), firsts[src])
-                    for src, c in per_source.items()},
+        "sources": {
+            src: source_report(c, layouts.get(src), rejected_by_source.get(src, []), firsts[src])
+            for src, c in per_source.items()
+        },
         "unreadable": reading.unreadable,
         "files": file_records(ws.clean, ws.rejected),  # written first: 02 checks them against this
     }
@@ -167,8 +187,10 @@ def describe_report(report: dict[str, Any]) -> str:
     """The collect report as lines a person reads: totals, then one line per file (what was read, the
     layout applied, a file that could not be read or whose every record failed, and the fix)."""
     categories = ", ".join(f"{k} {v}" for k, v in report["by_category"].items())
-    lines = [f"Read {report['read']} records from {len(report['sources'])} source(s): kept {report['kept']}, "
-             f"rejected {report['rejected']}" + (f" ({categories})" if categories else "") + "."]
+    lines = [
+        f"Read {report['read']} records from {len(report['sources'])} source(s): kept {report['kept']}, "
+        f"rejected {report['rejected']}" + (f" ({categories})" if categories else "") + "."
+    ]
     for source, entry in report["sources"].items():
         if "error" in entry:
             done = f" after {entry['read']} records" if entry["read"] else ""
@@ -180,8 +202,7 @@ def describe_report(report: dict[str, Any]) -> str:
         problem = entry.get("problem")
         if problem:
             seen = f" (columns seen: {', '.join(problem['columns'])})" if problem["columns"] else ""
-            line += (f" — every record: {problem['category']}: {problem['message']}{seen}. "
-                     f"Fix: {problem['fix']}")
+            line += f" — every record: {problem['category']}: {problem['message']}{seen}. Fix: {problem['fix']}"
         lines.append(line)
     if report["rejected"]:
         lines.append("Rejected rows, with file, position and reason: data/rejected.jsonl.")
@@ -201,8 +222,9 @@ def canonical_row(item: Item, record: Any = None, layout: str | None = None) -> 
     return {"messages": messages, "meta": meta, **({"tools": tools} if tools else {})}
 
 
-def source_report(counts: Counter, layouts: Counter | None, rejected: list[dict[str, Any]],
-                  first: Item) -> dict[str, Any]:
+def source_report(
+    counts: Counter, layouts: Counter | None, rejected: list[dict[str, Any]], first: Item
+) -> dict[str, Any]:
     """One source's counts, the layout applied to it, and one word for the file when every record of it
     (`rejected`: this source's rejections) failed for the same reason (the rows are still in rejected.jsonl)."""
     out: dict[str, Any] = {k: counts[k] for k in ("read", "kept", "rejected")}
@@ -220,13 +242,21 @@ def file_problem(rejection: dict[str, Any], first: Item) -> dict[str, Any]:
     category = rejection["category"]
     columns = [str(k) for k in first.record] if isinstance(first.record, dict) else []
     problem: dict[str, Any] = {"category": category, "message": rejection["message"], "columns": columns}
-    if category in (MISSING_COLUMN, MISSING_MESSAGES) and len(columns) == 1 and any(
-            d in columns[0] for d in DELIMITERS):
-        problem["fix"] = (f"the header {columns[0]!r} reads as one column: save the file with one delimiter "
-                          "(comma, semicolon or tab) and without quotes around the header")
+    if (
+        category in (MISSING_COLUMN, MISSING_MESSAGES)
+        and len(columns) == 1
+        and any(d in columns[0] for d in DELIMITERS)
+    ):
+        problem["fix"] = (
+            f"the header {columns[0]!r} reads as one column: save the file with one delimiter "
+            "(comma, semicolon or tab) and without quotes around the header"
+        )
     elif category in (MISSING_COLUMN, MISSING_MESSAGES) and len(columns) >= 2:
-        problem["fix"] = ("columns = " + json.dumps({columns[0]: "prompt", columns[1]: "completion"}, ensure_ascii=False)
-                          + "  # your question column → prompt, your answer column → completion")
+        problem["fix"] = (
+            "columns = "
+            + json.dumps({columns[0]: "prompt", columns[1]: "completion"}, ensure_ascii=False)
+            + "  # your question column → prompt, your answer column → completion"
+        )
     elif category == schemas.NOT_UTF8:
         problem["fix"] = "re-save the file as UTF-8 (in Excel: Save As > CSV UTF-8)"
     elif category == INVALID_JSON:
@@ -251,13 +281,20 @@ def conversation_key(messages: list[dict[str, Any]], tools: list | None = None) 
 
 # -- examples written by hand ---------------------------------------------------------------
 
+
 def manual_path(workspace: str | Path) -> Path:
     """WORKSPACE/data/manual.jsonl: examples added in the editor or fixed from rejected rows."""
     return Workspace(workspace).manual
 
 
-def add_manual_example(workspace: str | Path, record: dict[str, Any], *, columns: Mapping[str, str] | None = None,
-                       roles: Mapping[str, str] | None = None, fixed_from: str | None = None) -> int:
+def add_manual_example(
+    workspace: str | Path,
+    record: dict[str, Any],
+    *,
+    columns: Mapping[str, str] | None = None,
+    roles: Mapping[str, str] | None = None,
+    fixed_from: str | None = None,
+) -> int:
     """Validate one example and append it to WORKSPACE/data/manual.jsonl; return its line number.
 
     `record` is any recognised layout ({"messages": [...]}, prompt/completion, ...); it is
@@ -298,6 +335,7 @@ def _find_conversation(key: str, manual: Path, clean: Path) -> str | None:
 
 # -- sources -> items (files: nbkit.core.readers; datasets and the Hub: nbkit.data.hub) --------------
 
+
 def expand_sources(sources: Iterable[Any]) -> Iterator[Any]:
     """Paths, globs and folders -> files and saved datasets (each once); "hf:..." -> HubSource."""
     seen: set[Path] = set()
@@ -332,8 +370,10 @@ def _files_in(path: Path) -> list[Path | SavedDataset]:
     saved = [d for d in sorted(path.rglob("*")) if d.is_dir() and is_saved_dataset(d)]
     saved = [d for d in saved if not any(other in d.parents for other in saved)]
     files: list[Path | SavedDataset] = [
-        p for p in path.rglob("*")
-        if p.suffix.lower() in SUFFIXES and p.is_file() and not any(d in p.parents for d in saved)]
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in SUFFIXES and p.is_file() and not any(d in p.parents for d in saved)
+    ]
     files += [SavedDataset(d) for d in saved]
     return sorted(files, key=lambda f: str(f.path if isinstance(f, SavedDataset) else f))
 
@@ -344,8 +384,10 @@ def iter_items(sources: Iterable[Any], reading: Reading | None = None) -> Iterat
         if isinstance(source, Path):
             reader = READERS.get(source.suffix.lower())
             if reader is None:
-                raise DataError(f"{source}: unsupported file type {source.suffix!r} — use one of "
-                                f"{', '.join(SUFFIXES)}, a folder saved with save_to_disk, or \"hf:org/name\".")
+                raise DataError(
+                    f"{source}: unsupported file type {source.suffix!r} — use one of "
+                    f'{", ".join(SUFFIXES)}, a folder saved with save_to_disk, or "hf:org/name".'
+                )
             yield from read_file(reader, source, reading)
         elif isinstance(source, SavedDataset):
             yield from read_saved_dataset(source.path)
@@ -360,12 +402,15 @@ def iter_items(sources: Iterable[Any], reading: Reading | None = None) -> Iterat
             for i, record in enumerate(source.to_dict(orient="records")):
                 yield Item("<dataframe>", "row", i + 1, raw_text(record), clean_cells(record))
         else:
-            raise DataError(f"cannot read a source of type {type(source).__name__} — pass a path, a glob, a folder, "
-                            "\"hf:org/name\", a list of dicts, a pandas DataFrame or a datasets.Dataset.")
+            raise DataError(
+                f"cannot read a source of type {type(source).__name__} — pass a path, a glob, a folder, "
+                '"hf:org/name", a list of dicts, a pandas DataFrame or a datasets.Dataset.'
+            )
 
 
-def promote(workspace: str | Path, messages: list[dict[str, str]], run_id: str,
-            model_answer: str = "") -> tuple[Path, int]:
+def promote(
+    workspace: str | Path, messages: list[dict[str, str]], run_id: str, model_answer: str = ""
+) -> tuple[Path, int]:
     """Append the exchange to data/manual.jsonl, marked {"promoted_from": run_id}; return (path, line).
 
     `model_answer`: the model's own last answer. When the user corrected it (it differs from the promoted last

@@ -45,9 +45,18 @@ def diversity_map(texts: list[str], n_clusters: int = 0, seed: int = 0) -> dict[
     0 = no two rows share a word, 1 = every row says the same thing.
     """
     n = len(texts)
-    out: dict[str, Any] = {"n": n, "x": [0.0] * n, "y": [0.0] * n, "cluster": [0] * n,
-                           "cluster_sizes": {"0": n} if n else {}, "top_terms": {}, "n_clusters": 1 if n else 0,
-                           "mean_similarity": None, "largest_cluster_share": 1.0 if n else 0.0, "warnings": []}
+    out: dict[str, Any] = {
+        "n": n,
+        "x": [0.0] * n,
+        "y": [0.0] * n,
+        "cluster": [0] * n,
+        "cluster_sizes": {"0": n} if n else {},
+        "top_terms": {},
+        "n_clusters": 1 if n else 0,
+        "mean_similarity": None,
+        "largest_cluster_share": 1.0 if n else 0.0,
+        "warnings": [],
+    }
     if n < 3:
         out["warnings"].append(f"Only {n} row{'s' if n != 1 else ''}: too few to judge how varied the data is.")
         return out
@@ -100,16 +109,24 @@ def diversity_map(texts: list[str], n_clusters: int = 0, seed: int = 0) -> dict[
         top_terms[str(c)] = [str(terms[i]) for i in np.argsort(-centroid)[:6] if centroid[i] > 0]
     largest = max(sizes.values()) / n
 
-    out.update(x=coords[:, 0].round(4).tolist(), y=coords[:, 1].round(4).tolist(), cluster=labels.tolist(),
-               cluster_sizes={str(c): sizes[c] for c in sorted(sizes)}, top_terms=top_terms, n_clusters=len(sizes),
-               largest_cluster_share=round(largest, 4))
+    out.update(
+        x=coords[:, 0].round(4).tolist(),
+        y=coords[:, 1].round(4).tolist(),
+        cluster=labels.tolist(),
+        cluster_sizes={str(c): sizes[c] for c in sorted(sizes)},
+        top_terms=top_terms,
+        n_clusters=len(sizes),
+        largest_cluster_share=round(largest, 4),
+    )
     if mean_similarity > TIGHT_SIMILARITY or distinct == 1:
         out["warnings"].append(
             f"The rows are very alike (mean similarity {mean_similarity:.2f}): the model will learn one narrow "
-            "pattern. Add examples that word requests differently and cover more cases.")
+            "pattern. Add examples that word requests differently and cover more cases."
+        )
     if len(sizes) > 1 and largest > LOPSIDED_SHARE:
         c = max(sizes, key=sizes.get)
         out["warnings"].append(
             f"One topic dominates: {largest:.0%} of rows fall in the cluster about "
-            f"'{', '.join(top_terms[str(c)][:3])}'. The model will see the other topics rarely; add examples of them.")
+            f"'{', '.join(top_terms[str(c)][:3])}'. The model will see the other topics rarely; add examples of them."
+        )
     return out

@@ -60,26 +60,37 @@ class FormatConfig(Config):
     base_model: str = field(EMBEDDED_MODEL, "Model whose tokenizer and chat template are used (Hub id or path).")
     max_seq_len: int = field(512, "Longest example in tokens; longer ones are flagged and truncated in training.")
     thinking: bool = field(
-        False, "Templates with a thinking switch (Qwen3): True trains the model to write its (empty) think block "
-               "before each answer; False, the default, puts the empty block in the prompt instead, as the "
-               "template's enable_thinking=False does. Kept the same in training, evaluation and export.")
+        False,
+        "Templates with a thinking switch (Qwen3): True trains the model to write its (empty) think block "
+        "before each answer; False, the default, puts the empty block in the prompt instead, as the "
+        "template's enable_thinking=False does. Kept the same in training, evaluation and export.",
+    )
     redact_pii: bool = field(
-        False, "Replace emails, phone numbers, card numbers, IPs and API keys with placeholders before training.")
+        False, "Replace emails, phone numbers, card numbers, IPs and API keys with placeholders before training."
+    )
     drop_near_duplicates: bool = field(
-        False, "Keep one row of each near-duplicate cluster found by the quality report.")
+        False, "Keep one row of each near-duplicate cluster found by the quality report."
+    )
     near_duplicate_threshold: float = field(
-        0.8, "Similarity (0.5-1.0) from which two rows count as near-duplicates; 1.0 finds exact copies only.")
+        0.8, "Similarity (0.5-1.0) from which two rows count as near-duplicates; 1.0 finds exact copies only."
+    )
     replay_guard: bool = field(
-        True, "Mix the base model's own answers to general prompts into training (replay_share of train), so the "
-              "tuned model keeps answering ordinary requests as before; generated once per model and cached.")
-    replay_share: float = field(DEFAULT_SHARE, "Share of the training split that is replay rows when replay_guard "
-                                               "is on (0.05-0.5).")
+        True,
+        "Mix the base model's own answers to general prompts into training (replay_share of train), so the "
+        "tuned model keeps answering ordinary requests as before; generated once per model and cached.",
+    )
+    replay_share: float = field(
+        DEFAULT_SHARE, "Share of the training split that is replay rows when replay_guard is on (0.05-0.5)."
+    )
 
     def validate(self) -> None:
         self.require(self.max_seq_len > 0, "max_seq_len", f"must be > 0, got {self.max_seq_len}")
-        self.require(0.05 <= self.replay_share <= MAX_SHARE, "replay_share",
-                     f"must be between 0.05 and {MAX_SHARE}, got {self.replay_share}",
-                     f"{DEFAULT_SHARE} is a good default; set replay_guard = False to turn replay off")
+        self.require(
+            0.05 <= self.replay_share <= MAX_SHARE,
+            "replay_share",
+            f"must be between 0.05 and {MAX_SHARE}, got {self.replay_share}",
+            f"{DEFAULT_SHARE} is a good default; set replay_guard = False to turn replay off",
+        )
         validate_threshold(self, "near_duplicate_threshold")
 
 
@@ -92,19 +103,28 @@ def describe_template(tokenizer, config: FormatConfig) -> dict[str, Any]:
     if source == "model":
         summary = f"Chat template: {config.base_model}'s own; answers end with {eot}."
     elif source == "plain":
-        summary = (f"Chat template: {config.base_model} has none (a base model) and its vocabulary has no known turn "
-                   f"tokens, so rows are rendered as plain '### User:' / '### Assistant:' turns, each answer closed "
-                   f"by its EOS token {eot}; the tuned model learns that format.")
+        summary = (
+            f"Chat template: {config.base_model} has none (a base model) and its vocabulary has no known turn "
+            f"tokens, so rows are rendered as plain '### User:' / '### Assistant:' turns, each answer closed "
+            f"by its EOS token {eot}; the tuned model learns that format."
+        )
     else:
-        summary = (f"Chat template: {config.base_model} has none (a base model); its vocabulary already has the "
-                   f"{source} turn tokens, so rows use that family's instruct template; answers end with {eot}.")
+        summary = (
+            f"Chat template: {config.base_model} has none (a base model); its vocabulary already has the "
+            f"{source} turn tokens, so rows use that family's instruct template; answers end with {eot}."
+        )
     if switch:
-        summary += (" Thinking: on — every trained answer starts with the model's think block (empty in this data)."
-                    if config.thinking else " Thinking: off — the empty think block is part of the prompt, not "
-                    "trained (set thinking = True to train it).")
+        summary += (
+            " Thinking: on — every trained answer starts with the model's think block (empty in this data)."
+            if config.thinking
+            else " Thinking: off — the empty think block is part of the prompt, not "
+            "trained (set thinking = True to train it)."
+        )
     elif config.thinking:
-        warnings.warn(f"thinking = True is ignored: the chat template of {config.base_model} has no thinking switch.",
-                      stacklevel=3)
+        warnings.warn(
+            f"thinking = True is ignored: the chat template of {config.base_model} has no thinking switch.",
+            stacklevel=3,
+        )
     return {"source": source, "end_of_turn": eot, "thinking_switch": switch, "summary": summary}
 
 
@@ -115,8 +135,13 @@ def dropped_record(row: dict[str, Any], reason: str) -> dict[str, Any]:
     """What dropped.jsonl keeps of a row set aside: where it came from, why, and all of it, so it can be restored."""
     meta = row.get("meta", {})
     position = next((meta[k] for k in POSITION_KEYS if k in meta), None)
-    record = {"source": meta.get("source"), "position": position, "reason": reason, "messages": row["messages"],
-              "meta": meta}
+    record = {
+        "source": meta.get("source"),
+        "position": position,
+        "reason": reason,
+        "messages": row["messages"],
+        "meta": meta,
+    }
     if "tools" in row:
         record["tools"] = row["tools"]
     return record
@@ -151,9 +176,12 @@ def redact_message(message: dict[str, Any]) -> dict[str, Any]:
     """The message with personal data replaced in its text and in its tool calls' arguments."""
     out = {**message, "content": redact_pii(message.get("content") or "")}
     if message.get("tool_calls"):
-        out["tool_calls"] = [{**call, "function": {**call["function"], "arguments":
-                                                   _redact_values(call["function"].get("arguments"))}}
-                             if isinstance(call.get("function"), dict) else call for call in message["tool_calls"]]
+        out["tool_calls"] = [
+            {**call, "function": {**call["function"], "arguments": _redact_values(call["function"].get("arguments"))}}
+            if isinstance(call.get("function"), dict)
+            else call
+            for call in message["tool_calls"]
+        ]
     return out
 
 
@@ -162,29 +190,41 @@ def redact_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _not_rendered_reason(model: str, missing: list[str]) -> str:
-    return (f"{TOOLS_NOT_RENDERED}: the chat template of {model} does not render {', '.join(missing)}, so training "
-            "would lose them; use a model whose chat template supports tools, or remove the tools from this row")
+    return (
+        f"{TOOLS_NOT_RENDERED}: the chat template of {model} does not render {', '.join(missing)}, so training "
+        "would lose them; use a model whose chat template supports tools, or remove the tools from this row"
+    )
 
 
 def _template_error_reason(model: str, row: dict[str, Any], error: ChatTemplateError) -> str:
     if uses_tools(row):
-        return (f"{TOOLS_NOT_RENDERED}: the chat template of {model} cannot render this row's tools, tool calls or "
-                f"tool results ({error}); use a model whose chat template supports tools, or remove the tools "
-                "from this row")
-    return (f"{TEMPLATE_ERROR}: the chat template of {model} cannot render this row ({error}); fix the row, or "
-            "use a model whose chat template accepts it")
+        return (
+            f"{TOOLS_NOT_RENDERED}: the chat template of {model} cannot render this row's tools, tool calls or "
+            f"tool results ({error}); use a model whose chat template supports tools, or remove the tools "
+            "from this row"
+        )
+    return (
+        f"{TEMPLATE_ERROR}: the chat template of {model} cannot render this row ({error}); fix the row, or "
+        "use a model whose chat template accepts it"
+    )
 
 
 def _no_trained_reason(messages: list[dict[str, Any]], n_tokens: int, n_trained: int, max_seq_len: int) -> str:
     if not any(is_trained(m) for m in messages):
-        why = ("every assistant turn has weight 0, so the row is all context; give the replies the model should "
-               "learn weight 1 (or no weight), or remove the row")
+        why = (
+            "every assistant turn has weight 0, so the row is all context; give the replies the model should "
+            "learn weight 1 (or no weight), or remove the row"
+        )
     elif n_trained:
-        why = (f"the row is {n_tokens} tokens and its trained answer starts after max_seq_len={max_seq_len}, so "
-               "truncation leaves nothing to learn; raise max_seq_len or shorten the prompt")
+        why = (
+            f"the row is {n_tokens} tokens and its trained answer starts after max_seq_len={max_seq_len}, so "
+            "truncation leaves nothing to learn; raise max_seq_len or shorten the prompt"
+        )
     else:
-        why = ("the loss mask trains no token: the assistant turns were not found in the text the chat template "
-               "renders; see mask_problems in the format report, or use the model's own chat template")
+        why = (
+            "the loss mask trains no token: the assistant turns were not found in the text the chat template "
+            "renders; see mask_problems in the format report, or use the model's own chat template"
+        )
     return f"{NO_TRAINED_TOKENS}: {why}"
 
 
@@ -251,8 +291,15 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
             continue
         without_end_of_turn += answers_without_end_of_turn(tokenizer, full)
         cut_rows += kept_trained < n_trained
-        out.append({**row, "n_tokens": n_tokens, "n_trained": n_trained,
-                    "over_max": n_tokens > config.max_seq_len, "trained_cut": n_trained - kept_trained})
+        out.append(
+            {
+                **row,
+                "n_tokens": n_tokens,
+                "n_trained": n_trained,
+                "over_max": n_tokens > config.max_seq_len,
+                "trained_cut": n_trained - kept_trained,
+            }
+        )
         lengths.append(n_tokens)
         trained.append(n_trained)
         if n_tokens > config.max_seq_len:
@@ -297,10 +344,11 @@ def format_rows(config: FormatConfig) -> dict[str, Any]:
     report["files"] = file_records(ws.formatted, ws.dropped, ws.replay)  # written first: 03 checks them
     write_json(ws.format_report, report)
     if rows and not out:
-        causes = "; ".join(f"{n} {category} (first: {first_reason[category]})"
-                           for category, n in rejected.items() if n)
-        raise DataError(f"no row of {ws.clean} is left to train on with {config.base_model} at max_seq_len="
-                        f"{config.max_seq_len}: {causes}. Every label would be -100, so the loss would be 0 and "
-                        f"training would learn nothing — fix what the reasons say, then run this step again "
-                        f"(the rows are kept in {ws.dropped}).")
+        causes = "; ".join(f"{n} {category} (first: {first_reason[category]})" for category, n in rejected.items() if n)
+        raise DataError(
+            f"no row of {ws.clean} is left to train on with {config.base_model} at max_seq_len="
+            f"{config.max_seq_len}: {causes}. Every label would be -100, so the loss would be 0 and "
+            f"training would learn nothing — fix what the reasons say, then run this step again "
+            f"(the rows are kept in {ws.dropped})."
+        )
     return report

@@ -48,13 +48,14 @@ class HubSource:
 
 def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (
-        (path / "dataset_info.json").is_file() and (path / "state.json").is_file())
+        (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
+    )
 
 
 def hub_source(text: str) -> HubSource:
-    name, _, split = text[len(HUB_PREFIX):].strip().partition(":")  # Hub ids contain no colon
+    name, _, split = text[len(HUB_PREFIX) :].strip().partition(":")  # Hub ids contain no colon
     if not name or name.startswith("/") or name.endswith("/") or " " in name:
-        raise DataError(f"source {text!r}: write a Hub dataset as \"hf:org/name\" or \"hf:org/name:split\".")
+        raise DataError(f'source {text!r}: write a Hub dataset as "hf:org/name" or "hf:org/name:split".')
     return HubSource(name, split.strip() or None)
 
 
@@ -78,8 +79,10 @@ def read_saved_dataset(path: Path) -> Iterator[Item]:
     try:
         data = datasets.load_from_disk(str(path))
     except Exception as err:  # noqa: BLE001 — any failure here means the folder cannot be used as is
-        raise DataError(f"{path}: cannot read this save_to_disk folder ({err}) — save it again with "
-                        "`dataset.save_to_disk(folder)` or export it to .jsonl.") from err
+        raise DataError(
+            f"{path}: cannot read this save_to_disk folder ({err}) — save it again with "
+            "`dataset.save_to_disk(folder)` or export it to .jsonl."
+        ) from err
     yield from dataset_items(data, str(path))
 
 
@@ -98,13 +101,17 @@ def read_hub(source: HubSource) -> Iterator[Item]:
         if offline or isinstance(err, ConnectionError):
             why = "HF_HUB_OFFLINE is set and no cached copy was found" if offline else str(err)
             raise DataError(_unreachable(source, why)) from err
-        raise DataError(f"cannot load Hub dataset {source.name!r}"
-                        f"{f' split {source.split!r}' if source.split else ''}: {err} — check the id and the split "
-                        "(\"hf:org/name:train\"), or pass a local path.") from err
+        raise DataError(
+            f"cannot load Hub dataset {source.name!r}"
+            f"{f' split {source.split!r}' if source.split else ''}: {err} — check the id and the split "
+            '("hf:org/name:train"), or pass a local path.'
+        ) from err
     yield from dataset_items(data, source.label)
 
 
 def _unreachable(source: HubSource, why: str) -> str:
-    return (f"cannot load Hub dataset {source.name!r}: the network/Hugging Face Hub is unreachable ({why}) — "
-            f"download the data where you have a connection (e.g. `datasets.load_dataset({source.name!r})"
-            ".save_to_disk(folder)`) and pass that folder or a local file path in `sources` instead.")
+    return (
+        f"cannot load Hub dataset {source.name!r}: the network/Hugging Face Hub is unreachable ({why}) — "
+        f"download the data where you have a connection (e.g. `datasets.load_dataset({source.name!r})"
+        ".save_to_disk(folder)`) and pass that folder or a local file path in `sources` instead."
+    )

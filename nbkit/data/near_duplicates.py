@@ -50,7 +50,7 @@ def shingles(text: str) -> list[str]:
     words = _WORD.findall(text.lower()) or [""]
     if len(words) < 3:
         return words
-    return [" ".join(words[i:i + 3]) for i in range(len(words) - 2)]
+    return [" ".join(words[i : i + 3]) for i in range(len(words) - 2)]
 
 
 # -- MinHash signatures --------------------------------------------------------------------
@@ -163,7 +163,7 @@ def minhash_signatures(texts: Sequence[str], num_perm: int = 64, seed: int = 1) 
         j = int(np.searchsorted(starts, starts[i] + budget, side="right")) - 1
         j = min(max(j, i + 1), n)
         # (num_perm, shingles) layout: outer product and reduceat along the last axis are the fast ones.
-        permuted = np.multiply.outer(a, mixed[starts[i]:starts[j]])
+        permuted = np.multiply.outer(a, mixed[starts[i] : starts[j]])
         permuted += b[:, None]
         out[i:j] = np.minimum.reduceat(permuted, starts[i:j] - starts[i], axis=1).T
         i = j
@@ -182,8 +182,12 @@ def _check_params(threshold: float, num_perm: int) -> None:
 
 def validate_threshold(config: Config, name: str) -> None:
     value = getattr(config, name)
-    config.require(0.5 <= value <= 1.0, name, f"must be between 0.5 and 1.0, got {value}",
-                   "0.8 catches rewordings, 1.0 only exact copies; set it in the parameters cell")
+    config.require(
+        0.5 <= value <= 1.0,
+        name,
+        f"must be between 0.5 and 1.0, got {value}",
+        "0.8 catches rewordings, 1.0 only exact copies; set it in the parameters cell",
+    )
 
 
 def _lsh_index(signatures: np.ndarray, threshold: float, num_perm: int, seed: int):
@@ -209,7 +213,7 @@ def _similarity(sig_a: np.ndarray, sig_b: np.ndarray, a: np.ndarray, b: np.ndarr
     out = np.empty(len(a), dtype=np.float64)
     step = 200_000
     for s in range(0, len(a), step):
-        out[s:s + step] = (sig_a[a[s:s + step]] == sig_b[b[s:s + step]]).mean(axis=1)
+        out[s : s + step] = (sig_a[a[s : s + step]] == sig_b[b[s : s + step]]).mean(axis=1)
     return out
 
 
@@ -235,8 +239,9 @@ def _bucket_pairs(groups: Iterable[tuple[int, ...]], sig: np.ndarray, threshold:
             confirmed.append(np.stack([np.full(int(close.sum()), leader), others[close]], axis=1))
             rest = others[~close]
     if first:
-        pairs = np.unique(np.stack([np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)], axis=1),
-                          axis=0)
+        pairs = np.unique(
+            np.stack([np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)], axis=1), axis=0
+        )
         keep = _similarity(sig, sig, pairs[:, 0], pairs[:, 1]) >= threshold
         confirmed.append(pairs[keep])
     return np.concatenate(confirmed) if confirmed else np.empty((0, 2), dtype=np.int64)
@@ -266,8 +271,9 @@ def _members(inverse: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds)
 
 
-def near_duplicate_clusters(texts: list[str], threshold: float = 0.8, num_perm: int = 64,
-                            seed: int = 1) -> list[list[int]]:
+def near_duplicate_clusters(
+    texts: list[str], threshold: float = 0.8, num_perm: int = 64, seed: int = 1
+) -> list[list[int]]:
     """Groups of rows (size >= 2) whose estimated Jaccard similarity of shingles is >= threshold.
 
     Indices are sorted inside each group and groups are sorted by their first index. Exact
@@ -296,8 +302,9 @@ def near_duplicate_clusters(texts: list[str], threshold: float = 0.8, num_perm: 
     return sorted(clusters, key=lambda c: c[0])
 
 
-def cross_near_duplicates(query: list[str], reference: list[str], threshold: float = 0.8, num_perm: int = 64,
-                          seed: int = 1) -> list[tuple[int, int]]:
+def cross_near_duplicates(
+    query: list[str], reference: list[str], threshold: float = 0.8, num_perm: int = 64, seed: int = 1
+) -> list[tuple[int, int]]:
     """Pairs (i, j): query[i] is a near-duplicate of reference[j] (estimated Jaccard >= threshold).
 
     An LSH index is built over `reference` only, so checking a test split (query) against a
@@ -323,6 +330,10 @@ def cross_near_duplicates(query: list[str], reference: list[str], threshold: flo
     a, b = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
     keep = _similarity(q_unique, ref_unique, a, b) >= threshold
     q_rows, ref_rows = _members(q_inverse.reshape(-1)), _members(ref_inverse.reshape(-1))
-    pairs = [(i, j) for qk, rk in zip(a[keep].tolist(), b[keep].tolist())
-             for i in q_rows[qk].tolist() for j in ref_rows[rk].tolist()]
+    pairs = [
+        (i, j)
+        for qk, rk in zip(a[keep].tolist(), b[keep].tolist())
+        for i in q_rows[qk].tolist()
+        for j in ref_rows[rk].tolist()
+    ]
     return sorted(pairs)

@@ -26,13 +26,18 @@ _API_KEYS = [
 # A long random-looking value after key=, token=, secret: ... or "Bearer": only the value is matched.
 _ASSIGNED_SECRET = re.compile(
     r"(?i)(?:\b(?:api[_-]?key|apikey|access[_-]?key|secret(?:[_-]?key)?|client[_-]?secret|(?:access[_-]?|auth[_-]?)?token"
-    r"|password|passwd|pwd|key)\s*[:=]\s*[\"']?|\bbearer\s+)([A-Za-z0-9_\-+/=.]{16,})")
+    r"|password|passwd|pwd|key)\s*[:=]\s*[\"']?|\bbearer\s+)([A-Za-z0-9_\-+/=.]{16,})"
+)
 _CARD = re.compile(r"(?<![\w+.,-])\d(?:[ -]?\d){12,18}(?![\w-]|[.,]\d)")
-_IP = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-                 r"(?![\w-]|\.\d)")
+_IP = re.compile(
+    r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+    r"(?![\w-]|\.\d)"
+)
 # Digits right after "order", "invoice #", "tracking no." ... are reference numbers, not cards or phones.
-_REFERENCE_BEFORE = re.compile(r"(?i)(?:\border|\binvoice|\btracking|\breference|\bref|\bticket|\bcase|\bisbn|#)"
-                               r"\s*(?:no\.?|number|id)?\s*[:#]?\s*$")
+_REFERENCE_BEFORE = re.compile(
+    r"(?i)(?:\border|\binvoice|\btracking|\breference|\bref|\bticket|\bcase|\bisbn|#)"
+    r"\s*(?:no\.?|number|id)?\s*[:#]?\s*$"
+)
 _VERSION_BEFORE = re.compile(r"(?i)(?:\bversion|\bver\.?|\bv|\bbuild|\brelease|\bfirmware|\bkernel)\s*[:#]?\s*$")
 _PHONES = [
     # international: +CC then 2-5 groups, 8-15 digits in all
@@ -42,8 +47,10 @@ _PHONES = [
     # national numbers with a trunk 0: 030 1234 5678, 07700 900123, 020-7946-0958
     re.compile(r"(?<![\w#$€£.,/-])0\d{2,4}[ /-]\d{3,4}[ -]?\d{3,4}(?![\w-]|[.,]\d)"),
     # digits right after a phone word: "phone: 5551234567", "tel 0301234567"
-    re.compile(r"(?i)\b(?:phone|tel|telephone|mobile|cell|whatsapp)(?:\s*(?:number|no\.?|#))?\s*(?:is\s*)?[:.]?\s*"
-               r"(\+?\d[\d ().-]{6,18}\d)(?![\w-]|[.,]\d)"),
+    re.compile(
+        r"(?i)\b(?:phone|tel|telephone|mobile|cell|whatsapp)(?:\s*(?:number|no\.?|#))?\s*(?:is\s*)?[:.]?\s*"
+        r"(\+?\d[\d ().-]{6,18}\d)(?![\w-]|[.,]\d)"
+    ),
 ]
 
 
@@ -77,7 +84,7 @@ def _mixed_enough(value: str) -> bool:
 
 
 def _before(text: str, start: int, context: re.Pattern) -> bool:
-    return bool(context.search(text[max(0, start - 24):start]))
+    return bool(context.search(text[max(0, start - 24) : start]))
 
 
 # Cheap screens: most messages hold none of these, and skipping the full patterns keeps a
@@ -97,21 +104,27 @@ def pii_spans(text: str) -> list[tuple[int, int, str]]:
     if _KEY_HINT.search(text):
         for pattern in _API_KEYS:
             found += [(m.start(), m.end(), "api_key") for m in pattern.finditer(text)]
-        found += [(m.start(1), m.end(1), "api_key") for m in _ASSIGNED_SECRET.finditer(text)
-                  if _mixed_enough(m.group(1))]
+        found += [
+            (m.start(1), m.end(1), "api_key") for m in _ASSIGNED_SECRET.finditer(text) if _mixed_enough(m.group(1))
+        ]
     if "@" in text:
         found += [(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
     if _DOTTED_QUAD.search(text):
-        found += [(m.start(), m.end(), "ip") for m in _IP.finditer(text)
-                  if not _before(text, m.start(), _VERSION_BEFORE)]
+        found += [
+            (m.start(), m.end(), "ip") for m in _IP.finditer(text) if not _before(text, m.start(), _VERSION_BEFORE)
+        ]
     if _MANY_DIGITS.search(text):
-        found += [(m.start(), m.end(), "card") for m in _CARD.finditer(text)
-                  if _card_shape_ok(m.group()) and not _before(text, m.start(), _REFERENCE_BEFORE)]
+        found += [
+            (m.start(), m.end(), "card")
+            for m in _CARD.finditer(text)
+            if _card_shape_ok(m.group()) and not _before(text, m.start(), _REFERENCE_BEFORE)
+        ]
         for pattern in _PHONES:
             for m in pattern.finditer(text):
                 start, end = (m.start(1), m.end(1)) if pattern.groups else (m.start(), m.end())
-                if 8 <= sum(ch.isdigit() for ch in text[start:end]) <= 15 and not _before(text, start,
-                                                                                           _REFERENCE_BEFORE):
+                if 8 <= sum(ch.isdigit() for ch in text[start:end]) <= 15 and not _before(
+                    text, start, _REFERENCE_BEFORE
+                ):
                     found.append((start, end, "phone"))
     if len(found) < 2:
         return found
@@ -138,4 +151,4 @@ def redact_pii(text: str) -> str:
 def mask_secret(value: str, keep: int = 4) -> str:
     """All but the last `keep` characters replaced by '*': enough to find it, not enough to use it."""
     keep = min(keep, len(value) // 3)
-    return "*" * (len(value) - keep) + value[len(value) - keep:]
+    return "*" * (len(value) - keep) + value[len(value) - keep :]

@@ -37,15 +37,18 @@ class QualityConfig(Config):
     """What the data quality report checks, and which fixes formatting will apply (to word the verdict)."""
 
     workspace: str = field("workspace", "Folder that holds every stage's output.")
-    base_model: str = field("", "Model formatting will use (for the replay guard's verdict: a base model may answer "
-                                "no general prompt).")
+    base_model: str = field(
+        "", "Model formatting will use (for the replay guard's verdict: a base model may answer no general prompt)."
+    )
     near_duplicate_threshold: float = field(
-        0.8, "Similarity (0.5-1.0) from which two rows count as near-duplicates; 1.0 finds exact copies only.")
+        0.8, "Similarity (0.5-1.0) from which two rows count as near-duplicates; 1.0 finds exact copies only."
+    )
     redact_pii: bool = field(False, "Formatting will replace personal data with placeholders.")
     drop_near_duplicates: bool = field(False, "Formatting will keep one row of each near-duplicate cluster.")
     label_field: str = field("label", "meta field holding each row's class, for the balance check ('' for none).")
-    replay_guard: bool = field(True, "Formatting will mix the base model's own answers to general prompts into "
-                                     "training (nbkit.data.replay).")
+    replay_guard: bool = field(
+        True, "Formatting will mix the base model's own answers to general prompts into training (nbkit.data.replay)."
+    )
     replay_share: float = field(DEFAULT_SHARE, "Share of the training split that will be replay rows.")
 
     def validate(self) -> None:
@@ -69,7 +72,7 @@ MAX_VERDICT = 8
 
 def preview(text: str, limit: int = PREVIEW_CHARS) -> str:
     flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def summary_stats(values: list[int]) -> dict[str, float]:
@@ -78,8 +81,15 @@ def summary_stats(values: list[int]) -> dict[str, float]:
         return {"count": 0, "min": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0, "total": 0}
     ordered = sorted(values)
     p50, p95 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.95))
-    return {"count": len(ordered), "min": ordered[0], "mean": round(statistics.fmean(ordered), 1), "p50": p50,
-            "p95": p95, "max": ordered[-1], "total": sum(ordered)}
+    return {
+        "count": len(ordered),
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 1),
+        "p50": p50,
+        "p95": p95,
+        "max": ordered[-1],
+        "total": sum(ordered),
+    }
 
 
 def _histogram(per_role: dict[str, list[int]], bins: int = 30) -> dict[str, Any]:
@@ -89,9 +99,12 @@ def _histogram(per_role: dict[str, list[int]], bins: int = 30) -> dict[str, Any]
         return {"edges": [], "counts": {}}
     top = max(1.0, float(np.percentile(everything, 99)))
     edges = np.linspace(0, top, bins + 1)
-    return {"edges": edges.round(1).tolist(),
-            "counts": {role: np.histogram(np.clip(values, 0, top), bins=edges)[0].tolist()
-                       for role, values in per_role.items()}}
+    return {
+        "edges": edges.round(1).tolist(),
+        "counts": {
+            role: np.histogram(np.clip(values, 0, top), bins=edges)[0].tolist() for role, values in per_role.items()
+        },
+    }
 
 
 def length_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,10 +113,14 @@ def length_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for message in row["messages"]:
             per_role.setdefault(message["role"], []).append(len(message["content"]))
     chars = [sum(len(m["content"]) for m in row["messages"]) for row in rows]
-    return {"chars": summary_stats(chars), "per_role": {role: summary_stats(v) for role, v in per_role.items()},
-            "histogram": _histogram(per_role),
-            "empty_assistant": sum(len(m["content"].strip()) < 2 for r in rows for m in r["messages"]
-                                   if m["role"] == "assistant")}
+    return {
+        "chars": summary_stats(chars),
+        "per_role": {role: summary_stats(v) for role, v in per_role.items()},
+        "histogram": _histogram(per_role),
+        "empty_assistant": sum(
+            len(m["content"].strip()) < 2 for r in rows for m in r["messages"] if m["role"] == "assistant"
+        ),
+    }
 
 
 def pii_report(rows: list[dict[str, Any]], max_examples: int = 20) -> dict[str, Any]:
@@ -117,11 +134,22 @@ def pii_report(rows: list[dict[str, Any]], max_examples: int = 20) -> dict[str, 
                 hit = True
                 counts[kind] += 1
                 if len(examples) < max_examples:
-                    examples.append({**provenance(row["meta"]), "message": i, "role": message["role"], "kind": kind,
-                                     "start": start, "masked": mask_secret(message["content"][start:end])})
+                    examples.append(
+                        {
+                            **provenance(row["meta"]),
+                            "message": i,
+                            "role": message["role"],
+                            "kind": kind,
+                            "start": start,
+                            "masked": mask_secret(message["content"][start:end]),
+                        }
+                    )
         rows_with += hit
-    return {"counts": {kind: counts.get(kind, 0) for kind in PII_KINDS}, "rows_with_pii": rows_with,
-            "examples": examples}
+    return {
+        "counts": {kind: counts.get(kind, 0) for kind in PII_KINDS},
+        "rows_with_pii": rows_with,
+        "examples": examples,
+    }
 
 
 def label_report(rows: list[dict[str, Any]], field_name: str) -> dict[str, Any]:
@@ -153,15 +181,24 @@ def quality_report(config: QualityConfig) -> dict[str, Any]:
         "rows_in_clusters": sum(len(c) for c in clusters),
         "rows_to_drop": sum(len(c) - 1 for c in clusters),
         # The first clusters, each with its first members: enough to see what repeats, small enough to read.
-        "clusters": [[{**provenance(rows[i]["meta"]), "text": preview(texts[i])} for i in c[:MAX_MEMBERS]]
-                     for c in clusters[:MAX_CLUSTERS]],
+        "clusters": [
+            [{**provenance(rows[i]["meta"]), "text": preview(texts[i])} for i in c[:MAX_MEMBERS]]
+            for c in clusters[:MAX_CLUSTERS]
+        ],
         "cluster_sizes": [len(c) for c in clusters[:MAX_CLUSTERS]],
     }
 
     diversity = diversity_map(texts)
-    write_json(ws.diversity_map, {
-        "x": diversity["x"], "y": diversity["y"], "cluster": diversity["cluster"],
-        "text": [preview(t, 80) for t in texts], "top_terms": diversity["top_terms"]})
+    write_json(
+        ws.diversity_map,
+        {
+            "x": diversity["x"],
+            "y": diversity["y"],
+            "cluster": diversity["cluster"],
+            "text": [preview(t, 80) for t in texts],
+            "top_terms": diversity["top_terms"],
+        },
+    )
 
     report: dict[str, Any] = {
         "rows": len(rows),
@@ -171,10 +208,12 @@ def quality_report(config: QualityConfig) -> dict[str, Any]:
         "lengths": length_report(rows),
         "labels": label_report(rows, config.label_field),
         "diversity": {k: v for k, v in diversity.items() if k not in ("x", "y", "cluster")},
-        "replay": {"enabled": config.replay_guard, "share": config.replay_share if config.replay_guard else 0.0,
-                   "base_model_without_template": bool(config.base_model)
-                   and ships_chat_template(config.base_model) is False,
-                   "rows_with_system_prompt": sum(any(m["role"] == "system" for m in r["messages"]) for r in rows)},
+        "replay": {
+            "enabled": config.replay_guard,
+            "share": config.replay_share if config.replay_guard else 0.0,
+            "base_model_without_template": bool(config.base_model) and ships_chat_template(config.base_model) is False,
+            "rows_with_system_prompt": sum(any(m["role"] == "system" for m in r["messages"]) for r in rows),
+        },
         "config": config.to_dict(),
     }
     report["verdict"] = verdict(report, config)
@@ -212,9 +251,14 @@ def verdict(report: dict[str, Any], config: QualityConfig) -> list[dict[str, str
     items = []
     n = report["rows"]
     if n < 100:
-        items.append(_item("warn", f"Only {_count(n, 'row')}. A fine-tune usually needs a few hundred good "
-                                   "examples to learn a pattern reliably.",
-                           "Add more examples in 01_collect (`sources`)."))
+        items.append(
+            _item(
+                "warn",
+                f"Only {_count(n, 'row')}. A fine-tune usually needs a few hundred good "
+                "examples to learn a pattern reliably.",
+                "Add more examples in 01_collect (`sources`).",
+            )
+        )
     else:
         items.append(_item("good", f"{n:,} rows: enough to learn a narrow task."))
 
@@ -223,29 +267,47 @@ def verdict(report: dict[str, Any], config: QualityConfig) -> list[dict[str, str
         share = near["rows_in_clusters"] / max(n, 1)
         exact_note = f" ({exact} are exact copies)" if exact else ""
         if config.drop_near_duplicates:
-            items.append(_item("good", f"{near['rows_in_clusters']} rows sit in {near['n_clusters']} near-duplicate "
-                                       f"clusters{exact_note}; formatting keeps one row of each, dropping "
-                                       f"{near['rows_to_drop']}.", "drop_near_duplicates is on."))
+            items.append(
+                _item(
+                    "good",
+                    f"{near['rows_in_clusters']} rows sit in {near['n_clusters']} near-duplicate "
+                    f"clusters{exact_note}; formatting keeps one row of each, dropping "
+                    f"{near['rows_to_drop']}.",
+                    "drop_near_duplicates is on.",
+                )
+            )
         else:
-            items.append(_item(
-                "fix" if share >= 0.05 else "warn",
-                f"{near['rows_in_clusters']} rows ({share:.0%}) sit in {near['n_clusters']} near-duplicate "
-                f"clusters{exact_note}. Repeats get extra weight in training and can leak from train into test.",
-                f"Set drop_near_duplicates = True in {FORMAT_PARAMS} to keep one row per cluster."))
+            items.append(
+                _item(
+                    "fix" if share >= 0.05 else "warn",
+                    f"{near['rows_in_clusters']} rows ({share:.0%}) sit in {near['n_clusters']} near-duplicate "
+                    f"clusters{exact_note}. Repeats get extra weight in training and can leak from train into test.",
+                    f"Set drop_near_duplicates = True in {FORMAT_PARAMS} to keep one row per cluster.",
+                )
+            )
     else:
         items.append(_item("good", "No exact or near duplicates."))
 
     pii = report["pii"]
     if pii["rows_with_pii"]:
-        found = ", ".join(f"{count} {kind.replace('_', ' ')}{'s' if count > 1 else ''}"
-                          for kind, count in pii["counts"].items() if count)
+        found = ", ".join(
+            f"{count} {kind.replace('_', ' ')}{'s' if count > 1 else ''}"
+            for kind, count in pii["counts"].items()
+            if count
+        )
         rows_with = f"{_count(pii['rows_with_pii'], 'row')} with personal data or secrets ({found})"
         if config.redact_pii:
-            items.append(_item("good", f"{rows_with}; formatting replaces them with placeholders.",
-                               "redact_pii is on."))
+            items.append(
+                _item("good", f"{rows_with}; formatting replaces them with placeholders.", "redact_pii is on.")
+            )
         else:
-            items.append(_item("fix", f"{rows_with}. A fine-tuned model can repeat them word for word.",
-                               f"Set redact_pii = True in {FORMAT_PARAMS}, or remove them at the source."))
+            items.append(
+                _item(
+                    "fix",
+                    f"{rows_with}. A fine-tuned model can repeat them word for word.",
+                    f"Set redact_pii = True in {FORMAT_PARAMS}, or remove them at the source.",
+                )
+            )
     else:
         items.append(_item("good", "No emails, phone numbers, card numbers, IP addresses or API keys found."))
 
@@ -257,40 +319,75 @@ def verdict(report: dict[str, Any], config: QualityConfig) -> list[dict[str, str
         share = counts[smallest] / total
         fair = 1 / len(counts)
         if len(counts) == 1:
-            items.append(_item("warn", f"Every row has the same {labels['field']} '{smallest}': the model can only "
-                                       "learn that one answer.", "Add examples of the other classes in 01_collect."))
+            items.append(
+                _item(
+                    "warn",
+                    f"Every row has the same {labels['field']} '{smallest}': the model can only learn that one answer.",
+                    "Add examples of the other classes in 01_collect.",
+                )
+            )
         elif share < fair / 2:
-            items.append(_item("warn", f"Labels unbalanced: '{smallest}' is only {share:.0%} of rows (an even share "
-                                       f"would be {fair:.0%}); the model will rarely predict it.",
-                               f"Collect more '{smallest}' examples in 01_collect; 03_split keeps the proportions "
-                               "in every split (`stratify_by`)."))
+            items.append(
+                _item(
+                    "warn",
+                    f"Labels unbalanced: '{smallest}' is only {share:.0%} of rows (an even share "
+                    f"would be {fair:.0%}); the model will rarely predict it.",
+                    f"Collect more '{smallest}' examples in 01_collect; 03_split keeps the proportions "
+                    "in every split (`stratify_by`).",
+                )
+            )
         else:
-            items.append(_item("good", f"Labels balanced: smallest class '{smallest}' is {share:.0%} of rows "
-                                       f"({len(counts)} classes)."))
+            items.append(
+                _item(
+                    "good",
+                    f"Labels balanced: smallest class '{smallest}' is {share:.0%} of rows ({len(counts)} classes).",
+                )
+            )
         if labels["missing"]:
-            items.append(_item("warn", f"{_count(labels['missing'], 'row')} without `{labels['field']}`.",
-                               "Add the field to those rows, or they all land in one stratum when splitting."))
+            items.append(
+                _item(
+                    "warn",
+                    f"{_count(labels['missing'], 'row')} without `{labels['field']}`.",
+                    "Add the field to those rows, or they all land in one stratum when splitting.",
+                )
+            )
 
     lengths = report["lengths"]
     if lengths["empty_assistant"]:
         empty = _count(lengths["empty_assistant"], "assistant reply", "assistant replies")
-        items.append(_item("fix", f"{empty} empty or one character long: the model learns to answer with nothing.",
-                           "Fix or remove those rows at the source."))
+        items.append(
+            _item(
+                "fix",
+                f"{empty} empty or one character long: the model learns to answer with nothing.",
+                "Fix or remove those rows at the source.",
+            )
+        )
     chars = lengths["chars"]
     if chars["count"] and chars["max"] > 10 * max(chars["p50"], 1) and chars["max"] > 2000:
-        items.append(_item("warn", f"A few rows are very long (longest {chars['max']:,} characters, median "
-                                   f"{chars['p50']:,}): they cost memory and may be cut at max_seq_len.",
-                           "Check over_max_seq_len in the format report; raise max_seq_len or shorten them."))
+        items.append(
+            _item(
+                "warn",
+                f"A few rows are very long (longest {chars['max']:,} characters, median "
+                f"{chars['p50']:,}): they cost memory and may be cut at max_seq_len.",
+                "Check over_max_seq_len in the format report; raise max_seq_len or shorten them.",
+            )
+        )
     elif chars["count"]:
-        items.append(_item("good", f"Lengths consistent: median row {chars['p50']:,} characters, longest "
-                                   f"{chars['max']:,}."))
+        items.append(
+            _item("good", f"Lengths consistent: median row {chars['p50']:,} characters, longest {chars['max']:,}.")
+        )
 
     diversity = report["diversity"]
     for warning in diversity["warnings"]:
         items.append(_item("warn", warning, "Collect more varied examples in 01_collect."))
     if not diversity["warnings"] and diversity["n_clusters"] > 1:
-        items.append(_item("good", f"Varied topics: {diversity['n_clusters']} clusters, the largest holds "
-                                   f"{diversity['largest_cluster_share']:.0%} of rows."))
+        items.append(
+            _item(
+                "good",
+                f"Varied topics: {diversity['n_clusters']} clusters, the largest holds "
+                f"{diversity['largest_cluster_share']:.0%} of rows.",
+            )
+        )
 
     items.append(_replay_item(report))
     order = {"fix": 0, "warn": 1, "good": 2}
@@ -301,29 +398,45 @@ def verdict(report: dict[str, Any], config: QualityConfig) -> list[dict[str, str
 def _replay_item(report: dict[str, Any]) -> dict[str, str]:
     replay, n = report["replay"], report["rows"]
     if replay.get("off_reason"):
-        return _item("warn", f"Replay guard off: {replay['off_reason']}. Watch the forgetting probe in 05_evaluate "
-                             "all the same.", "Nothing to change for a base model; with a chat model, check that "
-                             "its chat template is right.")
+        return _item(
+            "warn",
+            f"Replay guard off: {replay['off_reason']}. Watch the forgetting probe in 05_evaluate all the same.",
+            "Nothing to change for a base model; with a chat model, check that its chat template is right.",
+        )
     if not replay["enabled"]:
-        return _item("warn", "Replay guard off: nothing in training reminds the model how it answered ordinary "
-                             "requests, so it may answer everything like the task. Watch the forgetting probe in "
-                             "05_evaluate.", f"Set replay_guard = True in {FORMAT_PARAMS}.")
+        return _item(
+            "warn",
+            "Replay guard off: nothing in training reminds the model how it answered ordinary "
+            "requests, so it may answer everything like the task. Watch the forgetting probe in "
+            "05_evaluate.",
+            f"Set replay_guard = True in {FORMAT_PARAMS}.",
+        )
     if replay.get("base_model_without_template"):
         model = report["config"]["base_model"]
-        return _item("warn", f"Replay guard on, but {model} ships no chat template (a base model): it may "
-                             "answer no general prompt, and then formatting turns the guard off and says why — there "
-                             "is no chat behaviour to keep yet.", "Nothing to change; read the formatting cell's "
-                             "replay line.")
+        return _item(
+            "warn",
+            f"Replay guard on, but {model} ships no chat template (a base model): it may "
+            "answer no general prompt, and then formatting turns the guard off and says why — there "
+            "is no chat behaviour to keep yet.",
+            "Nothing to change; read the formatting cell's replay line.",
+        )
     without = n - replay["rows_with_system_prompt"]
     if without > n / 2:
-        return _item("warn", f"Replay guard on, but {_count(without, 'row')} of {n:,} have no system prompt: the "
-                             "task then shares its context with the replay rows, and the model has less to tell a "
-                             "task request from an ordinary one.",
-                     "Give every row the same short system prompt that names the task (a system column in "
-                     "01_collect); at inference, send that prompt to get the task's answers.")
-    return _item("good", f"Replay guard on: {replay['share']:.0%} of the training rows will be the base model's own "
-                         "answers to general prompts, so it keeps answering ordinary requests as before; the "
-                         "task's system prompt triggers the task.", "replay_guard is on.")
+        return _item(
+            "warn",
+            f"Replay guard on, but {_count(without, 'row')} of {n:,} have no system prompt: the "
+            "task then shares its context with the replay rows, and the model has less to tell a "
+            "task request from an ordinary one.",
+            "Give every row the same short system prompt that names the task (a system column in "
+            "01_collect); at inference, send that prompt to get the task's answers.",
+        )
+    return _item(
+        "good",
+        f"Replay guard on: {replay['share']:.0%} of the training rows will be the base model's own "
+        "answers to general prompts, so it keeps answering ordinary requests as before; the "
+        "task's system prompt triggers the task.",
+        "replay_guard is on.",
+    )
 
 
 def verdict_text(report: dict[str, Any]) -> str:

@@ -32,28 +32,40 @@ class SplitConfig(Config):
     validation_fraction: float = field(0.1, "Share of rows held out to watch training (early stopping, overfitting).")
     test_fraction: float = field(0.1, "Share of rows held out for the final base-vs-tuned comparison.")
     seed: int = field(42, "Random seed: the same seed and data give the same splits.")
-    stratify_by: str = field("label", "meta field to keep balanced across splits, 'cluster' for the diversity-map "
-                                      "clusters, '' for none.")
+    stratify_by: str = field(
+        "label", "meta field to keep balanced across splits, 'cluster' for the diversity-map clusters, '' for none."
+    )
     group_by: str = field("", "meta field whose rows stay together (e.g. 'source' or a conversation id); '' = none.")
-    near_duplicate_threshold: float = field(0.8, "Similarity (0-1) above which a validation/test row counts as a "
-                                                 "near-copy of a training row.")
-    drop_leaked: bool = field(False, "Remove validation/test rows that (nearly) copy a training row; they are kept "
-                                     "in data/splits/leaked.jsonl.")
+    near_duplicate_threshold: float = field(
+        0.8, "Similarity (0-1) above which a validation/test row counts as a near-copy of a training row."
+    )
+    drop_leaked: bool = field(
+        False,
+        "Remove validation/test rows that (nearly) copy a training row; they are kept in data/splits/leaked.jsonl.",
+    )
 
     def validate(self) -> None:
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             self.require(0 <= value < 1, name, f"must be in [0, 1), got {value}")
-        self.require(self.test_fraction > 0, "test_fraction", "must be > 0: without a test split there is no "
-                     "honest comparison with the base model")
+        self.require(
+            self.test_fraction > 0,
+            "test_fraction",
+            "must be > 0: without a test split there is no honest comparison with the base model",
+        )
         total = self.validation_fraction + self.test_fraction
         validate_threshold(self, "near_duplicate_threshold")
-        self.require(total < 0.9, "validation_fraction", f"+ test_fraction = {total:.2f} leaves too little to train on",
-                     "keep the two below 0.9 together (0.1 + 0.1 is a good default)")
+        self.require(
+            total < 0.9,
+            "validation_fraction",
+            f"+ test_fraction = {total:.2f} leaves too little to train on",
+            "keep the two below 0.9 together (0.1 + 0.1 is a good default)",
+        )
 
 
-def split_rows(rows: list[dict[str, Any]], config: SplitConfig,
-               strata_keys: list[Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+def split_rows(
+    rows: list[dict[str, Any]], config: SplitConfig, strata_keys: list[Any] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Seeded split; every stratum is divided in the same proportions, groups are never divided.
 
     Sizes are fixed for the whole data first, then shared out over the strata by largest
@@ -61,8 +73,11 @@ def split_rows(rows: list[dict[str, Any]], config: SplitConfig,
     `strata_keys` (one per row) overrides `config.stratify_by`.
     """
     units = _units(rows, config.group_by)
-    keys = strata_keys if strata_keys is not None else [
-        row["meta"].get(config.stratify_by) if config.stratify_by else None for row in rows]
+    keys = (
+        strata_keys
+        if strata_keys is not None
+        else [row["meta"].get(config.stratify_by) if config.stratify_by else None for row in rows]
+    )
     strata: dict[Any, list[list[int]]] = defaultdict(list)
     for unit in units:  # a group goes to the stratum most of its rows belong to
         strata[Counter(keys[i] for i in unit).most_common(1)[0][0]].append(unit)
@@ -145,8 +160,14 @@ def find_leaks(splits: dict[str, list[dict[str, Any]]], threshold: float = 0.8) 
         found.setdefault((name, i), (j, "near duplicate"))
     leaks: dict[str, list[dict[str, Any]]] = {"validation": [], "test": []}
     for (name, i), (j, kind) in sorted(found.items()):
-        leaks[name].append({"index": i, "kind": kind, "row": provenance(splits[name][i]["meta"]),
-                            "copies": provenance(train[j]["meta"])})
+        leaks[name].append(
+            {
+                "index": i,
+                "kind": kind,
+                "row": provenance(splits[name][i]["meta"]),
+                "copies": provenance(train[j]["meta"]),
+            }
+        )
     return leaks
 
 
@@ -174,8 +195,10 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
     ws.checked(ws.format_report, "02_format", required=False)
     rows = read_jsonl(ws.require(ws.formatted, "02_format"))
     if len(rows) < 10:
-        raise DataError(f"only {len(rows)} usable rows in {ws.formatted}: too few to hold data out — collect more "
-                        "examples (a few hundred is a good start).")
+        raise DataError(
+            f"only {len(rows)} usable rows in {ws.formatted}: too few to hold data out — collect more "
+            "examples (a few hundred is a good start)."
+        )
     canonical = [{"messages": r["messages"], "meta": r["meta"]} for r in rows]
     strata = None
     if config.stratify_by == "cluster" and not any("cluster" in r["meta"] for r in canonical):
@@ -198,8 +221,11 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
         write_jsonl(ws.split(name), part)
     manifest = {
         "seed": config.seed,
-        "fractions": {"train": round(1 - config.validation_fraction - config.test_fraction, 6),
-                      "validation": config.validation_fraction, "test": config.test_fraction},
+        "fractions": {
+            "train": round(1 - config.validation_fraction - config.test_fraction, 6),
+            "validation": config.validation_fraction,
+            "test": config.test_fraction,
+        },
         "stratify_by": config.stratify_by,
         "group_by": config.group_by,
         "sizes": {name: len(part) for name, part in splits.items()},
@@ -210,8 +236,10 @@ def split_dataset(config: SplitConfig) -> dict[str, Any]:
         "leaked_dropped": len(dropped),
         "leak_examples": [{**item, "split": name} for name, items in leaks.items() for item in items][:20],
         "near_duplicate_threshold": config.near_duplicate_threshold,
-        "labels": {name: _label_counts([r for r in part if not is_replay(r)], config.stratify_by)
-                   for name, part in splits.items()},
+        "labels": {
+            name: _label_counts([r for r in part if not is_replay(r)], config.stratify_by)
+            for name, part in splits.items()
+        },
         "replay": replay,
         "files": file_records(*(ws.split(name) for name in SPLITS), ws.leaked),  # 04 and 05 check them
     }
@@ -225,17 +253,27 @@ def mix_in_replay(ws: Workspace, splits: dict[str, list[dict[str, Any]]], seed: 
     settings = read_json(ws.format_report).get("replay", {}) if ws.format_report.exists() else {}
     pool = read_jsonl(ws.replay) if settings.get("enabled") and ws.replay.exists() else []
     if not pool:
-        return {"enabled": bool(settings.get("enabled")), "rows": 0, "share": 0.0,
-                **({"off_reason": settings["off_reason"]} if settings.get("off_reason") else {})}
+        return {
+            "enabled": bool(settings.get("enabled")),
+            "rows": 0,
+            "share": 0.0,
+            **({"off_reason": settings["off_reason"]} if settings.get("off_reason") else {}),
+        }
     n_task = len(splits["train"])
     wanted = replay_needed(n_task, settings["share"])
     chosen = [{"messages": r["messages"], "meta": r["meta"]} for r in pool[:wanted]]
     train = splits["train"] + chosen
     random.Random(seed).shuffle(train)  # replay rows spread over the whole run, not bunched at its end
     splits["train"] = train
-    return {"enabled": True, "rows": len(chosen), "wanted": wanted, "task_rows": n_task,
-            "share": round(len(chosen) / len(train), 4), "model": settings.get("model", ""),
-            "short_by": wanted - len(chosen)}
+    return {
+        "enabled": True,
+        "rows": len(chosen),
+        "wanted": wanted,
+        "task_rows": n_task,
+        "share": round(len(chosen) / len(train), 4),
+        "model": settings.get("model", ""),
+        "short_by": wanted - len(chosen),
+    }
 
 
 def _label_counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:

@@ -8,14 +8,27 @@ from nbkit.evaluate.evaluator import EvalConfig, evaluate
 from nbkit.evaluate.lineage import evaluate_lineage, lineage_table
 from nbkit.evaluate.ratings import load_ratings, summarize, summary_line
 from nbkit.evaluate.summary import (
-                                    describe_forgetting,
-                                    examples_table,
-                                    forgetting_table,
-                                    format_summary,
-                                    format_warnings,
-                                    summary_table,
+    describe_forgetting,
+    examples_table,
+    forgetting_table,
+    format_summary,
+    format_warnings,
+    summary_table,
 )
 
-__all__ = ["EvalConfig", "compare_runs", "describe_forgetting", "evaluate", "evaluate_lineage", "examples_table",
-           "forgetting_table", "format_summary", "format_warnings", "lineage_table", "load_ratings", "summarize",
-           "summary_line", "summary_table"]
+__all__ = [
+    "EvalConfig",
+    "compare_runs",
+    "describe_forgetting",
+    "evaluate",
+    "evaluate_lineage",
+    "examples_table",
+    "forgetting_table",
+    "format_summary",
+    "format_warnings",
+    "lineage_table",
+    "load_ratings",
+    "summarize",
+    "summary_line",
+    "summary_table",
+]

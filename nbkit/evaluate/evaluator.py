@@ -45,46 +45,73 @@ class EvalConfig(Config):
     run_id: str = field("", "Run to evaluate; empty = the latest run with an adapter.")
     max_examples: int = field(0, "Evaluate only the first N test rows (0 = all).")
     max_new_tokens: int = field(0, "Longest generated answer; 0 = 1.25 x the longest reference + 8.")
-    batch_size: int = field(0, "Prompts generated together (left-padded); 0 = sized to the device (32 on a CPU, "
-                               "16 on a T4, more on larger GPUs).")
-    task_metric: str = field("", "Headline metric; empty = chosen from the references (JSON: exact_match, "
-                                 "labels: macro_f1, free text: rouge_l).")
-    forgetting_probe: bool = field(True, f"Also ask both models {len(FORGETTING_PROBE)} general questions (facts, "
-                                         "sums, short instructions, formatting, refusals) to notice what the "
-                                         "tuned model forgot; takes seconds.")
-    export_formats: list = field([], "After evaluating, export to runs/<run_id>/export/: \"merged\" (the adapter "
-                                     "merged into an unquantized base), \"gguf\" (f16, Q8_0 and, with a quantizer, "
-                                     "Q4_K_M, by llama.cpp's converter, for llama.cpp / LM Studio), \"ollama\" (a "
-                                     "Modelfile for the GGUF); each checked for parity.")
+    batch_size: int = field(
+        0,
+        "Prompts generated together (left-padded); 0 = sized to the device (32 on a CPU, "
+        "16 on a T4, more on larger GPUs).",
+    )
+    task_metric: str = field(
+        "",
+        "Headline metric; empty = chosen from the references (JSON: exact_match, "
+        "labels: macro_f1, free text: rouge_l).",
+    )
+    forgetting_probe: bool = field(
+        True,
+        f"Also ask both models {len(FORGETTING_PROBE)} general questions (facts, "
+        "sums, short instructions, formatting, refusals) to notice what the "
+        "tuned model forgot; takes seconds.",
+    )
+    export_formats: list = field(
+        [],
+        'After evaluating, export to runs/<run_id>/export/: "merged" (the adapter '
+        'merged into an unquantized base), "gguf" (f16, Q8_0 and, with a quantizer, '
+        'Q4_K_M, by llama.cpp\'s converter, for llama.cpp / LM Studio), "ollama" (a '
+        "Modelfile for the GGUF); each checked for parity.",
+    )
 
     def validate(self) -> None:
         for name in ("max_examples", "max_new_tokens"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        self.require(self.batch_size >= 0, "batch_size", f"must be >= 0 (0 = sized to the device), got {self.batch_size}")
+        self.require(
+            self.batch_size >= 0, "batch_size", f"must be >= 0 (0 = sized to the device), got {self.batch_size}"
+        )
         self.require_choice("task_metric", metrics.TASK_METRIC_CHOICES)
         from nbkit.core.workspace import EXPORT_FORMATS
 
-        self.require(isinstance(self.export_formats, (list, tuple)), "export_formats",
-                     f"must be a list like [\"gguf\", \"ollama\"], got {self.export_formats!r}")
+        self.require(
+            isinstance(self.export_formats, (list, tuple)),
+            "export_formats",
+            f'must be a list like ["gguf", "ollama"], got {self.export_formats!r}',
+        )
         for value in self.export_formats:
-            self.require(value in EXPORT_FORMATS, "export_formats",
-                         f"has {value!r}; use any of {', '.join(EXPORT_FORMATS)}")
+            self.require(
+                value in EXPORT_FORMATS, "export_formats", f"has {value!r}; use any of {', '.join(EXPORT_FORMATS)}"
+            )
 
 
-def runaway_summary(answers: dict[str, list[str]], stopped: dict[str, list[bool]], prompts: list[list[dict]],
-                    max_new_tokens: int, k: int = 3) -> dict[str, Any]:
+def runaway_summary(
+    answers: dict[str, list[str]],
+    stopped: dict[str, list[bool]],
+    prompts: list[list[dict]],
+    max_new_tokens: int,
+    k: int = 3,
+) -> dict[str, Any]:
     """Per model: how many answers ran to max_new_tokens without an end-of-turn token, and a few of the tuned
     model's (the symptom of a lost end-of-turn token or a template mismatch)."""
     out: dict[str, Any] = {"max_new_tokens": max_new_tokens}
     for name in answers:
         out[name] = runaway_count(stopped[name])
-    out["examples"] = [{"prompt": p[-1]["content"], "tuned": a}
-                       for p, a, s in zip(prompts, answers.get("tuned", []), stopped.get("tuned", [])) if not s][:k]
+    out["examples"] = [
+        {"prompt": p[-1]["content"], "tuned": a}
+        for p, a, s in zip(prompts, answers.get("tuned", []), stopped.get("tuned", []))
+        if not s
+    ][:k]
     return out
 
 
-def mean_loss(model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, batch_size: int = 16,
-              max_entries: int = 2**26) -> float:
+def mean_loss(
+    model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, batch_size: int = 16, max_entries: int = 2**26
+) -> float:
     """Mean cross-entropy per assistant token (the trained positions), over all rows.
 
     Only the positions that predict an assistant token get logits: rows are left-padded (with position ids
@@ -109,11 +136,20 @@ def mean_loss(model, tokenizer, rows: list[dict[str, Any]], max_seq_len: int, ba
         mask = (torch.arange(width)[None, :] >= padding[:, None]).long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                           position_ids=positions.to(model.device), logits_to_keep=keep, use_cache=False).logits
-        targets = labels[:, width - keep + 1:].to(logits.device)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                                                 targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+            logits = model(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                position_ids=positions.to(model.device),
+                logits_to_keep=keep,
+                use_cache=False,
+            ).logits
+        targets = labels[:, width - keep + 1 :].to(logits.device)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.size(-1)),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
         total += loss.item()
         count += int((targets != IGNORE_INDEX).sum())
         del logits, loss
@@ -191,19 +227,30 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             loss = mean_loss(model, tokenizer, rows, max_seq_len, batch_size, plan.loss_tokens)
             if config.forgetting_probe:
                 # One batch: the questions are short, and one long batch beats several small ones on a CPU.
-                probe[name] = generate(model, tokenizer, probe_conversations(), PROBE_MAX_NEW_TOKENS,
-                                       len(FORGETTING_PROBE))
-        results[name] = {**metrics.score(answers[name], references), "loss": loss,
-                         "perplexity": math.exp(min(loss, 50))}
+                probe[name] = generate(
+                    model, tokenizer, probe_conversations(), PROBE_MAX_NEW_TOKENS, len(FORGETTING_PROBE)
+                )
+        results[name] = {
+            **metrics.score(answers[name], references),
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50)),
+        }
     del models, model, switch
     release_memory()  # both models are done: give their memory back before the report and a merge
 
     task_metric = config.task_metric or metrics.task_metric(references)
     kind = metrics.kind_of(references)
     predictions = [
-        {"prompt": p[-1]["content"], "reference": ref, "base": b, "tuned": t,
-         "base_exact_match": metrics.exact_match(b, ref), "tuned_exact_match": metrics.exact_match(t, ref),
-         "base_score": row_score(b, ref, kind), "tuned_score": row_score(t, ref, kind)}
+        {
+            "prompt": p[-1]["content"],
+            "reference": ref,
+            "base": b,
+            "tuned": t,
+            "base_exact_match": metrics.exact_match(b, ref),
+            "tuned_exact_match": metrics.exact_match(t, ref),
+            "base_score": row_score(b, ref, kind),
+            "tuned_score": row_score(t, ref, kind),
+        }
         for p, ref, b, t in zip(prompts, references, answers["base"], answers["tuned"])
     ]
     eval_dir = ws.run_dir(run_id) / "eval"
@@ -229,8 +276,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     summary["replay"] = manifest.get("replay")
     summary["warnings"] = quality_warnings(summary, manifest)
     report = write_report(summary, predictions, ws.run_dir(run_id))
-    summary["report"] = {"markdown": report.relative_to(ws.root).as_posix(),
-                         "html": report.with_suffix(".html").relative_to(ws.root).as_posix()}
+    summary["report"] = {
+        "markdown": report.relative_to(ws.root).as_posix(),
+        "html": report.with_suffix(".html").relative_to(ws.root).as_posix(),
+    }
     write_json(eval_dir / "summary.json", summary)
     for line in summary["warnings"]:
         print(f"Warning: {line}", flush=True)
@@ -250,13 +299,13 @@ def best_and_worst(predictions: list[dict[str, Any]], k: int = 3) -> dict[str, l
     best = order[:n_best]
     worst = sorted(order[n_best:], key=lambda i: (predictions[i]["tuned_score"], i))[:k]
     keep = ("prompt", "reference", "base", "tuned", "base_score", "tuned_score")
-    return {"best": [{"index": i, **{f: predictions[i][f] for f in keep}} for i in best],
-            "worst": [{"index": i, **{f: predictions[i][f] for f in keep}} for i in worst]}
+    return {
+        "best": [{"index": i, **{f: predictions[i][f] for f in keep}} for i in best],
+        "worst": [{"index": i, **{f: predictions[i][f] for f in keep}} for i in worst],
+    }
 
 
 # -- warnings ---------------------------------------------------------------------------------
 
 
 # -- tables and text for notebooks and the CLI ---------------------------------------------------
-
-

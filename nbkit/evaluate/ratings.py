@@ -61,13 +61,20 @@ def pairs_from_predictions(predictions: Iterable[dict[str, Any]], seed: int = 0)
     pairs = []
     for row, first in zip(rows, tuned_first):
         sides = {"A": "tuned", "B": "base"} if first else {"A": "base", "B": "tuned"}
-        pairs.append({"prompt": row["prompt"], "reference": row.get("reference", ""),
-                      "A": row[sides["A"]], "B": row[sides["B"]], "sides": sides})
+        pairs.append(
+            {
+                "prompt": row["prompt"],
+                "reference": row.get("reference", ""),
+                "A": row[sides["A"]],
+                "B": row[sides["B"]],
+                "sides": sides,
+            }
+        )
     return pairs
 
 
 def winner_of(pair: dict[str, Any], choice: str) -> str:
-    """"base", "tuned" or "tie" for a choice of "A", "B" or "tie"."""
+    """ "base", "tuned" or "tie" for a choice of "A", "B" or "tie"."""
     if choice not in CHOICES:
         raise ConfigError(f"`choice` must be one of {CHOICES}, got {choice!r}.")
     return "tie" if choice == "tie" else pair["sides"][choice]
@@ -75,8 +82,12 @@ def winner_of(pair: dict[str, Any], choice: str) -> str:
 
 def save_rating(run_dir: str | Path, pair: dict[str, Any], choice: str) -> dict[str, Any]:
     """Append one verdict to RUN_DIR/eval/ratings.jsonl and return the record written."""
-    record = {"prompt": pair["prompt"], "choice": choice, "winner": winner_of(pair, choice),
-              "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "prompt": pair["prompt"],
+        "choice": choice,
+        "winner": winner_of(pair, choice),
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     append_jsonl(ratings_path(run_dir), record)
     return record
 
@@ -113,14 +124,23 @@ def summarize(ratings: Iterable[dict[str, Any]]) -> dict[str, Any]:
     tuned, base, ties = winners.count("tuned"), winners.count("base"), winners.count("tie")
     score = tuned + 0.5 * ties
     low, high = wilson_interval(score, n)
-    return {"n": n, "tuned_wins": tuned, "base_wins": base, "ties": ties,
-            "win_rate": score / n if n else None, "ci_low": low, "ci_high": high}
+    return {
+        "n": n,
+        "tuned_wins": tuned,
+        "base_wins": base,
+        "ties": ties,
+        "win_rate": score / n if n else None,
+        "ci_low": low,
+        "ci_high": high,
+    }
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """"tuned wins 62% (95% CI 41–79%) over 13 ratings" — ties count as half a win."""
+    """ "tuned wins 62% (95% CI 41–79%) over 13 ratings" — ties count as half a win."""
     n = summary["n"]
     if not n:
         return "no ratings yet"
-    return (f"tuned wins {summary['win_rate']:.0%} (95% CI {summary['ci_low'] * 100:.0f}–"
-            f"{summary['ci_high'] * 100:.0f}%) over {n} rating{'s' if n != 1 else ''}")
+    return (
+        f"tuned wins {summary['win_rate']:.0%} (95% CI {summary['ci_low'] * 100:.0f}–"
+        f"{summary['ci_high'] * 100:.0f}%) over {n} rating{'s' if n != 1 else ''}"
+    )

@@ -25,13 +25,16 @@ def quality_warnings(summary: dict[str, Any], manifest: dict[str, Any]) -> list[
     tuned = summary.get("tuned", {}).get(metric)
     leaked = {k: int(v) for k, v in (manifest.get("leakage") or {}).items() if v}
     if metric != "perplexity" and tuned is not None and tuned >= TOO_GOOD and leaked:
-        counts = " and ".join(f"{n} {key.removeprefix('train_')} row{'s' if n != 1 else ''}"
-                              for key, n in sorted(leaked.items(), key=lambda kv: kv[0] != "train_test"))
+        counts = " and ".join(
+            f"{n} {key.removeprefix('train_')} row{'s' if n != 1 else ''}"
+            for key, n in sorted(leaked.items(), key=lambda kv: kv[0] != "train_test")
+        )
         found.append(
             f"The tuned model scores {tuned:.2f} {metric}, which is too good to take at face value: {counts} "
             f"(nearly) copy a training row (data/splits/manifest.json), so part of the score may be memorized "
             f"answers. Fix: re-run 03_split with drop_leaked = True (or 02_format with drop_near_duplicates = True), "
-            f"then train and evaluate again.")
+            f"then train and evaluate again."
+        )
     runaway = summary.get("runaway") or {}
     if runaway.get("tuned", 0) > runaway.get("base", 0):
         found.append(
@@ -39,24 +42,31 @@ def quality_warnings(summary: dict[str, Any], manifest: dict[str, Any]) -> list[
             f"token on {runaway['tuned']} of {summary.get('n_test', 0)} test prompts, the base model on "
             f"{runaway['base']}: it may not have learned to stop. Likely causes: the end-of-turn token is not "
             f"trained (answers_without_end_of_turn in 02's format report), answers cut by max_seq_len "
-            f"(answers_cut_by_max_seq_len), or a chat template that differs between training and use.")
+            f"(answers_cut_by_max_seq_len), or a chat template that differs between training and use."
+        )
     forgetting = summary.get("forgetting")
     if forgetting and kept_share(forgetting) < KEPT_ENOUGH:
         replay = summary.get("replay") or {}
-        more = (f"raise replay_share in 02_format (now {replay['share']:.0%} of training)" if replay.get("rows")
-                else "mix in your own general examples: the replay guard turned itself off, since the base model "
-                     "answers no general prompt by itself (a base model)" if replay.get("off_reason")
-                else "turn the replay guard on in 02_format (replay_guard = True)")
+        more = (
+            f"raise replay_share in 02_format (now {replay['share']:.0%} of training)"
+            if replay.get("rows")
+            else "mix in your own general examples: the replay guard turned itself off, since the base model "
+            "answers no general prompt by itself (a base model)"
+            if replay.get("off_reason")
+            else "turn the replay guard on in 02_format (replay_guard = True)"
+        )
         found.append(
             f"The tuned model forgot general skills: it {forgetting['reading'].split(' — ')[0]}. Train fewer steps, "
-            f"lower the learning rate or lora_r in 04_train, or {more}; then train and evaluate again.")
+            f"lower the learning rate or lora_r in 04_train, or {more}; then train and evaluate again."
+        )
     n = int(summary.get("n_test", 0))
     if n < FEW_ROWS:
         step = 100 / n if n else 100
         found.append(
             f"Only {n} test row{'s' if n != 1 else ''} scored: scores on few rows are noisy (one row moves "
             f"{metric or 'the score'} by {step:.0f} points). Use at least {FEW_ROWS} rows (max_examples = 0, or a "
-            f"larger test_fraction in 03_split) before drawing conclusions.")
+            f"larger test_fraction in 03_split) before drawing conclusions."
+        )
     return found
 
 
@@ -72,8 +82,11 @@ def examples_table(summary: dict[str, Any]):
     """Best and worst test rows (by the tuned model's per-row score) as one DataFrame."""
     import pandas as pd
 
-    rows = [{"group": group, **example} for group in ("best", "worst")
-            for example in (summary.get("examples") or {}).get(group, [])]
+    rows = [
+        {"group": group, **example}
+        for group in ("best", "worst")
+        for example in (summary.get("examples") or {}).get(group, [])
+    ]
     columns = ["group", "index", "tuned_score", "base_score", "prompt", "reference", "tuned", "base"]
     return pd.DataFrame(rows, columns=columns).round(3)
 
@@ -84,12 +97,15 @@ def describe_forgetting(summary: dict[str, Any]) -> str:
     if not forgetting:
         return "Forgetting probe: not run (forgetting_probe = False)."
     metric = summary["task_metric"]
-    guard = (f"replay guard on ({replay['rows']} replay rows, {replay['share']:.0%} of training)" if replay.get("rows")
-             else "replay guard off: the base model answers no general prompt" if replay.get("off_reason")
-             else "replay guard off")
+    guard = (
+        f"replay guard on ({replay['rows']} replay rows, {replay['share']:.0%} of training)"
+        if replay.get("rows")
+        else "replay guard off: the base model answers no general prompt"
+        if replay.get("off_reason")
+        else "replay guard off"
+    )
     scores = f"{summary['base'].get(metric, float('nan')):.3f} -> {summary['tuned'].get(metric, float('nan')):.3f}"
-    return (f"Task: {metric} {scores}. "
-            f"General answers: the tuned model {forgetting['reading']} ({guard}).")
+    return f"Task: {metric} {scores}. General answers: the tuned model {forgetting['reading']} ({guard})."
 
 
 def forgetting_table(summary: dict[str, Any]):
@@ -106,8 +122,9 @@ def summary_table(summary: dict[str, Any]):
     import pandas as pd
 
     names = [k for k in summary["base"] if k != "loss"]
-    frame = pd.DataFrame({"base": [summary["base"][k] for k in names], "tuned": [summary["tuned"][k] for k in names]},
-                         index=names)
+    frame = pd.DataFrame(
+        {"base": [summary["base"][k] for k in names], "tuned": [summary["tuned"][k] for k in names]}, index=names
+    )
     frame["change"] = frame["tuned"] - frame["base"]
     return frame.round(4)
 
@@ -120,11 +137,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {key:<15} base {base:8.3f}   tuned {tuned:8.3f}")
     forgetting = summary.get("forgetting")
     if forgetting:
-        lines.append(f"  {'forgetting probe':<15} base {forgetting['base']:8.3f}   tuned {forgetting['tuned']:8.3f}"
-                     f"   ({forgetting['reading']})")
+        lines.append(
+            f"  {'forgetting probe':<15} base {forgetting['base']:8.3f}   tuned {forgetting['tuned']:8.3f}"
+            f"   ({forgetting['reading']})"
+        )
     runaway = summary.get("runaway")
     if runaway:
-        lines.append(f"  {'runaway answers':<15} base {runaway['base']:8d}   tuned {runaway['tuned']:8d}"
-                     f"   (ran to {runaway['max_new_tokens']} tokens without the end-of-turn token)")
+        lines.append(
+            f"  {'runaway answers':<15} base {runaway['base']:8d}   tuned {runaway['tuned']:8d}"
+            f"   (ran to {runaway['max_new_tokens']} tokens without the end-of-turn token)"
+        )
     lines += [f"  warning: {w}" for w in summary.get("warnings") or []]
     return "\n".join(lines)

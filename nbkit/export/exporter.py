@@ -50,8 +50,9 @@ def export_if_requested(config, summary: dict[str, Any]) -> dict[str, Any] | Non
     return export_run(config.workspace, summary["run_id"], config.export_formats)
 
 
-def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] = ("merged",),
-               n_prompts: int = PARITY_PROMPTS) -> dict[str, Any]:
+def export_run(
+    workspace: str | Path, run_id: str = "", formats: Iterable[str] = ("merged",), n_prompts: int = PARITY_PROMPTS
+) -> dict[str, Any]:
     """Export a run to runs/<run_id>/export/ in `formats` (EXPORT_FORMATS: "gguf" needs the merged model,
     "ollama" the GGUF), checking each export against the evaluated model; writes and returns parity.json's
     record: {"run_id", "formats", "merged": {...}, "gguf": {type: {...}}, "ollama": {...}}.
@@ -71,22 +72,33 @@ def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] =
     # Written last: an export killed part-way has none, so nothing reads its files as checked.
     (out / "parity.json").unlink(missing_ok=True)
     merged = merge_adapter(ws.root, run_id, out / "merged", n_prompts)
-    record: dict[str, Any] = {"run_id": run_id, "formats": formats,
-                              "merged": {k: v for k, v in merged.items() if k not in ("answers", "conversations")}}
+    record: dict[str, Any] = {
+        "run_id": run_id,
+        "formats": formats,
+        "merged": {k: v for k, v in merged.items() if k not in ("answers", "conversations")},
+    }
     if "answers" in merged:  # what the exports are compared with, for other runtimes too (llama.cpp, Ollama)
-        record["merged"]["answers"] = [{"messages": c, "answer": a}
-                                       for c, a in zip(merged["conversations"], merged["answers"])]
+        record["merged"]["answers"] = [
+            {"messages": c, "answer": a} for c, a in zip(merged["conversations"], merged["answers"])
+        ]
     if "gguf" in formats:
         record["gguf"] = export_ggufs(ws, run, run_id, Path(merged["path"]), merged, n_prompts)
     if "ollama" in formats and "refused" not in record.get("gguf", {}):
         q4 = record["gguf"][QUANTIZED]
         # No Q4_K_M file here: Ollama quantizes the f16 one when it creates the model.
-        gguf_name, quantize = (Path(q4["path"]).name, None) if q4["written"] else \
-            (f"{run_id}-f16.gguf", OLLAMA_QUANTIZE)
+        gguf_name, quantize = (
+            (Path(q4["path"]).name, None) if q4["written"] else (f"{run_id}-f16.gguf", OLLAMA_QUANTIZE)
+        )
         try:
-            record["ollama"] = write_modelfile(out, gguf_name, run_tokenizer(run), merged["path"],
-                                               ws.read_split("train"),
-                                               name=f"nbkit-{run_id}".lower(), quantize=quantize)
+            record["ollama"] = write_modelfile(
+                out,
+                gguf_name,
+                run_tokenizer(run),
+                merged["path"],
+                ws.read_split("train"),
+                name=f"nbkit-{run_id}".lower(),
+                quantize=quantize,
+            )
             print("Ollama: " + " && ".join(record["ollama"]["commands"]), flush=True)
         except OllamaError as err:
             record["ollama"] = {"refused": str(err)}
@@ -95,8 +107,9 @@ def export_run(workspace: str | Path, run_id: str = "", formats: Iterable[str] =
     return record
 
 
-def export_ggufs(ws: Workspace, run: dict[str, Any], run_id: str, model_dir: Path, merged: dict[str, Any],
-                 n_prompts: int) -> dict[str, Any]:
+def export_ggufs(
+    ws: Workspace, run: dict[str, Any], run_id: str, model_dir: Path, merged: dict[str, Any], n_prompts: int
+) -> dict[str, Any]:
     """The GGUF files of a run, each read back and checked: f16 and Q8_0 by llama.cpp's converter, Q4_K_M by its
     quantizer where llama-cpp-python is installed (else an entry saying Ollama quantizes the f16 file). {"refused":
     why} when the converter cannot take the model or fails."""
@@ -117,8 +130,11 @@ def export_ggufs(ws: Workspace, run: dict[str, Any], run_id: str, model_dir: Pat
     try:
         for kind in GGUF_TYPES:
             entries[kind] = export_gguf(model_dir, out / f"{run_id}-{kind}.gguf", kind, merged)
-        entries[QUANTIZED] = export_gguf(model_dir, out / f"{run_id}-{QUANTIZED}.gguf", QUANTIZED, merged, f16) \
-            if quantizer_available() else quantized_by_ollama(f16)
+        entries[QUANTIZED] = (
+            export_gguf(model_dir, out / f"{run_id}-{QUANTIZED}.gguf", QUANTIZED, merged, f16)
+            if quantizer_available()
+            else quantized_by_ollama(f16)
+        )
     except ExportError as err:
         warnings.warn(f"No GGUF export for run {run_id}: {err}", stacklevel=3)
         return {"refused": str(err)}
@@ -132,8 +148,10 @@ def describe_export(record: dict[str, Any] | None) -> str:
     merged = record["merged"]
     lines = [f"Exported run {record['run_id']} ({', '.join(record['formats'])}):"]
     if merged.get("merged"):
-        lines.append(f"  merged model: {merged['path']} — {merged['identical']} of {merged['prompts']} greedy answers "
-                     f"identical to the evaluated {merged['compared_with']} (tolerance {merged['tolerance']:.0%})")
+        lines.append(
+            f"  merged model: {merged['path']} — {merged['identical']} of {merged['prompts']} greedy answers "
+            f"identical to the evaluated {merged['compared_with']} (tolerance {merged['tolerance']:.0%})"
+        )
     else:
         lines.append(f"  model: {merged['path']} (fully fine-tuned: nothing to merge)")
     gguf = record.get("gguf") or {}
@@ -141,20 +159,26 @@ def describe_export(record: dict[str, Any] | None) -> str:
         lines.append(f"  GGUF: not written — {gguf['refused']}")
     for kind, entry in gguf.items() if "refused" not in gguf else ():
         if not entry["written"]:
-            lines.append(f"  {kind}: not written here — {entry['reason']} (`{entry['quantize_with']}` from "
-                         f"{Path(entry['from']).name}; not checked for parity here)")
+            lines.append(
+                f"  {kind}: not written here — {entry['reason']} (`{entry['quantize_with']}` from "
+                f"{Path(entry['from']).name}; not checked for parity here)"
+            )
             continue
         verdict = "within" if entry["within_tolerance"] else "OUTSIDE"
-        lines.append(f"  {Path(entry['path']).name}: {entry['bytes'] / 2**20:.0f} MiB, {entry['identical']} of "
-                     f"{entry['prompts']} answers identical to the merged model ({verdict} {entry['tolerance']:.0%}), "
-                     f"{entry['runaway']} runaway, end-of-turn {entry['end_of_turn']}"
-                     f"{'' if entry['tokens_identical'] else ', tokenizes DIFFERENTLY'}")
+        lines.append(
+            f"  {Path(entry['path']).name}: {entry['bytes'] / 2**20:.0f} MiB, {entry['identical']} of "
+            f"{entry['prompts']} answers identical to the merged model ({verdict} {entry['tolerance']:.0%}), "
+            f"{entry['runaway']} runaway, end-of-turn {entry['end_of_turn']}"
+            f"{'' if entry['tokens_identical'] else ', tokenizes DIFFERENTLY'}"
+        )
     ollama = record.get("ollama")
     if ollama and "refused" in ollama:
         lines.append(f"  Ollama: no Modelfile — {ollama['refused']}")
     elif ollama:
-        lines.append(f"  Ollama: {ollama['path']} (stop {', '.join(ollama['stop'])}; system prompt "
-                     f"{'from the data' if ollama['system'] else 'the template default'}). Run it with:")
+        lines.append(
+            f"  Ollama: {ollama['path']} (stop {', '.join(ollama['stop'])}; system prompt "
+            f"{'from the data' if ollama['system'] else 'the template default'}). Run it with:"
+        )
         lines += [f"    {command}" for command in ollama["commands"]]
     return "\n".join(lines)
 
@@ -164,8 +188,10 @@ def normalized_formats(formats: Iterable[str]) -> list[str]:
     wanted = set(formats)
     unknown = sorted(wanted - set(EXPORT_FORMATS))
     if unknown:
-        raise ConfigError(f"`export_formats` has {unknown[0]!r}; use any of {', '.join(EXPORT_FORMATS)}, "
-                          'e.g. export_formats = ["gguf", "ollama"].')
+        raise ConfigError(
+            f"`export_formats` has {unknown[0]!r}; use any of {', '.join(EXPORT_FORMATS)}, "
+            'e.g. export_formats = ["gguf", "ollama"].'
+        )
     if "ollama" in wanted:
         wanted.add("gguf")
     if wanted:
@@ -184,8 +210,9 @@ def reference_answers(ws: Workspace, run: dict[str, Any], model_dir: Path, n_pro
     return {"answers": answers, "conversations": prompts, "max_new_tokens": max_new}
 
 
-def export_gguf(model_dir: Path, path: Path, gguf_type: str, merged: dict[str, Any],
-                f16: Path | None = None) -> dict[str, Any]:
+def export_gguf(
+    model_dir: Path, path: Path, gguf_type: str, merged: dict[str, Any], f16: Path | None = None
+) -> dict[str, Any]:
     """Write one GGUF file (Q4_K_M: quantized from the `f16` file) and read it back from the file alone through
     transformers' GGUF loader: its greedy answers against the merged model's, its runaway answers, its chat
     template and end of turn, and whether it tokenizes the conversations (answers included) as the merged
@@ -195,48 +222,82 @@ def export_gguf(model_dir: Path, path: Path, gguf_type: str, merged: dict[str, A
     from nbkit.export.gguf import read_back, write_gguf, write_q4_k_m
     from nbkit.model.chat_templates import end_of_turn, end_of_turn_token_id
 
-    print(f"Writing {path.name} with llama.cpp's {'quantizer' if gguf_type == QUANTIZED else 'converter'} (its log: "
-          f"{path.with_suffix('.log').name})...", flush=True)
+    print(
+        f"Writing {path.name} with llama.cpp's {'quantizer' if gguf_type == QUANTIZED else 'converter'} (its log: "
+        f"{path.with_suffix('.log').name})...",
+        flush=True,
+    )
     written = write_q4_k_m(f16, path) if gguf_type == QUANTIZED else write_gguf(model_dir, path, gguf_type)
-    print(f"Wrote {path.name} ({written['bytes'] / 2**20:.0f} MiB in {written['seconds']:.0f} s); reading it back to "
-          "check parity...", flush=True)
+    print(
+        f"Wrote {path.name} ({written['bytes'] / 2**20:.0f} MiB in {written['seconds']:.0f} s); reading it back to "
+        "check parity...",
+        flush=True,
+    )
     with quiet_library_notices():
         tokenizer, model = read_back(path)
         answers, stops = generate_with_stops(model, tokenizer, merged["conversations"], merged["max_new_tokens"])
         del model
         release_memory()
     reference = AutoTokenizer.from_pretrained(model_dir)  # what training and the merged model's answers used
-    texts = [reference.apply_chat_template([*c, {"role": "assistant", "content": a}], tokenize=False)
-             for c, a in zip(merged["conversations"], merged["answers"])]
-    same_tokens = all(reference.encode(t, add_special_tokens=False) == tokenizer.encode(t, add_special_tokens=False)
-                      for t in texts)
-    mismatches = [{"prompt": c[-1]["content"], "merged": m, "gguf": g}
-                  for c, m, g in zip(merged["conversations"], merged["answers"], answers) if m != g]
+    texts = [
+        reference.apply_chat_template([*c, {"role": "assistant", "content": a}], tokenize=False)
+        for c, a in zip(merged["conversations"], merged["answers"])
+    ]
+    same_tokens = all(
+        reference.encode(t, add_special_tokens=False) == tokenizer.encode(t, add_special_tokens=False) for t in texts
+    )
+    mismatches = [
+        {"prompt": c[-1]["content"], "merged": m, "gguf": g}
+        for c, m, g in zip(merged["conversations"], merged["answers"], answers)
+        if m != g
+    ]
     n = len(answers)
     agreement = (n - len(mismatches)) / max(n, 1)
     tolerance = GGUF_TOLERANCE[gguf_type]
     turn_end = end_of_turn(tokenizer) if tokenizer.chat_template else None
-    result = {**written, "written": True, "prompts": n, "identical": n - len(mismatches),
-              "agreement": round(agreement, 3), "tolerance": tolerance, "within_tolerance": agreement >= tolerance,
-              "compared_with": "merged model", "read_with": "transformers (GGUF loader)",
-              "chat_template_in_file": tokenizer.chat_template is not None, "end_of_turn": turn_end,
-              "end_of_turn_in_vocab": bool(turn_end) and end_of_turn_token_id(tokenizer) is not None,
-              "tokens_identical": same_tokens, "runaway": runaway_count(stops), "mismatches": mismatches}
+    result = {
+        **written,
+        "written": True,
+        "prompts": n,
+        "identical": n - len(mismatches),
+        "agreement": round(agreement, 3),
+        "tolerance": tolerance,
+        "within_tolerance": agreement >= tolerance,
+        "compared_with": "merged model",
+        "read_with": "transformers (GGUF loader)",
+        "chat_template_in_file": tokenizer.chat_template is not None,
+        "end_of_turn": turn_end,
+        "end_of_turn_in_vocab": bool(turn_end) and end_of_turn_token_id(tokenizer) is not None,
+        "tokens_identical": same_tokens,
+        "runaway": runaway_count(stops),
+        "mismatches": mismatches,
+    }
     verdict = "within" if result["within_tolerance"] else "OUTSIDE"
-    print(f"Parity {gguf_type}: {result['identical']} of {n} greedy answers identical to the merged model ({verdict} "
-          f"the tolerance of {tolerance:.0%}); {result['runaway']} ran to the length limit without {turn_end}.",
-          flush=True)
+    print(
+        f"Parity {gguf_type}: {result['identical']} of {n} greedy answers identical to the merged model ({verdict} "
+        f"the tolerance of {tolerance:.0%}); {result['runaway']} ran to the length limit without {turn_end}.",
+        flush=True,
+    )
     expected = end_of_turn(reference)
-    if not result["within_tolerance"] or not result["chat_template_in_file"] or not same_tokens \
-            or turn_end != expected or (expected and not result["end_of_turn_in_vocab"]):
-        warnings.warn(f"{path} answers differently from the merged model on {len(mismatches)} of {n} prompts "
-                      f"(tolerance {tolerance:.0%}), or tokenizes differently (identical: {same_tokens}), or lacks "
-                      f"its chat template or end of turn {expected!r} (found {turn_end!r}): do not ship it before "
-                      "checking parity.json.", stacklevel=2)
+    if (
+        not result["within_tolerance"]
+        or not result["chat_template_in_file"]
+        or not same_tokens
+        or turn_end != expected
+        or (expected and not result["end_of_turn_in_vocab"])
+    ):
+        warnings.warn(
+            f"{path} answers differently from the merged model on {len(mismatches)} of {n} prompts "
+            f"(tolerance {tolerance:.0%}), or tokenizes differently (identical: {same_tokens}), or lacks "
+            f"its chat template or end of turn {expected!r} (found {turn_end!r}): do not ship it before "
+            "checking parity.json.",
+            stacklevel=2,
+        )
     return result
 
 
 # -- Hub upload ---------------------------------------------------------------------------------
+
 
 def push_to_hub(path: str | Path, repo_id: str, *, private: bool = True, token: str | None = None) -> str:
     """Upload a merged model (or an adapter) folder to the Hugging Face Hub; return the repo URL.
@@ -246,18 +307,25 @@ def push_to_hub(path: str | Path, repo_id: str, *, private: bool = True, token: 
     """
     path = Path(path)
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        raise NbkitError(f"{path} holds no model (no config.json or adapter_config.json) — pass the merged/ "
-                         "folder that merge_adapter wrote, or a run's adapter/ folder.")
+        raise NbkitError(
+            f"{path} holds no model (no config.json or adapter_config.json) — pass the merged/ "
+            "folder that merge_adapter wrote, or a run's adapter/ folder."
+        )
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"`repo_id` must look like 'user-or-org/model-name', got {repo_id!r}.")
     if hub_offline(("HF_HUB_OFFLINE",)):
-        raise NbkitError("cannot push to the Hub: HF_HUB_OFFLINE is set (offline mode) — unset it on a machine "
-                         "with internet and log in with `hf auth login`; the model stays in " f"{path}.")
+        raise NbkitError(
+            "cannot push to the Hub: HF_HUB_OFFLINE is set (offline mode) — unset it on a machine "
+            "with internet and log in with `hf auth login`; the model stays in "
+            f"{path}."
+        )
     endpoint = hub_endpoint()
     problem = hub_unreachable(endpoint)
     if problem:
-        raise NbkitError(f"cannot push to the Hub: {endpoint} is unreachable ({problem}) — check the network "
-                         f"connection and try again; the model stays in {path}.")
+        raise NbkitError(
+            f"cannot push to the Hub: {endpoint} is unreachable ({problem}) — check the network "
+            f"connection and try again; the model stays in {path}."
+        )
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -265,6 +333,8 @@ def push_to_hub(path: str | Path, repo_id: str, *, private: bool = True, token: 
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=str(path), repo_id=repo_id, commit_message="Upload model trained with nbkit")
     except Exception as err:  # authentication, permissions, HTTP errors: one clear line instead of a traceback
-        raise NbkitError(f"pushing {path} to {repo_id} failed ({type(err).__name__}: {err}) — log in with "
-                         "`hf auth login` (a token with write access) and check the repo name.") from err
+        raise NbkitError(
+            f"pushing {path} to {repo_id} failed ({type(err).__name__}: {err}) — log in with "
+            "`hf auth login` (a token with write access) and check the repo name."
+        ) from err
     return str(url)

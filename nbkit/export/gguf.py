@@ -63,12 +63,12 @@ import ctypes, sys
 import llama_cpp
 llama_cpp.llama_backend_init()
 params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_Q4_K_M", %d)
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_Q4_K_M", @FTYPE@)
 params.nthread = int(sys.argv[3])
 code = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params))
 print(f"llama_model_quantize returned {code}", flush=True)
 sys.exit(0 if code == 0 else 1)
-""" % LLAMA_FTYPE_MOSTLY_Q4_K_M  # noqa: UP031 — the script has braces of its own (an f-string)
+""".replace("@FTYPE@", str(LLAMA_FTYPE_MOSTLY_Q4_K_M))
 
 
 def converter_problem() -> str | None:
@@ -80,25 +80,35 @@ def converter_problem() -> str | None:
     except metadata.PackageNotFoundError:
         return f"llama.cpp's converter is not installed — run `pip install {CONVERTER}=={CONVERTER_VERSION}`"
     if dist.version != CONVERTER_VERSION:
-        return (f"{CONVERTER} {dist.version} is installed; nbkit is checked with {CONVERTER_VERSION} — run "
-                f"`{FIX_COMMAND}`")
+        return (
+            f"{CONVERTER} {dist.version} is installed; nbkit is checked with {CONVERTER_VERSION} — run `{FIX_COMMAND}`"
+        )
     try:
         gguf_version = metadata.version("gguf")
     except metadata.PackageNotFoundError:
-        return ("the `gguf` distribution is missing, and transformers' GGUF loader (which reads the files back) "
-                f"checks its version — run `pip install 'gguf>=0.10'` and then `{FIX_COMMAND}`")
+        return (
+            "the `gguf` distribution is missing, and transformers' GGUF loader (which reads the files back) "
+            f"checks its version — run `pip install 'gguf>=0.10'` and then `{FIX_COMMAND}`"
+        )
     for package in ("gguf", "conversion"):
         spec = importlib.util.find_spec(package)
         expected = Path(dist.locate_file(package)).resolve()
         if spec is None or spec.origin is None or Path(spec.origin).resolve().parent != expected:
-            return (f"`import {package}` finds {spec.origin if spec else 'nothing'}, not the converter's copy in "
-                    f"{expected} — run `{FIX_COMMAND}` (and rename any local {package}.py)")
-    stale = [str(f) for f in dist.files or () if f.parts[0] == "gguf" and f.hash
-             and _record_digest(Path(dist.locate_file(f))) != f.hash.value]
+            return (
+                f"`import {package}` finds {spec.origin if spec else 'nothing'}, not the converter's copy in "
+                f"{expected} — run `{FIX_COMMAND}` (and rename any local {package}.py)"
+            )
+    stale = [
+        str(f)
+        for f in dist.files or ()
+        if f.parts[0] == "gguf" and f.hash and _record_digest(Path(dist.locate_file(f))) != f.hash.value
+    ]
     if stale:
-        return (f"the gguf package's files ({', '.join(stale[:3])}) are not the converter's: installing `gguf` "
-                f"{gguf_version} after it overwrote them (both write site-packages/gguf/) — run `{FIX_COMMAND}`, then "
-                "restart the kernel")
+        return (
+            f"the gguf package's files ({', '.join(stale[:3])}) are not the converter's: installing `gguf` "
+            f"{gguf_version} after it overwrote them (both write site-packages/gguf/) — run `{FIX_COMMAND}`, then "
+            "restart the kernel"
+        )
     return None
 
 
@@ -135,20 +145,31 @@ def gguf_problem(model_dir: str | Path) -> str | None:
 
         architecture = get_model_architecture(ModelBase.load_hparams(model_dir, False), ModelType.TEXT)
     except Exception as err:  # no config.json, or a converter that does not import (a stale gguf in this kernel)
-        return (f"llama.cpp's converter cannot read {model_dir} ({type(err).__name__}: {err}) — check the folder; "
-                f"if it is the merged model, run `{FIX_COMMAND}` and restart the kernel")
+        return (
+            f"llama.cpp's converter cannot read {model_dir} ({type(err).__name__}: {err}) — check the folder; "
+            f"if it is the merged model, run `{FIX_COMMAND}` and restart the kernel"
+        )
     try:
         model_class = get_model_class(architecture)
     except NotImplementedError:
-        return (f"llama.cpp's converter ({CONVERTER} {CONVERTER_VERSION}) has no {architecture}, so llama.cpp, "
-                "Ollama and LM Studio cannot run it — export 'merged' only")
+        return (
+            f"llama.cpp's converter ({CONVERTER} {CONVERTER_VERSION}) has no {architecture}, so llama.cpp, "
+            "Ollama and LM Studio cannot run it — export 'merged' only"
+        )
     except Exception as err:
-        return (f"llama.cpp's converter for {architecture} does not load ({type(err).__name__}: {err}) — run "
-                f"`{FIX_COMMAND}`")
-    if sentencepiece_tokenizer(model_dir) and not (model_dir / "tokenizer.model").is_file() \
-            and not issubclass(model_class, LlamaModel):
-        return (f"the tokenizer is SentencePiece-based but {model_dir} has no tokenizer.model, which llama.cpp's "
-                f"{architecture} converter reads it from — copy tokenizer.model from the base model's folder there")
+        return (
+            f"llama.cpp's converter for {architecture} does not load ({type(err).__name__}: {err}) — run "
+            f"`{FIX_COMMAND}`"
+        )
+    if (
+        sentencepiece_tokenizer(model_dir)
+        and not (model_dir / "tokenizer.model").is_file()
+        and not issubclass(model_class, LlamaModel)
+    ):
+        return (
+            f"the tokenizer is SentencePiece-based but {model_dir} has no tokenizer.model, which llama.cpp's "
+            f"{architecture} converter reads it from — copy tokenizer.model from the base model's folder there"
+        )
     return None
 
 
@@ -167,8 +188,12 @@ def add_sentencepiece_file(model_dir: str | Path, base_model: str) -> str | None
     from transformers.utils import cached_file
 
     try:
-        found = cached_file(resolve_model(base_model), "tokenizer.model", _raise_exceptions_for_missing_entries=False,
-                            _raise_exceptions_for_connection_errors=False)
+        found = cached_file(
+            resolve_model(base_model),
+            "tokenizer.model",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
     except Exception:  # offline and not cached, or a folder without it: the converter's check says what is missing
         found = None
     if not found:
@@ -203,8 +228,9 @@ def sentencepiece_from_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path 
     proto.normalizer_spec.escape_whitespaces = True
     proto.normalizer_spec.remove_extra_whitespaces = False
     kinds = spm.ModelProto.SentencePiece
-    for i, (token, score, kind) in enumerate(zip(value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"),
-                                                 value("tokenizer.ggml.token_type"))):
+    for i, (token, score, kind) in enumerate(
+        zip(value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores"), value("tokenizer.ggml.token_type"))
+    ):
         piece = proto.pieces.add()
         piece.piece, piece.score = token, score
         piece.type = kinds.UNKNOWN if i == unknown else kinds.UNUSED if kind == kinds.UNKNOWN else kind
@@ -224,11 +250,24 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, gguf_type: str = "f1
     problem = gguf_problem(model_dir)
     if problem:
         raise ExportError(f"{model_dir} cannot be exported to GGUF: {problem}.")
-    command = [sys.executable, "-m", "convert_hf_to_gguf", str(model_dir.resolve()), "--outtype", gguf_type,
-               "--outfile", "{out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "convert_hf_to_gguf",
+        str(model_dir.resolve()),
+        "--outtype",
+        gguf_type,
+        "--outfile",
+        "{out}",
+    ]
     # The converter reads a local folder: offline, it never waits on the Hub.
-    return _run_writer(command, out_path, gguf_type, f"llama.cpp's converter ({CONVERTER} {CONVERTER_VERSION})",
-                       {"HF_HUB_OFFLINE": "1"})
+    return _run_writer(
+        command,
+        out_path,
+        gguf_type,
+        f"llama.cpp's converter ({CONVERTER} {CONVERTER_VERSION})",
+        {"HF_HUB_OFFLINE": "1"},
+    )
 
 
 def quantizer_available() -> bool:
@@ -240,8 +279,10 @@ def write_q4_k_m(f16_path: str | Path, out_path: str | Path) -> dict[str, Any]:
     """Quantize an f16 GGUF to Q4_K_M with llama.cpp's quantizer (llama-cpp-python's `llama_model_quantize`), in a
     subprocess; returns the same record as write_gguf. ExportError when llama-cpp-python is missing or it fails."""
     if not quantizer_available():
-        raise ExportError("Q4_K_M needs llama.cpp's quantizer: `pip install llama-cpp-python` (compiles llama.cpp), "
-                          f"or let Ollama quantize the f16 file (`ollama create --quantize {OLLAMA_QUANTIZE}`).")
+        raise ExportError(
+            "Q4_K_M needs llama.cpp's quantizer: `pip install llama-cpp-python` (compiles llama.cpp), "
+            f"or let Ollama quantize the f16 file (`ollama create --quantize {OLLAMA_QUANTIZE}`)."
+        )
     threads = str(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
     command = [sys.executable, "-c", QUANTIZE_SCRIPT, str(Path(f16_path).resolve()), "{out}", threads]
     return _run_writer(command, Path(out_path), QUANTIZED, "llama.cpp's quantizer (llama-cpp-python)", {})
@@ -249,14 +290,17 @@ def write_q4_k_m(f16_path: str | Path, out_path: str | Path) -> dict[str, Any]:
 
 def quantized_by_ollama(f16_path: str | Path) -> dict[str, Any]:
     """The record of a Q4_K_M file not written here (no quantizer): Ollama quantizes the f16 file on create."""
-    return {"type": QUANTIZED, "written": False, "from": str(f16_path),
-            "quantize_with": f"ollama create --quantize {OLLAMA_QUANTIZE}",
-            "reason": "llama.cpp's quantizer (llama-cpp-python) is not installed here, so Ollama quantizes the f16 "
-                      "file when it creates the model"}
+    return {
+        "type": QUANTIZED,
+        "written": False,
+        "from": str(f16_path),
+        "quantize_with": f"ollama create --quantize {OLLAMA_QUANTIZE}",
+        "reason": "llama.cpp's quantizer (llama-cpp-python) is not installed here, so Ollama quantizes the f16 "
+        "file when it creates the model",
+    }
 
 
-def _run_writer(command: list[str], out_path: Path, gguf_type: str, writer: str,
-                env: dict[str, str]) -> dict[str, Any]:
+def _run_writer(command: list[str], out_path: Path, gguf_type: str, writer: str, env: dict[str, str]) -> dict[str, Any]:
     """Run a GGUF writer ("{out}" in `command`: where it writes) into `<out>.partial`, its output into
     `<out stem>.log`; move the file in place on success. It runs in the output folder (absolute paths), so nothing
     it might write lands in the notebook's folder."""
@@ -266,18 +310,33 @@ def _run_writer(command: list[str], out_path: Path, gguf_type: str, writer: str,
     command = [str(partial) if part == "{out}" else part for part in command]
     started = time.perf_counter()
     with open(log, "w", encoding="utf-8") as stream:
-        code = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env={**os.environ, **env}, cwd=partial.parent).returncode
+        code = subprocess.run(
+            command,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            cwd=partial.parent,
+        ).returncode
     seconds = time.perf_counter() - started
     if code != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
         tail = "\n".join(lines[-LOG_LINES:])
-        raise ExportError(f"{writer} failed writing {out_path.name} (exit code {code}); its last lines:\n{tail}\n"
-                          f"The whole log is in {log}.")
+        raise ExportError(
+            f"{writer} failed writing {out_path.name} (exit code {code}); its last lines:\n{tail}\n"
+            f"The whole log is in {log}."
+        )
     os.replace(partial, out_path)
-    return {"path": str(out_path), "type": gguf_type, "bytes": out_path.stat().st_size,
-            "tensors": tensor_count(out_path), "seconds": round(seconds, 1), "writer": writer, "log": str(log)}
+    return {
+        "path": str(out_path),
+        "type": gguf_type,
+        "bytes": out_path.stat().st_size,
+        "tensors": tensor_count(out_path),
+        "seconds": round(seconds, 1),
+        "writer": writer,
+        "log": str(log),
+    }
 
 
 def tensor_count(path: str | Path) -> int:

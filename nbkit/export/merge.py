@@ -35,8 +35,9 @@ PARITY_TOLERANCE = {"exact": 1.0, "rounded": 0.75}
 MERGE_HEADROOM = 1.3  # merging briefly holds a layer's update beside its weights; loading has its own buffers
 
 
-def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path | None = None,
-                  n_prompts: int = PARITY_PROMPTS) -> dict[str, Any]:
+def merge_adapter(
+    workspace: str | Path, run_id: str = "", out_dir: str | Path | None = None, n_prompts: int = PARITY_PROMPTS
+) -> dict[str, Any]:
     """Merge the run's adapter into the unquantized base; save it in the base's own dtype; check parity.
 
     Parity is checked against the model that evaluation scored (for QLoRA runs the 4-bit base + adapter): its
@@ -58,8 +59,11 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
     run = load_run(ws.root, run_id)
     if run["method"] == "full":
         path = ws.run_dir(run_id) / "model"
-        print(f"Run {run_id} was fully fine-tuned: {path} is already a standalone model, nothing to merge "
-              "(push_to_hub uploads it as it is).", flush=True)
+        print(
+            f"Run {run_id} was fully fine-tuned: {path} is already a standalone model, nothing to merge "
+            "(push_to_hub uploads it as it is).",
+            flush=True,
+        )
         return {"run_id": run_id, "path": str(path), "merged": False}
     prompts, max_new = parity_prompts(ws, run["base_model"], n_prompts)
     out = Path(out_dir) if out_dir else ws.run_dir(run_id) / "merged"
@@ -73,8 +77,11 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         evaluated_answers, evaluated_stops = generate_with_stops(model, tokenizer, prompts, max_new)
         del model
         release_memory()
-        print(f"Merging the adapter of run {run_id} into {run['base_model']} on the {where}, saved in {dtype} "
-              f"(answers compared with the evaluated {evaluated}, {plan.reason})...", flush=True)
+        print(
+            f"Merging the adapter of run {run_id} into {run['base_model']} on the {where}, saved in {dtype} "
+            f"(answers compared with the evaluated {evaluated}, {plan.reason})...",
+            flush=True,
+        )
         base = merge_base(run, dtype, where)
         merged = PeftModel.from_pretrained(base, ws.run_dir(run_id) / "adapter").merge_and_unload()
         merged.to(plan.torch_dtype(dtype))
@@ -90,27 +97,50 @@ def merge_adapter(workspace: str | Path, run_id: str = "", out_dir: str | Path |
         del reloaded
         release_memory()
 
-    mismatches = [{"prompt": p[-1]["content"], "adapter": a, "merged": m}
-                  for p, a, m in zip(prompts, evaluated_answers, merged_answers) if a != m]
+    mismatches = [
+        {"prompt": p[-1]["content"], "adapter": a, "merged": m}
+        for p, a, m in zip(prompts, evaluated_answers, merged_answers)
+        if a != m
+    ]
     exact = plan.compute_dtype == "float32" and dtype == "float32"
     tolerance = PARITY_TOLERANCE["exact" if exact else "rounded"]
     agreement = (len(prompts) - len(mismatches)) / max(len(prompts), 1)
-    parity = {"prompts": len(prompts), "identical": len(prompts) - len(mismatches), "agreement": round(agreement, 3),
-              "tolerance": tolerance, "within_tolerance": agreement >= tolerance, "compared_with": evaluated,
-              "merged_on": where, "saved_dtype": dtype, "mismatches": mismatches, "max_new_tokens": max_new,
-              "dtype": plan.compute_dtype,
-              "runaway": {"evaluated": runaway_count(evaluated_stops), "merged": runaway_count(merged_stops)}}
+    parity = {
+        "prompts": len(prompts),
+        "identical": len(prompts) - len(mismatches),
+        "agreement": round(agreement, 3),
+        "tolerance": tolerance,
+        "within_tolerance": agreement >= tolerance,
+        "compared_with": evaluated,
+        "merged_on": where,
+        "saved_dtype": dtype,
+        "mismatches": mismatches,
+        "max_new_tokens": max_new,
+        "dtype": plan.compute_dtype,
+        "runaway": {"evaluated": runaway_count(evaluated_stops), "merged": runaway_count(merged_stops)},
+    }
     write_json(out / "parity.json", parity)
     verdict = "within" if parity["within_tolerance"] else "OUTSIDE"
-    print(f"Parity: {parity['identical']} of {parity['prompts']} greedy answers identical to the evaluated "
-          f"{evaluated} ({verdict} the tolerance of {tolerance:.0%}).", flush=True)
+    print(
+        f"Parity: {parity['identical']} of {parity['prompts']} greedy answers identical to the evaluated "
+        f"{evaluated} ({verdict} the tolerance of {tolerance:.0%}).",
+        flush=True,
+    )
     if not parity["within_tolerance"]:
-        warnings.warn(f"The merged model in {out} answers differently from the model evaluation scored on "
-                      f"{len(mismatches)} of {len(prompts)} prompts (tolerance {tolerance:.0%}): check the base "
-                      "model, the dtype and the tokenizer before using it (mismatches are in parity.json).",
-                      stacklevel=2)
-    return {"run_id": run_id, "path": str(out), "merged": True, **parity, "answers": merged_answers,
-            "conversations": prompts}
+        warnings.warn(
+            f"The merged model in {out} answers differently from the model evaluation scored on "
+            f"{len(mismatches)} of {len(prompts)} prompts (tolerance {tolerance:.0%}): check the base "
+            "model, the dtype and the tokenizer before using it (mismatches are in parity.json).",
+            stacklevel=2,
+        )
+    return {
+        "run_id": run_id,
+        "path": str(out),
+        "merged": True,
+        **parity,
+        "answers": merged_answers,
+        "conversations": prompts,
+    }
 
 
 def save_tokenizer(tokenizer, out: Path) -> None:
@@ -120,8 +150,10 @@ def save_tokenizer(tokenizer, out: Path) -> None:
 
     tokenizer.save_pretrained(out)
     if AutoTokenizer.from_pretrained(out).chat_template != tokenizer.chat_template:
-        raise ExportError(f"the chat template did not survive saving the tokenizer to {out} — the exports would "
-                          "render prompts differently from training; check the tokenizer files there.")
+        raise ExportError(
+            f"the chat template did not survive saving the tokenizer to {out} — the exports would "
+            "render prompts differently from training; check the tokenizer files there."
+        )
 
 
 def merge_base(run: dict[str, Any], dtype: str, where: str):
@@ -149,7 +181,7 @@ def saved_dtype(path: str | Path) -> str:
 
 
 def merge_device(plan, base_model: str, dtype: str) -> str:
-    """"cuda" when the unquantized base fits in this GPU's free memory with headroom, else "cpu": an 8B model in
+    """ "cuda" when the unquantized base fits in this GPU's free memory with headroom, else "cpu": an 8B model in
     16-bit is 16 GB, more than a T4 holds, while any machine that trained it has the RAM."""
     if plan.device != "cuda":
         return "cpu"

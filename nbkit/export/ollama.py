@@ -34,23 +34,43 @@ from typing import Any
 from nbkit.core.errors import OllamaError
 from nbkit.core.files import write_text
 
-MARKS = {"system": "\x01SYSTEM\x01", "user": "\x01USER-1\x01", "assistant": "\x01ASSISTANT-1\x01",
-         "user2": "\x01USER-2\x01"}
+MARKS = {
+    "system": "\x01SYSTEM\x01",
+    "user": "\x01USER-1\x01",
+    "assistant": "\x01ASSISTANT-1\x01",
+    "user2": "\x01USER-2\x01",
+}
 # Conversations the translated template must render exactly as the chat template does (roles alternate, as
 # Gemma's and Mistral's templates require; each ends with a user turn, as a prompt for a reply does).
 CHECKS = (
     [{"role": "user", "content": "Hi there"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
-    [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi! How can I help?"},
-     {"role": "user", "content": "Tell me a joke.\nA short one."}],
-    [{"role": "system", "content": "You triage tickets."}, {"role": "user", "content": "Login fails"},
-     {"role": "assistant", "content": "{\"team\": \"auth\"}"}, {"role": "user", "content": "Invoice wrong"}],
-    [{"role": "system", "content": "You answer in lists.\nNo more than three items."},
-     {"role": "user", "content": "Fruits?"}, {"role": "assistant", "content": "- apple\n- pear"},
-     {"role": "user", "content": "Colours?"}, {"role": "assistant", "content": "- red\n\n- blue"},
-     {"role": "user", "content": "Quotes \" and {{ braces }} and ünïcode"}],
-    [{"role": "user", "content": "One"}, {"role": "assistant", "content": "1"}, {"role": "user", "content": "Two"},
-     {"role": "assistant", "content": "2"}, {"role": "user", "content": "Three\n\nand a line"}],
+    [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi! How can I help?"},
+        {"role": "user", "content": "Tell me a joke.\nA short one."},
+    ],
+    [
+        {"role": "system", "content": "You triage tickets."},
+        {"role": "user", "content": "Login fails"},
+        {"role": "assistant", "content": '{"team": "auth"}'},
+        {"role": "user", "content": "Invoice wrong"},
+    ],
+    [
+        {"role": "system", "content": "You answer in lists.\nNo more than three items."},
+        {"role": "user", "content": "Fruits?"},
+        {"role": "assistant", "content": "- apple\n- pear"},
+        {"role": "user", "content": "Colours?"},
+        {"role": "assistant", "content": "- red\n\n- blue"},
+        {"role": "user", "content": 'Quotes " and {{ braces }} and ünïcode'},
+    ],
+    [
+        {"role": "user", "content": "One"},
+        {"role": "assistant", "content": "1"},
+        {"role": "user", "content": "Two"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "Three\n\nand a line"},
+    ],
 )
 OLLAMA_QUANTIZE = ("q4_K_M", "q4_K_S", "q8_0")  # what `ollama create --quantize` accepts (from F16/BF16/F32)
 
@@ -71,8 +91,7 @@ def _render(tokenizer, messages: list[dict[str, str]]) -> str:
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as err:  # the template raises on this layout (e.g. Gemma 2 on a system message)
-        raise OllamaError(f"the chat template refuses the conversation {json.dumps(messages)[:80]}...: "
-                          f"{err}") from None
+        raise OllamaError(f"the chat template refuses the conversation {json.dumps(messages)[:80]}...: {err}") from None
 
 
 def _split(text: str, marks: list[str]) -> list[str]:
@@ -96,10 +115,19 @@ def template_parts(tokenizer) -> TemplateParts:
     another shape. Texts of the day (Llama 3.1+'s "Today Date") are read now: the TEMPLATE keeps the export's."""
     S, U, A, U2 = (MARKS[k] for k in ("system", "user", "assistant", "user2"))
     # Rendered once, at export: a date the template writes (Llama 3.1+'s strftime_now) becomes a fixed text.
-    full = _render(tokenizer, [{"role": "system", "content": S}, {"role": "user", "content": U},
-                               {"role": "assistant", "content": A}, {"role": "user", "content": U2}])
-    plain = _render(tokenizer, [{"role": "user", "content": U}, {"role": "assistant", "content": A},
-                                {"role": "user", "content": U2}])
+    full = _render(
+        tokenizer,
+        [
+            {"role": "system", "content": S},
+            {"role": "user", "content": U},
+            {"role": "assistant", "content": A},
+            {"role": "user", "content": U2},
+        ],
+    )
+    plain = _render(
+        tokenizer,
+        [{"role": "user", "content": U}, {"role": "assistant", "content": A}, {"role": "user", "content": U2}],
+    )
     try:
         head_user, user_assistant, assistant_user, end = _split(plain, [U, A, U2])
         order = sorted((S, U, A, U2), key=full.find) if all(full.count(m) == 1 for m in (S, U, A, U2)) else None
@@ -110,25 +138,27 @@ def template_parts(tokenizer) -> TemplateParts:
         elif order == [U, A, S, U2]:  # inside the last user turn (Mistral): skipped where it stands
             to_system, fold = _split(full, order)[2:4]
             if not to_system.startswith(assistant_user):
-                raise OllamaError("the chat template changes the last user turn's header when it carries the "
-                                  "system prompt")
-            fold = (to_system[len(assistant_user):], fold)
+                raise OllamaError(
+                    "the chat template changes the last user turn's header when it carries the system prompt"
+                )
+            fold = (to_system[len(assistant_user) :], fold)
             first, between["system>user"] = {"system": head_user, "user": head_user}, ""
         else:
-            raise OllamaError("the chat template writes the system prompt neither first nor inside the last user "
-                              "turn")
+            raise OllamaError("the chat template writes the system prompt neither first nor inside the last user turn")
     except ValueError:
         raise OllamaError("the chat template does not write each message's content once") from None
     bos = tokenizer.bos_token or ""
     if bos and adds_bos(tokenizer) and all(text.startswith(bos) for text in first.values()):
-        first = {role: text[len(bos):] for role, text in first.items()}
+        first = {role: text[len(bos) :] for role, text in first.items()}
     else:
         bos = ""
     parts = TemplateParts(first=first, between=between, end=end, system_in_last=fold, bos=bos)
     for messages in CHECKS:
         if parts.bos + render_parts(parts, messages) != _render(tokenizer, messages):
-            raise OllamaError(f"the chat template renders {json.dumps(messages)[:80]}... in a way a TEMPLATE of "
-                              "fixed texts between messages cannot reproduce")
+            raise OllamaError(
+                f"the chat template renders {json.dumps(messages)[:80]}... in a way a TEMPLATE of "
+                "fixed texts between messages cannot reproduce"
+            )
     return parts
 
 
@@ -162,24 +192,45 @@ def _go(text: str) -> str:
 def go_template(parts: TemplateParts) -> str:
     """The TEMPLATE: one line of Go text/template actions, every fixed text as a quoted literal (so no
     whitespace of the template's own layout reaches the prompt). `$prev` is the previous message's role."""
+
     def say(text: str) -> str:
         return "{{ " + _go(text) + " }}" if text else ""
 
     folded = parts.system_in_last is not None
     system = "(index $.Messages 0)"
-    return ("{{- $prev := \"\" }}{{- range $i, $m := .Messages }}"
-            + ("{{- if ne $m.Role \"system\" }}" if folded else "")
-            + "{{- if eq $prev \"\" }}{{ if eq $m.Role \"system\" }}" + say(parts.first["system"])
-            + "{{ else }}" + say(parts.first["user"]) + "{{ end }}"
-            + "{{- else if eq $prev \"system\" }}" + say(parts.between["system>user"])
-            + "{{- else if eq $m.Role \"assistant\" }}" + say(parts.between["user>assistant"])
-            + "{{- else }}" + say(parts.between["assistant>user"]) + "{{ end }}"
-            + ("{{- if and (eq $m.Role \"user\") (eq (len (slice $.Messages $i)) 1) (eq " + system
-               + ".Role \"system\") }}" + say(parts.system_in_last[0]) + "{{ " + system + ".Content }}"
-               + say(parts.system_in_last[1]) + "{{ end }}" if folded else "")
-            + "{{- $m.Content }}{{ $prev = $m.Role }}"
-            + ("{{ end }}" if folded else "")
-            + "{{- end }}" + say(parts.end))
+    return (
+        '{{- $prev := "" }}{{- range $i, $m := .Messages }}'
+        + ('{{- if ne $m.Role "system" }}' if folded else "")
+        + '{{- if eq $prev "" }}{{ if eq $m.Role "system" }}'
+        + say(parts.first["system"])
+        + "{{ else }}"
+        + say(parts.first["user"])
+        + "{{ end }}"
+        + '{{- else if eq $prev "system" }}'
+        + say(parts.between["system>user"])
+        + '{{- else if eq $m.Role "assistant" }}'
+        + say(parts.between["user>assistant"])
+        + "{{- else }}"
+        + say(parts.between["assistant>user"])
+        + "{{ end }}"
+        + (
+            '{{- if and (eq $m.Role "user") (eq (len (slice $.Messages $i)) 1) (eq '
+            + system
+            + '.Role "system") }}'
+            + say(parts.system_in_last[0])
+            + "{{ "
+            + system
+            + ".Content }}"
+            + say(parts.system_in_last[1])
+            + "{{ end }}"
+            if folded
+            else ""
+        )
+        + "{{- $m.Content }}{{ $prev = $m.Role }}"
+        + ("{{ end }}" if folded else "")
+        + "{{- end }}"
+        + say(parts.end)
+    )
 
 
 def notes(tokenizer) -> list[str]:
@@ -188,11 +239,15 @@ def notes(tokenizer) -> list[str]:
     text = _render(tokenizer, [{"role": "user", "content": content}])
     found = []
     if content not in text:
-        found.append("the chat template trims each message's content and Go templates cannot: Ollama writes "
-                     "contents as sent, so send them without surrounding whitespace")
+        found.append(
+            "the chat template trims each message's content and Go templates cannot: Ollama writes "
+            "contents as sent, so send them without surrounding whitespace"
+        )
     if adds_bos(tokenizer) and not text.startswith(tokenizer.bos_token):  # training renders add no BOS
-        found.append(f"the tokenizer adds {tokenizer.bos_token} and the chat template writes none: Ollama starts "
-                     "every prompt with a BOS the model was not trained with")
+        found.append(
+            f"the tokenizer adds {tokenizer.bos_token} and the chat template writes none: Ollama starts "
+            "every prompt with a BOS the model was not trained with"
+        )
     return found
 
 
@@ -227,20 +282,36 @@ def modelfile(gguf_name: str, parts: TemplateParts, stops: list[str], system: st
     return "\n".join(lines) + "\n"
 
 
-def write_modelfile(out_dir: str | Path, gguf_name: str, tokenizer, model_dir: str | Path,
-                    train_rows: list[dict[str, Any]], name: str, quantize: str | None = None) -> dict[str, Any]:
+def write_modelfile(
+    out_dir: str | Path,
+    gguf_name: str,
+    tokenizer,
+    model_dir: str | Path,
+    train_rows: list[dict[str, Any]],
+    name: str,
+    quantize: str | None = None,
+) -> dict[str, Any]:
     """Write out_dir/Modelfile next to the GGUF; returns its path, the commands to run it, stops, system,
     quantize and notes. With `quantize` (e.g. "q4_K_M") the GGUF is F16 and `ollama create` quantizes it."""
     if quantize is not None and quantize.lower() not in {q.lower() for q in OLLAMA_QUANTIZE}:
-        raise OllamaError(f"`quantize` must be one of {', '.join(OLLAMA_QUANTIZE)} (what `ollama create --quantize` "
-                          f"accepts), got {quantize!r}")
+        raise OllamaError(
+            f"`quantize` must be one of {', '.join(OLLAMA_QUANTIZE)} (what `ollama create --quantize` "
+            f"accepts), got {quantize!r}"
+        )
     parts = template_parts(tokenizer)
     stops = stop_tokens(tokenizer, model_dir)
     system = data_system_prompt(train_rows)
     path = Path(out_dir) / "Modelfile"
     write_text(path, modelfile(gguf_name, parts, stops, system))
-    create = f"ollama create --quantize {quantize} {name} -f Modelfile" if quantize else \
-        f"ollama create {name} -f Modelfile"
-    return {"path": str(path), "stop": stops, "system": system, "name": name, "quantize": quantize,
-            "notes": notes(tokenizer),
-            "commands": [f"cd {Path(out_dir).resolve()}", create, f"ollama run {name}"]}
+    create = (
+        f"ollama create --quantize {quantize} {name} -f Modelfile" if quantize else f"ollama create {name} -f Modelfile"
+    )
+    return {
+        "path": str(path),
+        "stop": stops,
+        "system": system,
+        "name": name,
+        "quantize": quantize,
+        "notes": notes(tokenizer),
+        "commands": [f"cd {Path(out_dir).resolve()}", create, f"ollama run {name}"],
+    }

@@ -88,8 +88,7 @@ def template_for(tokenizer) -> tuple[str, str]:
 def with_thinking(template: str, thinking: bool) -> str:
     """The template with `enable_thinking` defaulting to `thinking` (an explicit render argument still wins)."""
     value = "true" if thinking else "false"
-    return ("{%- if enable_thinking is not defined %}{%- set enable_thinking = " + value + " %}{%- endif %}"
-            + template)
+    return "{%- if enable_thinking is not defined %}{%- set enable_thinking = " + value + " %}{%- endif %}" + template
 
 
 def has_thinking_switch(template: str | None) -> bool:
@@ -110,7 +109,7 @@ def end_of_turn(tokenizer) -> str | None:
 def _read_end_of_turn(tokenizer) -> str | None:
     def after(messages: list[dict[str, Any]]) -> str:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return text[text.index(_MARK) + len(_MARK):]
+        return text[text.index(_MARK) + len(_MARK) :]
 
     turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _MARK}]
     try:

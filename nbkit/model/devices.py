@@ -37,8 +37,7 @@ from typing import Any
 from nbkit.core.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16")
-TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
-                    "nbkit-finetune")
+TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "nbkit-finetune")
 
 
 @dataclass(frozen=True)
@@ -90,25 +89,39 @@ def plan_for(facts: DeviceFacts, method: str = "qlora") -> PrecisionPlan:
         half = "bfloat16" if facts.native_bf16 else "float16"
         autocast = "bf16" if facts.native_bf16 else "fp16"
         cc = f"compute capability {facts.capability[0]}.{facts.capability[1]}" if facts.capability else "unknown"
-        reason = (f"CUDA GPU {facts.name} ({cc}, {facts.memory_gib:.0f} GiB): "
-                  + ("bf16 (native on this GPU)" if facts.native_bf16 else
-                     "fp16 with a gradient scaler (no native bf16 on this GPU), trainable weights in float32"))
+        reason = f"CUDA GPU {facts.name} ({cc}, {facts.memory_gib:.0f} GiB): " + (
+            "bf16 (native on this GPU)"
+            if facts.native_bf16
+            else "fp16 with a gradient scaler (no native bf16 on this GPU), trainable weights in float32"
+        )
     else:
         half = "float32"
         autocast = "bf16" if facts.cpu_bf16 else "none"
-        where = "Apple MPS found, but 4-bit kernels do not run there: CPU" if facts.kind == "mps" else "no GPU found: CPU"
-        reason = where + (" with float32 weights and bf16 autocast (native bf16 matmuls)" if facts.cpu_bf16
-                          else " with float32 weights (slow but real)")
+        where = (
+            "Apple MPS found, but 4-bit kernels do not run there: CPU" if facts.kind == "mps" else "no GPU found: CPU"
+        )
+        reason = where + (
+            " with float32 weights and bf16 autocast (native bf16 matmuls)"
+            if facts.cpu_bf16
+            else " with float32 weights (slow but real)"
+        )
     # Trainable weights stay float32 unless FSDP needs one dtype per flat parameter.
     trainable = half if facts.fsdp and method != "full" else "float32"
     # Full fine-tuning trains every weight: they load in the trainable dtype and autocast does the half math.
     weights = trainable if method == "full" else half
     paged = device == "cuda" and facts.bitsandbytes
     return PrecisionPlan(
-        device=device, compute_dtype=half, autocast=autocast, trainable_dtype=trainable, weights_dtype=weights,
+        device=device,
+        compute_dtype=half,
+        autocast=autocast,
+        trainable_dtype=trainable,
+        weights_dtype=weights,
         quant_storage=half if facts.fsdp and method == "qlora" else None,
         optimizer="paged_adamw_32bit" if paged else "adamw_torch_fused",
-        eval_batch_size=eval_batch_size(facts), loss_tokens=loss_chunk_entries(facts), reason=reason)
+        eval_batch_size=eval_batch_size(facts),
+        loss_tokens=loss_chunk_entries(facts),
+        reason=reason,
+    )
 
 
 def eval_batch_size(facts: DeviceFacts) -> int:
@@ -136,13 +149,27 @@ def read_device() -> DeviceFacts:
     if torch.cuda.is_available():
         index = local_rank()
         props = torch.cuda.get_device_properties(index)
-        return DeviceFacts("cuda", props.name, props.total_memory / 2**30, (props.major, props.minor),
-                           world_size=world, fsdp=fsdp, bitsandbytes=bitsandbytes_problem() is None)
+        return DeviceFacts(
+            "cuda",
+            props.name,
+            props.total_memory / 2**30,
+            (props.major, props.minor),
+            world_size=world,
+            fsdp=fsdp,
+            bitsandbytes=bitsandbytes_problem() is None,
+        )
     import psutil
 
     kind = "mps" if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else "cpu"
-    return DeviceFacts(kind, "CPU", psutil.virtual_memory().total / 2**30, cpu_bf16=cpu_supports_bf16(),
-                       world_size=world, fsdp=fsdp, bitsandbytes=bitsandbytes_problem() is None)
+    return DeviceFacts(
+        kind,
+        "CPU",
+        psutil.virtual_memory().total / 2**30,
+        cpu_bf16=cpu_supports_bf16(),
+        world_size=world,
+        fsdp=fsdp,
+        bitsandbytes=bitsandbytes_problem() is None,
+    )
 
 
 def local_rank() -> int:
@@ -158,15 +185,24 @@ def forced(plan: PrecisionPlan, autocast: str) -> PrecisionPlan:
     if plan.device == "cpu":  # the CPU keeps float32 weights; only the autocast changes
         return replace(plan, autocast=autocast, reason=plan.reason + f", {autocast} autocast forced")
     half = {"bf16": "bfloat16", "fp16": "float16", "none": "float32"}[autocast]
-    return replace(plan, autocast=autocast, compute_dtype=half,
-                   weights_dtype=half if plan.weights_dtype != "float32" else "float32",
-                   reason=plan.reason + f", {autocast} forced")
+    return replace(
+        plan,
+        autocast=autocast,
+        compute_dtype=half,
+        weights_dtype=half if plan.weights_dtype != "float32" else "float32",
+        reason=plan.reason + f", {autocast} forced",
+    )
 
 
 def replace_device(plan: PrecisionPlan, device: str, dtype: str) -> PrecisionPlan:
     """The plan moved to another device and dtype: a merge that does not fit the GPU runs on the CPU."""
-    return replace(plan, device=device, compute_dtype=dtype, weights_dtype=dtype,
-                   autocast="none" if device == "cpu" else plan.autocast)
+    return replace(
+        plan,
+        device=device,
+        compute_dtype=dtype,
+        weights_dtype=dtype,
+        autocast="none" if device == "cpu" else plan.autocast,
+    )
 
 
 def cpu_supports_bf16() -> bool:
@@ -208,8 +244,12 @@ def environment() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    env = {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-           "cuda": torch.cuda.is_available()}
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env

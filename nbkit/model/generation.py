@@ -34,14 +34,16 @@ def answer_budget(tokenizer, references: list[str], default: int = 16) -> int:
     return int(1.25 * longest) + 8
 
 
-def generate(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
-             batch_size: int = 32) -> list[str]:
+def generate(
+    model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 32
+) -> list[str]:
     """Greedy answers for each conversation prompt, batched with left padding."""
     return generate_with_stops(model, tokenizer, conversations, max_new_tokens, batch_size)[0]
 
 
-def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
-                        batch_size: int = 32) -> tuple[list[str], list[bool]]:
+def generate_with_stops(
+    model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 32
+) -> tuple[list[str], list[bool]]:
     """Greedy answers (a leading think block left out), and for each whether it ended with an end-of-turn token
     (the chat template's, or one the generation config stops at; False: it ran to max_new_tokens, a "runaway").
     Prompts are padded on the left, as generation needs; the tokenizer's own padding side is restored afterwards."""
@@ -53,15 +55,21 @@ def generate_with_stops(model, tokenizer, conversations: list[list[dict[str, str
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for start in range(0, len(conversations), batch_size):
-            batch = conversations[start:start + batch_size]
+            batch = conversations[start : start + batch_size]
             texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
             inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 # Every end-of-turn id stops it, not only the generation config's (Gemma's says <eos>, its
                 # template closes turns with <end_of_turn>).
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=sorted(stops), pad_token_id=tokenizer.pad_token_id, use_cache=True)
-            new_tokens = out[:, inputs["input_ids"].shape[1]:]
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=sorted(stops),
+                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,
+                )
+            new_tokens = out[:, inputs["input_ids"].shape[1] :]
             answers += [final_answer(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             # A finished row is padded to the batch's length, with the pad token (often the EOS itself).
             stopped += [any(int(t) in stops for t in row) or len(row) < max_new_tokens for row in new_tokens]
@@ -94,11 +102,16 @@ def conversation(messages: list[dict[str, str]], system: str = "") -> list[dict[
     return ([{"role": "system", "content": system}] if system.strip() else []) + rest
 
 
-def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p: float,
-                      generation_config=None) -> dict[str, Any]:
+def generation_kwargs(
+    tokenizer, max_new_tokens: int, temperature: float, top_p: float, generation_config=None
+) -> dict[str, Any]:
     """generate()'s settings: the sampling asked for, and every end-of-turn id as a stop (end_of_turn_ids)."""
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-                              "use_cache": True, "eos_token_id": end_of_turn_ids(generation_config, tokenizer)}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "use_cache": True,
+        "eos_token_id": end_of_turn_ids(generation_config, tokenizer),
+    }
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:  # greedy; clear sampling defaults a model's generation_config may carry
@@ -106,8 +119,16 @@ def generation_kwargs(tokenizer, max_new_tokens: int, temperature: float, top_p:
     return kwargs
 
 
-def stream_reply(model, tokenizer, messages: list[dict[str, str]], *, system: str = "", max_new_tokens: int = 128,
-                 temperature: float = 0.7, top_p: float = 0.9) -> Iterator[str]:
+def stream_reply(
+    model,
+    tokenizer,
+    messages: list[dict[str, str]],
+    *,
+    system: str = "",
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+) -> Iterator[str]:
     """Yield the assistant's reply in pieces as it is generated (greedy when temperature == 0).
 
     `generate` runs in a thread and feeds a TextIteratorStreamer; an error in that thread is
@@ -124,9 +145,13 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], *, system: st
     def run() -> None:
         try:
             with quiet_library_notices():
-                model.generate(**inputs, streamer=streamer,
-                               **generation_kwargs(tokenizer, max_new_tokens, temperature, top_p,
-                                                   getattr(model, "generation_config", None)))
+                model.generate(
+                    **inputs,
+                    streamer=streamer,
+                    **generation_kwargs(
+                        tokenizer, max_new_tokens, temperature, top_p, getattr(model, "generation_config", None)
+                    ),
+                )
         except BaseException as err:  # noqa: BLE001 — handed to the caller below
             failure.append(err)
             streamer.end()  # unblock the iterator
@@ -143,8 +168,17 @@ def stream_reply(model, tokenizer, messages: list[dict[str, str]], *, system: st
         raise failure[0]
 
 
-def sample_answers(model, tokenizer, prompts: list[list[dict[str, str]]], n: int, max_new_tokens: int,
-                   temperature: float, top_p: float, seed: int = 0, progress: bool = False) -> list[list[str]]:
+def sample_answers(
+    model,
+    tokenizer,
+    prompts: list[list[dict[str, str]]],
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[list[str]]:
     """n sampled answers per prompt (`num_return_sequences`), batched with left padding and every end-of-turn id
     as a stop, like `evaluate.generate_with_stops`; seeded, and with a progress bar when `progress` (tqdm's text
     bar: it updates in place in JupyterLab and Colab, and stays plain text in papermill's executed notebooks, where
@@ -160,13 +194,13 @@ def sample_answers(model, tokenizer, prompts: list[list[dict[str, str]]], n: int
     try:
         with tqdm(total=len(prompts), unit="prompt", desc="sampling", disable=not progress) as bar:
             for start in range(0, len(prompts), per_batch):
-                batch = prompts[start:start + per_batch]
+                batch = prompts[start : start + per_batch]
                 texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
                 inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
                 with torch.no_grad(), quiet_library_notices():
                     out = model.generate(**inputs, num_return_sequences=n, **kwargs)
-                texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-                answers += [[final_answer(t) for t in texts[i:i + n]] for i in range(0, len(texts), n)]
+                texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+                answers += [[final_answer(t) for t in texts[i : i + n]] for i in range(0, len(texts), n)]
                 bar.update(len(batch))
     finally:
         tokenizer.padding_side = side

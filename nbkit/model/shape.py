@@ -42,6 +42,13 @@ def model_shape(base_model: str, lora_r: int = 16, target_modules: str = "all-li
             if targets is None or name.rsplit(".", 1)[-1] in targets:
                 lora += lora_r * (module.in_features + module.out_features)
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return ModelShape(total=total, linear=linear, embedding=total - linear, lora=lora, hidden=text.hidden_size,
-                      intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
-                      layers=text.num_hidden_layers, vocab=text.vocab_size)
+    return ModelShape(
+        total=total,
+        linear=linear,
+        embedding=total - linear,
+        lora=lora,
+        hidden=text.hidden_size,
+        intermediate=getattr(text, "intermediate_size", 4 * text.hidden_size),
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
+    )

@@ -118,7 +118,7 @@ ISSUES = {
     "technical": {
         "normal": [
             "{product} crashes when I open the settings page.",
-            "I get \"Error {errcode}\" each time I try to export a report.",
+            'I get "Error {errcode}" each time I try to export a report.',
             "Sync between my laptop and {product} stopped working on {date}.",
             "{product} has become really slow since the latest update.",
             "Notifications in {product} don't show up anymore.",
@@ -184,59 +184,150 @@ ISSUES = {
 
 # --- Extra sentences that set the priority of a "normal" issue.
 URGENT = [
-    "This is urgent.", "URGENT!!", "Please fix this asap.", "I need this sorted right now.",
-    "I can't work until this is fixed.", "Please help immediately.",
-    "This is blocking my whole team.", "I need this resolved today, it's critical.",
-    "This is an emergency.", "Please treat this as urgent.",
-    "It's costing us money every hour.", "Need help ASAP!", "Please, this is really urgent.",
+    "This is urgent.",
+    "URGENT!!",
+    "Please fix this asap.",
+    "I need this sorted right now.",
+    "I can't work until this is fixed.",
+    "Please help immediately.",
+    "This is blocking my whole team.",
+    "I need this resolved today, it's critical.",
+    "This is an emergency.",
+    "Please treat this as urgent.",
+    "It's costing us money every hour.",
+    "Need help ASAP!",
+    "Please, this is really urgent.",
 ]
 URGENT_PREFIX = ["URGENT: ", "Urgent - ", "ASAP please: ", "Emergency: "]
 NO_RUSH = [
-    "No rush.", "No rush at all, whenever you get a chance.", "Not urgent.",
-    "Whenever you have time.", "Just letting you know, it's not a big deal.",
-    "Low priority on my end.", "Take your time.",
+    "No rush.",
+    "No rush at all, whenever you get a chance.",
+    "Not urgent.",
+    "Whenever you have time.",
+    "Just letting you know, it's not a big deal.",
+    "Low priority on my end.",
+    "Take your time.",
     "It's not affecting my work, just thought I'd mention it.",
-    "No impact really, just a heads-up.", "Not a big deal, just curious what happened.",
+    "No impact really, just a heads-up.",
+    "Not a big deal, just curious what happened.",
     "Look at it when you get a chance.",
 ]
 NO_RUSH_PREFIX = ["No rush, but ", "Not urgent, but ", "When you get a chance: ", "Just a heads-up, "]
 
 # --- Fragments that carry no cue at all: safe around any ticket.
 GREETINGS = [
-    "Hi,", "Hello,", "Hey there,", "Hi team,", "Good morning,", "Hi support,",
-    "Dear Support Team,", "Hello Nimbus team,", "Hey,", "Good afternoon,", "Hi folks,",
+    "Hi,",
+    "Hello,",
+    "Hey there,",
+    "Hi team,",
+    "Good morning,",
+    "Hi support,",
+    "Dear Support Team,",
+    "Hello Nimbus team,",
+    "Hey,",
+    "Good afternoon,",
+    "Hi folks,",
 ]
 CONTEXT = [
-    "I've been a customer since {year}.", "My account email is {email}.",
-    "This started on {date}.", "I'm writing for our team at {company}.",
-    "I'm on {device}, if that matters.", "I already contacted you once about this.",
+    "I've been a customer since {year}.",
+    "My account email is {email}.",
+    "This started on {date}.",
+    "I'm writing for our team at {company}.",
+    "I'm on {device}, if that matters.",
+    "I already contacted you once about this.",
     "I tried again this morning.",
 ]
 FILLERS = [
-    "Thanks.", "Could you look into it?", "Let me know if you need anything from me.",
-    "Thanks in advance.", "Appreciate the help.", "Can you help?",
-    "Any idea what's going on?", "Please advise.", "What should I do?",
+    "Thanks.",
+    "Could you look into it?",
+    "Let me know if you need anything from me.",
+    "Thanks in advance.",
+    "Appreciate the help.",
+    "Can you help?",
+    "Any idea what's going on?",
+    "Please advise.",
+    "What should I do?",
 ]
-SIGNOFFS = ["Thanks, {name}", "Best, {name}", "- {name}", "Regards,\n{name}", "Cheers,\n{name}",
-            "Thank you!\n{name}", "{name}", "Kind regards, {name}"]
+SIGNOFFS = [
+    "Thanks, {name}",
+    "Best, {name}",
+    "- {name}",
+    "Regards,\n{name}",
+    "Cheers,\n{name}",
+    "Thank you!\n{name}",
+    "{name}",
+    "Kind regards, {name}",
+]
 
 # --- Slot values.
 NAMES = [
-    "Anna", "Ben", "Carlos", "Dana", "Emeka", "Fatima", "Greta", "Hiro", "Ines", "Jonas",
-    "Keisha", "Liam", "Mei", "Nikolai", "Olivia", "Priya", "Quentin", "Rosa", "Sven",
-    "Tariq", "Uma", "Victor", "Wen", "Ximena", "Yusuf", "Zoe", "Marta K.", "Tom R.",
-    "Aisha B.", "Pedro", "Sophie", "Raj", "Lena", "Omar", "Chloe",
+    "Anna",
+    "Ben",
+    "Carlos",
+    "Dana",
+    "Emeka",
+    "Fatima",
+    "Greta",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Keisha",
+    "Liam",
+    "Mei",
+    "Nikolai",
+    "Olivia",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tariq",
+    "Uma",
+    "Victor",
+    "Wen",
+    "Ximena",
+    "Yusuf",
+    "Zoe",
+    "Marta K.",
+    "Tom R.",
+    "Aisha B.",
+    "Pedro",
+    "Sophie",
+    "Raj",
+    "Lena",
+    "Omar",
+    "Chloe",
 ]
-PRODUCTS = ["the app", "the iOS app", "the Android app", "the desktop app", "the web dashboard",
-            "the Mac app", "the Windows app", "the browser extension", "Nimbus"]
+PRODUCTS = [
+    "the app",
+    "the iOS app",
+    "the Android app",
+    "the desktop app",
+    "the web dashboard",
+    "the Mac app",
+    "the Windows app",
+    "the browser extension",
+    "Nimbus",
+]
 DEVICES = ["an iPhone 13", "a Pixel 7", "Windows 11", "a MacBook Air", "an iPad", "Ubuntu", "a Galaxy S22"]
 PLANS = ["Pro plan", "Team plan", "Basic plan", "Family plan", "Business plan", "Premium plan"]
 CARDS = ["Visa", "Mastercard", "Amex", "debit card", "credit card"]
 ITEMS = ["headphones", "laptop stand", "keyboard", "camera", "desk lamp", "router", "monitor", "charger"]
 COUNTRIES = ["Canada", "Ireland", "Japan", "Mexico", "Norway", "Australia", "Brazil", "Poland"]
 COMPANIES = ["Brightline", "Kolibri GmbH", "Oakridge Dental", "Studio Nove", "Tanaka & Co", "Fernhill"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 DOMAINS = ["gmail.com", "outlook.com", "yahoo.com", "proton.me", "icloud.com", "example.org"]
 
 
@@ -250,8 +341,17 @@ def fill(template: str, rng: random.Random, name: str) -> str:
         "amount2": f"{currency}{base + rng.randint(2, 40)}{cents}",  # a price rise, same currency
         "month": month,
         # Every date reads after "on" and "since".
-        "date": rng.choice([f"{month} {rng.randint(1, 28)}", f"{rng.randint(1, 28)}/{rng.randint(1, 12)}",
-                            "Monday", "Tuesday", "Friday", "the 3rd", "the weekend"]),
+        "date": rng.choice(
+            [
+                f"{month} {rng.randint(1, 28)}",
+                f"{rng.randint(1, 28)}/{rng.randint(1, 12)}",
+                "Monday",
+                "Tuesday",
+                "Friday",
+                "the 3rd",
+                "the weekend",
+            ]
+        ),
         # Order ids in the shapes customers actually type them.
         "order": rng.choice(["#{}", "#{}", "{}", "NB-{}"]).format(rng.randint(10000, 99999)),
         "code": rng.choice(["SPRING", "WELCOME", "SAVE", "VIP"]) + str(rng.randint(10, 50)),
@@ -281,9 +381,9 @@ def typo(sentence: str, rng: random.Random) -> str:
     w, j = words[i], rng.randint(1, len(words[i]) - 2)
     kind = rng.choice(["swap", "drop", "double"])
     if kind == "swap":
-        w = w[:j] + w[j + 1] + w[j] + w[j + 2:]
+        w = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
     elif kind == "drop":
-        w = w[:j] + w[j + 1:]
+        w = w[:j] + w[j + 1 :]
     else:
         w = w[:j] + w[j] + w[j:]
     words[i] = w
@@ -298,6 +398,7 @@ def lower_first(s: str) -> str:
 def ticket(team: str, priority: str, rng: random.Random) -> str:
     """Write one ticket whose cues say `team` (the topic) and `priority`."""
     name = rng.choice(NAMES)
+
     def f(t):
         return fill(t, rng, name)
 
@@ -359,14 +460,16 @@ def build(n: int = 400, seed: int = 7) -> list[dict]:
             raise RuntimeError(f"could not write a new {team}/{priority} ticket; lower --n")
         seen.add(text)
         answer = json.dumps({"team": team, "priority": priority}, separators=(", ", ": "))
-        rows.append({
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": answer},
-            ],
-            "label": team,
-        })
+        rows.append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": text},
+                    {"role": "assistant", "content": answer},
+                ],
+                "label": team,
+            }
+        )
     return rows
 
 

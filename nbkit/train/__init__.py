@@ -7,17 +7,30 @@ from nbkit.core.train_config import TrainConfig
 from nbkit.train.estimate import estimate_run, format_estimate
 from nbkit.train.launch import launch_command
 from nbkit.train.prefer import (
-                                PairsConfig,
-                                PreferConfig,
-                                build_pairs,
-                                describe_pairs,
-                                load_pairs,
-                                pairs_table,
-                                prefer,
-                                preference_memory_estimate,
+    PairsConfig,
+    PreferConfig,
+    build_pairs,
+    describe_pairs,
+    load_pairs,
+    pairs_table,
+    prefer,
+    preference_memory_estimate,
 )
 from nbkit.train.sft import format_diagnosis, train
 
-__all__ = ["PairsConfig", "PreferConfig", "TrainConfig", "build_pairs", "describe_pairs", "estimate_run",
-           "format_diagnosis", "format_estimate", "launch_command", "load_pairs", "pairs_table", "prefer",
-           "preference_memory_estimate", "train"]
+__all__ = [
+    "PairsConfig",
+    "PreferConfig",
+    "TrainConfig",
+    "build_pairs",
+    "describe_pairs",
+    "estimate_run",
+    "format_diagnosis",
+    "format_estimate",
+    "launch_command",
+    "load_pairs",
+    "pairs_table",
+    "prefer",
+    "preference_memory_estimate",
+    "train",
+]

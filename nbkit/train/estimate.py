@@ -73,8 +73,15 @@ class FitEstimate:
         return asdict(self)
 
 
-def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointing: bool,
-                 device: str = "cpu", half: bool = False, autocast: str = "bf16") -> dict[str, float]:
+def memory_parts(
+    shape: ModelShape,
+    method: str,
+    batch_tokens: int,
+    checkpointing: bool,
+    device: str = "cpu",
+    half: bool = False,
+    autocast: str = "bf16",
+) -> dict[str, float]:
     """Peak memory by part, in GiB. `autocast` is the plan's ("none" on a CPU without native bf16)."""
     compute_bytes = 2 if half else 4
     if method == "qlora":
@@ -84,7 +91,7 @@ def memory_parts(shape: ModelShape, method: str, batch_tokens: int, checkpointin
     trainable = shape.total if method == "full" else shape.lora
     # float32 gradients + AdamW's two moments, plus the float32 LoRA weights (full weights are counted above)
     optimizer = trainable * (4 + 8 + (0 if method == "full" else 4))
-    per_token_layer = (ACTIVATION_HIDDEN_FACTOR * shape.hidden + ACTIVATION_INTERMEDIATE_FACTOR * shape.intermediate)
+    per_token_layer = ACTIVATION_HIDDEN_FACTOR * shape.hidden + ACTIVATION_INTERMEDIATE_FACTOR * shape.intermediate
     if checkpointing:  # keep each layer's input; recompute one layer at a time
         kept = CHECKPOINTED_HIDDEN_FACTOR_CUDA if device == "cuda" else CHECKPOINTED_HIDDEN_FACTOR
         activations = batch_tokens * (kept * shape.layers * shape.hidden + per_token_layer) * compute_bytes
@@ -155,9 +162,17 @@ def flops_per_token(shape: ModelShape, method: str, checkpointing: bool) -> floa
     return passes * n
 
 
-def estimate_fit(config, lengths: list[int], *, device: str | None = None, half: bool | None = None,
-                 available_gib: float | None = None, shape: ModelShape | None = None,
-                 autocast: str | None = None, measure_speed: bool = True) -> FitEstimate:
+def estimate_fit(
+    config,
+    lengths: list[int],
+    *,
+    device: str | None = None,
+    half: bool | None = None,
+    available_gib: float | None = None,
+    shape: ModelShape | None = None,
+    autocast: str | None = None,
+    measure_speed: bool = True,
+) -> FitEstimate:
     """Memory and time for `config` (a TrainConfig) on `lengths` (token counts of the training rows).
 
     `device`, `half` and `autocast` default to this machine's precision plan (`pick_device`)."""
@@ -188,9 +203,17 @@ def estimate_fit(config, lengths: list[int], *, device: str | None = None, half:
     verdict = "fits" if need <= FITS * available else "tight" if need <= TIGHT * available else "will not fit"
     advice = [] if verdict == "fits" else fixes(config, shape, longest, available, total)
 
-    est = FitEstimate(method=config.method, device=device, batch_tokens=batch_tokens,
-                      gradient_checkpointing=checkpointing, parts_gib={k: round(v, 3) for k, v in parts.items()},
-                      total_gib=round(need, 3), available_gib=round(available, 2), verdict=verdict, advice=advice)
+    est = FitEstimate(
+        method=config.method,
+        device=device,
+        batch_tokens=batch_tokens,
+        gradient_checkpointing=checkpointing,
+        parts_gib={k: round(v, 3) for k, v in parts.items()},
+        total_gib=round(need, 3),
+        available_gib=round(available, 2),
+        verdict=verdict,
+        advice=advice,
+    )
     if measure_speed and lengths:
         steps = planned_steps(config, len(lengths))
         mean = sum(min(n, config.max_seq_len) for n in lengths) / len(lengths)
@@ -219,8 +242,10 @@ def fixes(config, shape: ModelShape, longest: int, available: float, total) -> l
         batch //= 2
         if total(tokens=batch * longest, ckpt=True) <= FITS * available:
             accumulation = config.gradient_accumulation_steps * config.batch_size // batch
-            out.append(f"set batch_size={batch} and gradient_accumulation_steps={accumulation} "
-                       f"(same effective batch of {config.effective_batch_size})")
+            out.append(
+                f"set batch_size={batch} and gradient_accumulation_steps={accumulation} "
+                f"(same effective batch of {config.effective_batch_size})"
+            )
             break
     for seq in (1024, 512, 256, 128):
         if seq < longest and total(tokens=config.batch_size * seq, ckpt=True) <= FITS * available:
@@ -229,21 +254,27 @@ def fixes(config, shape: ModelShape, longest: int, available: float, total) -> l
     if config.method != "qlora" and total(method="qlora", ckpt=True) <= FITS * available:
         out.append("set method='qlora' (4-bit base weights: ~1/4 of 16-bit memory)")
     if not out:
-        out.append(f"pick a smaller base model: {shape.total / 1e9:.2f}B parameters need more than the "
-                   f"{available:.1f} GiB available even with 4-bit weights, batch 1 and checkpointing")
+        out.append(
+            f"pick a smaller base model: {shape.total / 1e9:.2f}B parameters need more than the "
+            f"{available:.1f} GiB available even with 4-bit weights, batch 1 and checkpointing"
+        )
     return out
 
 
 def format_estimate(est: FitEstimate) -> str:
     parts = ", ".join(f"{k} {v:.2f}" for k, v in est.parts_gib.items())
-    lines = [f"Memory estimate ({est.method} on {est.device}, {est.batch_tokens} tokens per forward pass, "
-             f"gradient checkpointing {'on' if est.gradient_checkpointing else 'off'}): {est.total_gib:.2f} GiB "
-             f"of {est.available_gib:.1f} GiB available — {est.verdict.upper()}",
-             f"  GiB by part: {parts}"]
+    lines = [
+        f"Memory estimate ({est.method} on {est.device}, {est.batch_tokens} tokens per forward pass, "
+        f"gradient checkpointing {'on' if est.gradient_checkpointing else 'off'}): {est.total_gib:.2f} GiB "
+        f"of {est.available_gib:.1f} GiB available — {est.verdict.upper()}",
+        f"  GiB by part: {parts}",
+    ]
     lines += [f"  fix: {a}" for a in est.advice]
     if est.total_seconds is not None:
-        lines.append(f"Time estimate: ~{est.step_seconds:.1f} s/step x {est.steps} steps = "
-                     f"{_duration(est.total_seconds)} (the live monitor's ETA is more precise once steps run)")
+        lines.append(
+            f"Time estimate: ~{est.step_seconds:.1f} s/step x {est.steps} steps = "
+            f"{_duration(est.total_seconds)} (the live monitor's ETA is more precise once steps run)"
+        )
     return "\n".join(lines)
 
 

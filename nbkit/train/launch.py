@@ -37,12 +37,15 @@ STRATEGIES = {
     "ddp-cpu": "ddp_cpu.yaml",  # data parallel on CPU processes (gloo): tests, many-core machines
 }
 
+
 def accelerate_config_path(strategy: str) -> Path:
     """The accelerate config file shipped with nbkit for a strategy."""
     if strategy not in STRATEGIES:
-        raise ConfigError(f"`strategy` must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r} — "
-                          "use 'ddp' on GPUs, 'fsdp-qlora' when the 4-bit model does not fit on one GPU, "
-                          "'ddp-cpu' without GPUs.")
+        raise ConfigError(
+            f"`strategy` must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r} — "
+            "use 'ddp' on GPUs, 'fsdp-qlora' when the 4-bit model does not fit on one GPU, "
+            "'ddp-cpu' without GPUs."
+        )
     return Path(str(resources.files("nbkit") / "accelerate_configs" / STRATEGIES[strategy]))
 
 
@@ -62,14 +65,20 @@ def resolve_processes(num_processes: int | None = None, strategy: str | None = N
     if num_processes is None:
         num_processes = gpus if strategy != "ddp-cpu" and gpus else 1
     if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
-        raise ConfigError(f"`num_processes` must be a whole number >= 1, got {num_processes!r} — "
-                          "pass the number of GPUs (or CPU processes) to use.")
+        raise ConfigError(
+            f"`num_processes` must be a whole number >= 1, got {num_processes!r} — "
+            "pass the number of GPUs (or CPU processes) to use."
+        )
     if strategy == "fsdp-qlora" and not gpus:
-        raise ConfigError("`strategy` 'fsdp-qlora' needs GPUs (accelerate builds FSDP only on GPUs) and this "
-                          "machine has none — use strategy='ddp-cpu' here, or build the command on the GPU machine.")
+        raise ConfigError(
+            "`strategy` 'fsdp-qlora' needs GPUs (accelerate builds FSDP only on GPUs) and this "
+            "machine has none — use strategy='ddp-cpu' here, or build the command on the GPU machine."
+        )
     if strategy != "ddp-cpu" and gpus and num_processes > gpus:
-        raise ConfigError(f"`num_processes` is {num_processes} but this machine has {gpus} GPU(s) — "
-                          f"pass num_processes={gpus} or fewer (one process per GPU).")
+        raise ConfigError(
+            f"`num_processes` is {num_processes} but this machine has {gpus} GPU(s) — "
+            f"pass num_processes={gpus} or fewer (one process per GPU)."
+        )
     return num_processes, strategy
 
 
@@ -97,12 +106,29 @@ def write_launch_files(config: TrainConfig, strategy: str) -> tuple[Path, Path]:
     return config_path, accelerate_path
 
 
-def launch_argv(config_path: str | Path, num_processes: int, accelerate_config: str | Path, *,
-                output_dir: str | Path | None = None, max_steps: int | None = None,
-                accelerate: str = "accelerate") -> list[str]:
+def launch_argv(
+    config_path: str | Path,
+    num_processes: int,
+    accelerate_config: str | Path,
+    *,
+    output_dir: str | Path | None = None,
+    max_steps: int | None = None,
+    accelerate: str = "accelerate",
+) -> list[str]:
     """The `accelerate launch ... -m nbkit.cli train --config ...` command as an argument list."""
-    argv = [accelerate, "launch", "--config_file", str(accelerate_config), "--num_processes", str(num_processes),
-            "-m", "nbkit.cli", "train", "--config", str(config_path)]
+    argv = [
+        accelerate,
+        "launch",
+        "--config_file",
+        str(accelerate_config),
+        "--num_processes",
+        str(num_processes),
+        "-m",
+        "nbkit.cli",
+        "train",
+        "--config",
+        str(config_path),
+    ]
     if max_steps is not None:
         argv += ["--max-steps", str(max_steps)]
     if output_dir is not None:
@@ -110,8 +136,14 @@ def launch_argv(config_path: str | Path, num_processes: int, accelerate_config: 
     return argv
 
 
-def launch_command(config: TrainConfig, num_processes: int | None = None, *, strategy: str | None = None,
-                   output_dir: str | Path | None = None, max_steps: int | None = None) -> str:
+def launch_command(
+    config: TrainConfig,
+    num_processes: int | None = None,
+    *,
+    strategy: str | None = None,
+    output_dir: str | Path | None = None,
+    max_steps: int | None = None,
+) -> str:
     """The exact shell command that trains `config` on `num_processes` processes with accelerate.
 
     Writes the files it points at into WS/launch/<run_id>/: the resolved config.json and accelerate.yaml,
@@ -122,8 +154,9 @@ def launch_command(config: TrainConfig, num_processes: int | None = None, *, str
     """
     num_processes, strategy = resolve_processes(num_processes, strategy)
     config_path, accelerate_path = write_launch_files(config, strategy)
-    return shlex.join(launch_argv(config_path, num_processes, accelerate_path, output_dir=output_dir,
-                                  max_steps=max_steps))
+    return shlex.join(
+        launch_argv(config_path, num_processes, accelerate_path, output_dir=output_dir, max_steps=max_steps)
+    )
 
 
 # -- checking a config without GPUs ---------------------------------------------------------------------
@@ -137,15 +170,26 @@ def dry_start(strategy: str, num_processes: int = 2, timeout: float = 120) -> li
     """
     config = accelerate_config_path(strategy)
     accelerate = str(Path(sys.executable).with_name("accelerate"))
-    argv = [accelerate if os.path.exists(accelerate) else "accelerate", "launch", "--config_file", str(config),
-            "--num_processes", str(num_processes), "-m", "nbkit.train.launch"]
+    argv = [
+        accelerate if os.path.exists(accelerate) else "accelerate",
+        "launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        str(num_processes),
+        "-m",
+        "nbkit.train.launch",
+    ]
     with tempfile.TemporaryDirectory(prefix="nbkit-dry-start-") as folder:  # one report file per process
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "NBKIT_DRY_START": folder})
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, "NBKIT_DRY_START": folder}
+        )
         reports = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("rank-*.json"))]
     if done.returncode != 0 or len(reports) != num_processes:
-        raise RuntimeError(f"dry start of {config.name} with {num_processes} processes failed "
-                           f"(exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"dry start of {config.name} with {num_processes} processes failed "
+            f"(exit {done.returncode}):\n{done.stderr[-3000:]}"
+        )
     return sorted(reports, key=lambda r: r["rank"])
 
 
@@ -155,11 +199,14 @@ def _report_process() -> dict:
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    report = {"rank": state.process_index, "world_size": state.num_processes,
-              "distributed_type": str(state.distributed_type).split(".")[-1], "backend": state.backend,
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-              "launcher_env": {k: v for k, v in sorted(os.environ.items())
-                               if k.startswith(("FSDP_", "ACCELERATE_USE"))}}
+    report = {
+        "rank": state.process_index,
+        "world_size": state.num_processes,
+        "distributed_type": str(state.distributed_type).split(".")[-1],
+        "backend": state.backend,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "launcher_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("FSDP_", "ACCELERATE_USE"))},
+    }
     if os.environ.get("ACCELERATE_USE_FSDP") == "true":
         report["fsdp_plugin"] = _fsdp_plugin_report()
     total = torch.ones(1, device=state.device)  # nccl on GPUs reduces device tensors only
@@ -179,8 +226,11 @@ def _fsdp_plugin_report() -> dict:
     import torch
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    overrides = {} if torch.cuda.is_available() else {"FSDP_SYNC_MODULE_STATES": "false",
-                                                       "FSDP_CPU_RAM_EFFICIENT_LOADING": "false"}
+    overrides = (
+        {}
+        if torch.cuda.is_available()
+        else {"FSDP_SYNC_MODULE_STATES": "false", "FSDP_CPU_RAM_EFFICIENT_LOADING": "false"}
+    )
     saved = {k: os.environ.get(k) for k in overrides}
     os.environ.update(overrides)
     try:
@@ -192,12 +242,16 @@ def _fsdp_plugin_report() -> dict:
             else:
                 os.environ[key] = value
     policy = plugin.auto_wrap_policy
-    return {"version": plugin.fsdp_version, "sharding_strategy": str(plugin.sharding_strategy),
-            "offload_params": bool(plugin.cpu_offload and plugin.cpu_offload.offload_params),
-            "state_dict_type": str(plugin.state_dict_type), "use_orig_params": plugin.use_orig_params,
-            "backward_prefetch": str(plugin.backward_prefetch),
-            "auto_wrap_policy": getattr(policy, "__name__", str(policy)),
-            "built_without": sorted(overrides)}
+    return {
+        "version": plugin.fsdp_version,
+        "sharding_strategy": str(plugin.sharding_strategy),
+        "offload_params": bool(plugin.cpu_offload and plugin.cpu_offload.offload_params),
+        "state_dict_type": str(plugin.state_dict_type),
+        "use_orig_params": plugin.use_orig_params,
+        "backward_prefetch": str(plugin.backward_prefetch),
+        "auto_wrap_policy": getattr(policy, "__name__", str(policy)),
+        "built_without": sorted(overrides),
+    }
 
 
 if __name__ == "__main__" and os.environ.get("NBKIT_DRY_START"):

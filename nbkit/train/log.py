@@ -81,8 +81,13 @@ def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunCont
                 return
             elapsed = time.monotonic() - self.started
             done = state.global_step - self.first_step
-            record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0, 4),
-                      "elapsed_s": round(elapsed, 2), **logs}
+            record = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "epoch": round(state.epoch or 0, 4),
+                "elapsed_s": round(elapsed, 2),
+                **logs,
+            }
             if done > 0 and "loss" in logs:
                 record["tokens_per_s"] = round((state.num_input_tokens_seen - self.first_tokens) / elapsed, 1)
                 record["eta_s"] = round((state.max_steps - state.global_step) * elapsed / done, 1)
@@ -97,8 +102,10 @@ def make_callback(metrics_path: Path, on_log: LogFn | None, run_control: RunCont
 def format_log(record: dict[str, Any]) -> str:
     """One line per log: step, losses, learning rate, grad norm, speed, ETA, memory."""
     if "train_loss" in record and "loss" not in record:  # the trainer's end-of-training summary
-        return (f"done: step {record['step']}/{record['max_steps']} in {record['train_runtime']:.0f}s, "
-                f"mean train loss {record.get('train_loss', float('nan')):.4g}")
+        return (
+            f"done: step {record['step']}/{record['max_steps']} in {record['train_runtime']:.0f}s, "
+            f"mean train loss {record.get('train_loss', float('nan')):.4g}"
+        )
     parts = [f"step {record['step']}/{record['max_steps']}"]
     for key, label in (("loss", "loss"), ("eval_loss", "val_loss"), ("learning_rate", "lr"), ("grad_norm", "grad")):
         if key in record:
@@ -123,32 +130,44 @@ def diagnose(logs: list[dict[str, Any]]) -> dict[str, str]:
     _, losses = metric_series(logs, "loss")
     evals = list(zip(*metric_series(logs, "eval_loss")))
     if len(losses) < 3:
-        return {"verdict": "too short", "message": f"Only {len(losses)} training-loss logs: too few to judge.",
-                "advice": "Train for more steps (or lower logging_steps) to read the curves."}
+        return {
+            "verdict": "too short",
+            "message": f"Only {len(losses)} training-loss logs: too few to judge.",
+            "advice": "Train for more steps (or lower logging_steps) to read the curves.",
+        }
     if any(x != x or x == float("inf") for x in losses) or any(
-            b > 2 * min(losses[: i + 1]) and b > 0.5 for i, b in enumerate(losses[1:])):
-        return {"verdict": "unstable",
-                "message": "The training loss spiked (more than doubled, or became NaN) after it had fallen.",
-                "advice": "Lower learning_rate (e.g. halve it), raise warmup_ratio, or raise the effective batch."}
+        b > 2 * min(losses[: i + 1]) and b > 0.5 for i, b in enumerate(losses[1:])
+    ):
+        return {
+            "verdict": "unstable",
+            "message": "The training loss spiked (more than doubled, or became NaN) after it had fallen.",
+            "advice": "Lower learning_rate (e.g. halve it), raise warmup_ratio, or raise the effective batch.",
+        }
     if len(evals) >= 3:
         best_i = min(range(len(evals)), key=lambda i: evals[i][1])
         best_step, best = evals[best_i]
         last_step, last = evals[-1]
         if best_i < len(evals) - 1 and last > 1.1 * best:
-            return {"verdict": "overfitting",
-                    "message": f"Validation loss was lowest at step {best_step} ({best:.3f}) and rose to {last:.3f} "
-                               f"by step {last_step} while training loss kept falling to {losses[-1]:.3f}.",
-                    "advice": "Keep the best checkpoint (load_best=True), train fewer steps, lower learning_rate "
-                              "or lora_r, or add more varied data."}
+            return {
+                "verdict": "overfitting",
+                "message": f"Validation loss was lowest at step {best_step} ({best:.3f}) and rose to {last:.3f} "
+                f"by step {last_step} while training loss kept falling to {losses[-1]:.3f}.",
+                "advice": "Keep the best checkpoint (load_best=True), train fewer steps, lower learning_rate "
+                "or lora_r, or add more varied data.",
+            }
     fell = 1 - losses[-1] / losses[0] if losses[0] else 0
     if fell < 0.1 and losses[-1] > 1.0:
-        return {"verdict": "underfitting",
-                "message": f"Training loss barely moved ({losses[0]:.3f} -> {losses[-1]:.3f}) and stays high.",
-                "advice": "Raise learning_rate or max_steps; check in 02 that the loss mask covers the answers."}
+        return {
+            "verdict": "underfitting",
+            "message": f"Training loss barely moved ({losses[0]:.3f} -> {losses[-1]:.3f}) and stays high.",
+            "advice": "Raise learning_rate or max_steps; check in 02 that the loss mask covers the answers.",
+        }
     trend = f"; validation loss {evals[0][1]:.3f} -> {evals[-1][1]:.3f}" if len(evals) >= 2 else ""
-    return {"verdict": "healthy",
-            "message": f"Training loss fell {100 * fell:.0f}% ({losses[0]:.3f} -> {losses[-1]:.3f}){trend}.",
-            "advice": "Check the answers themselves in 05: a low loss is not yet a good model."}
+    return {
+        "verdict": "healthy",
+        "message": f"Training loss fell {100 * fell:.0f}% ({losses[0]:.3f} -> {losses[-1]:.3f}){trend}.",
+        "advice": "Check the answers themselves in 05: a low loss is not yet a good model.",
+    }
 
 
 def format_diagnosis(diagnosis: dict[str, str]) -> str:

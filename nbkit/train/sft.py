@@ -67,7 +67,8 @@ def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
             f"nothing to learn: none of the {len(rows)} rows of this split has a trained (assistant) token within "
             f"max_seq_len={max_seq_len}, so every label is -100 and the loss would be 0. Run 02_format again (it "
             "sets such rows aside in data/formatted/dropped.jsonl with the reason) and 03_split; if the answers "
-            "are cut off, raise max_seq_len; if every assistant turn has weight 0, give the replies to learn weight 1.")
+            "are cut off, raise max_seq_len; if every assistant turn has weight 0, give the replies to learn weight 1."
+        )
     return Dataset.from_list(encoded)
 
 
@@ -76,7 +77,10 @@ def lora_config(config: TrainConfig):
 
     targets = config.target_modules.strip()
     return LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, task_type="CAUSAL_LM",
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        task_type="CAUSAL_LM",
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
     )
 
@@ -106,15 +110,21 @@ def use_checkpointing(config: TrainConfig, lengths: list[int], plan: PrecisionPl
 
     plan = plan or pick_device(config.method)
     try:
-        return estimate_fit(config, lengths, device=plan.device, half=plan.compute_dtype != "float32",
-                            measure_speed=False).gradient_checkpointing
+        return estimate_fit(
+            config, lengths, device=plan.device, half=plan.compute_dtype != "float32", measure_speed=False
+        ).gradient_checkpointing
     except Exception:  # a model whose shapes cannot be read offline: play safe
         return True
 
 
 @quiet_library_notices()
-def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = print_log,
-                  control: RunControl | None = None, plan: PrecisionPlan | None = None):
+def build_trainer(
+    config: TrainConfig,
+    run_dir: Path,
+    on_log: LogFn | None = print_log,
+    control: RunControl | None = None,
+    plan: PrecisionPlan | None = None,
+):
     """The SFTTrainer for a run: tokenized splits, the (4-bit) base model and the LoRA config.
 
     `plan` overrides this device's precision plan (nbkit.model.devices), e.g. a T4's fp16 plan on another device.
@@ -174,18 +184,26 @@ def build_trainer(config: TrainConfig, run_dir: Path, on_log: LogFn | None = pri
         ddp_find_unused_parameters=False,  # every LoRA matrix is used in every forward pass
     )
     model, method = load_model(config.base_model, config.method, plan)
-    say(f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights, "
+    say(
+        f"Loaded {config.base_model} for {method} ({model.get_memory_footprint() / 2**20:.0f} MiB of weights, "
         f"gradient checkpointing {'on' if checkpointing else 'off'}, {config.batching} batches, "
-        f"{plan.autocast if plan.autocast != 'none' else 'no'} autocast, {plan.optimizer}).")
+        f"{plan.autocast if plan.autocast != 'none' else 'no'} autocast, {plan.optimizer})."
+    )
 
     callbacks = [make_callback(run_dir / "metrics.jsonl", on_log, control)]
     if selects_best and config.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     if "tensorboard" in config.trackers:
         callbacks.append(tensorboard_callback(run_dir / "tensorboard"))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds or None,
-                         processing_class=tokenizer, peft_config=None if method == "full" else lora_config(config),
-                         callbacks=callbacks)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds or None,
+        processing_class=tokenizer,
+        peft_config=None if method == "full" else lora_config(config),
+        callbacks=callbacks,
+    )
     if on_log is not None:  # our callback reports progress; drop the trainer's raw dict printer
         trainer.remove_callback(PrinterCallback)
     cast_trainable(trainer.model, plan.torch_dtype(plan.trainable_dtype))
@@ -220,15 +238,18 @@ def is_out_of_memory(err: BaseException) -> bool:
     import torch
 
     return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
 
 
 def out_of_memory_advice(config: TrainConfig) -> str:
     fixes = []
     if config.batch_size > 1:
         batch = max(1, config.batch_size // 2)
-        fixes.append(f"batch_size={batch} with gradient_accumulation_steps="
-                     f"{config.gradient_accumulation_steps * config.batch_size // batch} (same effective batch)")
+        fixes.append(
+            f"batch_size={batch} with gradient_accumulation_steps="
+            f"{config.gradient_accumulation_steps * config.batch_size // batch} (same effective batch)"
+        )
     if config.gradient_checkpointing != "on":
         fixes.append("gradient_checkpointing='on'")
     if config.max_seq_len > 256:
@@ -236,13 +257,21 @@ def out_of_memory_advice(config: TrainConfig) -> str:
     if config.method != "qlora":
         fixes.append("method='qlora' (4-bit base weights)")
     fixes.append("a smaller base_model")
-    return (f"Training ran out of memory at batch_size={config.batch_size}, max_seq_len={config.max_seq_len}, "
-            f"method={config.method!r}. Change, in this order: " + "; ".join(fixes) +
-            ". Then run with resume=True to continue from the last checkpoint (estimate_fit shows what fits).")
+    return (
+        f"Training ran out of memory at batch_size={config.batch_size}, max_seq_len={config.max_seq_len}, "
+        f"method={config.method!r}. Change, in this order: "
+        + "; ".join(fixes)
+        + ". Then run with resume=True to continue from the last checkpoint (estimate_fit shows what fits)."
+    )
 
 
-def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path | None = None,
-          control: RunControl | None = None, plan: PrecisionPlan | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    on_log: LogFn | None = print_log,
+    run_dir: Path | None = None,
+    control: RunControl | None = None,
+    plan: PrecisionPlan | None = None,
+) -> dict[str, Any]:
     """Train on data/splits/train.jsonl; return the run record (runs/<run_id>/run.json).
 
     `run_dir` overrides runs/<run_id>/ (the CLI's --output-dir); `control` lets a panel stop
@@ -255,9 +284,11 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
     manifest = ws.checked(ws.manifest, "03_split")
     replay_model = (manifest.get("replay") or {}).get("model")
     if replay_model and replay_model != config.base_model:
-        say(f"Warning: the split's replay rows are {replay_model}'s own answers, but this run trains "
+        say(
+            f"Warning: the split's replay rows are {replay_model}'s own answers, but this run trains "
             f"{config.base_model}: they remind it of another model's answers. Set base_model = "
-            f"{config.base_model!r} in 02_format and re-run 02 and 03.")
+            f"{config.base_model!r} in 02_format and re-run 02 and 03."
+        )
     run_id = run_to_resume(ws, config) if config.resume else (config.run_id or new_run_id())
     run_dir = Path(run_dir) if run_dir is not None else ws.run_dir(run_id)
     metrics_path = run_dir / "metrics.jsonl"
@@ -282,10 +313,16 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         trainable, total = _parameter_counts(trainer.model)
         world = trainer.args.world_size
         effective = config.effective_batch_size * world
-        say(f"Training {trainable:,} parameters ({100 * trainable / total:.2f}% of {total:,}) on "
+        say(
+            f"Training {trainable:,} parameters ({100 * trainable / total:.2f}% of {total:,}) on "
             f"{len(trainer.train_dataset)} examples, effective batch {effective}"
-            + (f" ({config.batch_size} x {config.gradient_accumulation_steps} accumulation x {world} processes)"
-               if world > 1 else "") + ".")
+            + (
+                f" ({config.batch_size} x {config.gradient_accumulation_steps} accumulation x {world} processes)"
+                if world > 1
+                else ""
+            )
+            + "."
+        )
         started = time.monotonic()
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -325,8 +362,13 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
     _, losses = metric_series(logs, "loss")
     _, eval_losses = metric_series(logs, "eval_loss")
     _, speeds = metric_series(logs, "tokens_per_s")
-    status = ("stopped" if control is not None and control.stop_requested
-              else "early-stopped" if result.global_step < state.max_steps else "finished")
+    status = (
+        "stopped"
+        if control is not None and control.stop_requested
+        else "early-stopped"
+        if result.global_step < state.max_steps
+        else "finished"
+    )
     record = {
         "run_id": run_id,
         "base_model": config.base_model,
@@ -340,18 +382,26 @@ def train(config: TrainConfig, on_log: LogFn | None = print_log, run_dir: Path |
         "max_steps": state.max_steps,
         "train_seconds": round(seconds, 1),
         "resumed_from": checkpoint.name if checkpoint else None,
-        "train_loss": {"first": losses[0] if losses else None, "last": losses[-1] if losses else None,
-                       "mean": result.training_loss},
+        "train_loss": {
+            "first": losses[0] if losses else None,
+            "last": losses[-1] if losses else None,
+            "mean": result.training_loss,
+        },
         "eval_loss": eval_losses[-1] if eval_losses else None,
-        "best": {"step": checkpoint_step(state.best_model_checkpoint) if state.best_model_checkpoint else None,
-                 "eval_loss": state.best_metric,
-                 "loaded": bool(args.load_best_model_at_end and state.best_model_checkpoint)},
+        "best": {
+            "step": checkpoint_step(state.best_model_checkpoint) if state.best_model_checkpoint else None,
+            "eval_loss": state.best_metric,
+            "loaded": bool(args.load_best_model_at_end and state.best_model_checkpoint),
+        },
         "tokens_per_s": speeds[-1] if speeds else None,
         "peak_memory_gib": round(memory_gib(), 3),
         "trainable_parameters": trainable,
-        "dataset": {"fingerprints": manifest["fingerprints"], "sizes": manifest["sizes"],
-                    "replay_rows": (manifest.get("replay") or {}).get("rows", 0),
-                    "manifest": str(ws.manifest)},
+        "dataset": {
+            "fingerprints": manifest["fingerprints"],
+            "sizes": manifest["sizes"],
+            "replay_rows": (manifest.get("replay") or {}).get("rows", 0),
+            "manifest": str(ws.manifest),
+        },
         "adapter": str(weights_dir) if method != "full" else None,
         "model": str(weights_dir) if method == "full" else None,
         "diagnosis": diagnose(logs),

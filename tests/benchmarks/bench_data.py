@@ -42,11 +42,18 @@ def synthetic_rows(n: int, seed: int = 0) -> list[str]:
                 continue
         words = " ".join(rng.choice(vocab) for _ in range(rng.randint(8, 40)))
         label = rng.choice(["billing", "account", "technical", "shipping"])
-        lines.append(json.dumps({"messages": [
-            {"role": "system", "content": "Triage the support ticket."},
-            {"role": "user", "content": f"ticket {i}: {words}"},
-            {"role": "assistant", "content": json.dumps({"team": label, "priority": "normal"})}],
-            "label": label}))
+        lines.append(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "system", "content": "Triage the support ticket."},
+                        {"role": "user", "content": f"ticket {i}: {words}"},
+                        {"role": "assistant", "content": json.dumps({"team": label, "priority": "normal"})},
+                    ],
+                    "label": label,
+                }
+            )
+        )
     return lines
 
 
@@ -67,9 +74,11 @@ def run(n: int, workdir: Path) -> dict[str, float]:
     leaks = find_leaks(splits)
     timings["split+leakage"] = time.perf_counter() - start
     timings["total"] = sum(timings.values())
-    print(f"{n:>7} rows: kept {report['kept']}, rejected {report['rejected']}, near-dup clusters {len(clusters)}, "
-          f"leaks {sum(map(len, leaks.values()))} | " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
-          flush=True)
+    print(
+        f"{n:>7} rows: kept {report['kept']}, rejected {report['rejected']}, near-dup clusters {len(clusters)}, "
+        f"leaks {sum(map(len, leaks.values()))} | " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
+        flush=True,
+    )
     return timings
 
 
@@ -82,8 +91,10 @@ def main() -> int:
         results = {n: run(n, Path(tmp)) for n in sizes}
     small, large = sizes[0], sizes[-1]
     growth = results[large]["total"] / results[small]["total"]
-    print(f"\n{large} rows in {results[large]['total']:.1f} s (target < 20 s); time x{growth:.1f} for "
-          f"x{large / small:.0f} rows (linear would be x{large / small:.0f})")
+    print(
+        f"\n{large} rows in {results[large]['total']:.1f} s (target < 20 s); time x{growth:.1f} for "
+        f"x{large / small:.0f} rows (linear would be x{large / small:.0f})"
+    )
     ok = results[large]["total"] < 20 and growth < 1.5 * large / small
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1

@@ -35,8 +35,11 @@ def main() -> int:
         start = time.perf_counter()
         answers[label] = generate(model, tokenizer, prompts, args.max_new_tokens, batch)
         timings[label] = time.perf_counter() - start
-        print(f"{label:>8}: {len(prompts)} prompts in {timings[label]:.1f} s "
-              f"({len(prompts) / timings[label]:.2f} prompts/s, batch {batch})", flush=True)
+        print(
+            f"{label:>8}: {len(prompts)} prompts in {timings[label]:.1f} s "
+            f"({len(prompts) / timings[label]:.2f} prompts/s, batch {batch})",
+            flush=True,
+        )
     speedup = timings["serial"] / timings["batched"]
     same = sum(a == b for a, b in zip(answers["serial"], answers["batched"]))
     print(f"\nbatched is {speedup:.1f}x faster (target >= 4x); identical greedy answers: {same}/{len(prompts)}")

@@ -60,20 +60,45 @@ def plain_trl(ws: Workspace, batch_size: int, **overrides) -> float:
     tokenizer = load_tokenizer(EMBEDDED_MODEL)
     dataset = tokenized_split(read_jsonl(ws.split("train")), tokenizer, 512)
     model, _ = load_model(EMBEDDED_MODEL, "qlora")
-    args = SFTConfig(output_dir=str(ws.root / "trl"), num_train_epochs=1, per_device_train_batch_size=batch_size,
-                     learning_rate=1e-3, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-                     logging_steps=1000, seed=42, **overrides)
+    args = SFTConfig(
+        output_dir=str(ws.root / "trl"),
+        num_train_epochs=1,
+        per_device_train_batch_size=batch_size,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=1000,
+        seed=42,
+        **overrides,
+    )
     clock = StepClock()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=lora_config(TrainConfig()), callbacks=[clock])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(TrainConfig()),
+        callbacks=[clock],
+    )
     trainer.train()
     return clock.seconds
 
 
 def nbkit_run(ws: Workspace, batch_size: int, **settings) -> float:
-    config = TrainConfig(workspace=str(ws.root), max_steps=0, num_train_epochs=1, batch_size=batch_size,
-                         eval_steps=0, early_stopping_patience=0, load_best=False, report_to="none",
-                         save_steps=10_000, **settings)
+    config = TrainConfig(
+        workspace=str(ws.root),
+        max_steps=0,
+        num_train_epochs=1,
+        batch_size=batch_size,
+        eval_steps=0,
+        early_stopping_patience=0,
+        load_best=False,
+        report_to="none",
+        save_steps=10_000,
+        **settings,
+    )
     run_dir = ws.root / "runs" / "bench"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -86,12 +111,14 @@ def nbkit_run(ws: Workspace, batch_size: int, **settings) -> float:
 
 VARIANTS = {
     "TRL defaults (random padded batches, checkpointing on)": lambda ws, b: plain_trl(ws, b),
-    "nbkit with TRL's batching (padded, checkpointing on)":
-        lambda ws, b: nbkit_run(ws, b, batching="padded", gradient_checkpointing="on"),
+    "nbkit with TRL's batching (padded, checkpointing on)": lambda ws, b: nbkit_run(
+        ws, b, batching="padded", gradient_checkpointing="on"
+    ),
     "nbkit defaults (length-grouped, checkpointing auto=off)": lambda ws, b: nbkit_run(ws, b),
     "TRL defaults with checkpointing off": lambda ws, b: plain_trl(ws, b, gradient_checkpointing=False),
-    "TRL padding-free, checkpointing off": lambda ws, b: plain_trl(ws, b, padding_free=True, max_length=None,
-                                                                   gradient_checkpointing=False),
+    "TRL padding-free, checkpointing off": lambda ws, b: plain_trl(
+        ws, b, padding_free=True, max_length=None, gradient_checkpointing=False
+    ),
 }
 
 MEMORY_PROBE = """
@@ -106,8 +133,9 @@ print(json.dumps({"peak_gib": record["peak_memory_gib"]}))
 
 
 def peak_memory(ws: Workspace, method: str) -> float:
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(ws.root), method], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(ws.root), method], capture_output=True, text=True, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_gib"]
 
 
@@ -117,8 +145,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads (0: all cores); 1 keeps ratios steady while other jobs load the machine")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: all cores); 1 keeps ratios steady while other jobs load the machine",
+    )
     args = parser.parse_args()
     if args.threads:
         import os
@@ -132,9 +164,11 @@ def main() -> int:
         tokenizer = load_tokenizer(EMBEDDED_MODEL)
         encoded = tokenized_split(read_jsonl(ws.split("train")), tokenizer, 512)
         tokens = sum(len(ids) for ids in encoded["input_ids"])
-        print(f"{args.rows} rows, {tokens} non-padding tokens, batch {args.batch_size}, {args.rounds} rounds, "
-              f"{args.threads or 'all'} threads\n",
-              flush=True)
+        print(
+            f"{args.rows} rows, {tokens} non-padding tokens, batch {args.batch_size}, {args.rounds} rounds, "
+            f"{args.threads or 'all'} threads\n",
+            flush=True,
+        )
         seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
         for round_ in range(args.rounds):
             for name, run in VARIANTS.items():

@@ -56,9 +56,14 @@ def packed_folder(name: str = FAMILY, repo: Path = REPO) -> Path:
 def facts(name: str) -> dict[str, Any]:
     """What the family's instruct repository ships (tests/families.py): EOS, end of turn, generation EOS tokens."""
     family = families_module().FAMILIES[name]
-    return {"family": name, "architecture": family.architecture, "eos_token": family.eos_token,
-            "end_of_turn": family.end_of_turn, "generation_eos": list(family.generation_eos),
-            "template": family.template}
+    return {
+        "family": name,
+        "architecture": family.architecture,
+        "eos_token": family.eos_token,
+        "end_of_turn": family.end_of_turn,
+        "generation_eos": list(family.generation_eos),
+        "template": family.template,
+    }
 
 
 def sentencepiece_vocabulary(model_dir: Path) -> bool:
@@ -107,8 +112,11 @@ def pack(source: Path, dest: Path, name: str = FAMILY) -> dict[str, Any]:
             notes.append(f"no tokenizer.model ({type(err).__name__}: {err}): the GGUF export will refuse")
     for path in sorted(staging.iterdir()):
         if path.stat().st_size > GZIP_OVER:
-            with open(path, "rb") as raw, open(path.with_name(path.name + ".gz"), "wb") as packed, \
-                    gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=packed, mtime=0) as out:
+            with (
+                open(path, "rb") as raw,
+                open(path.with_name(path.name + ".gz"), "wb") as packed,
+                gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=packed, mtime=0) as out,
+            ):
                 shutil.copyfileobj(raw, out)  # no name or time in the header: the same files give the same bytes
             path.unlink()
     files = {p.name: p.stat().st_size for p in sorted(staging.iterdir())}
@@ -130,9 +138,11 @@ def locate(name: str, scratch: Path, repo: Path = REPO) -> tuple[Path | None, st
     except Exception as err:  # noqa: BLE001 - tests/families.py missing or broken
         return None, f"no {packed} and tests/families.py cannot be read ({type(err).__name__}: {err})"
     if not (cache / "config.json").is_file():
-        return None, (f"no {name} files: neither {packed.relative_to(repo)}/ (`make gpu-wheels` copies them there, "
-                      f"from the test suite's cache) nor that cache {cache} (built by `make test`, or "
-                      f"`.venv/bin/python tests/gpu/family_files.py --family {name}`, which builds and packs it)")
+        return None, (
+            f"no {name} files: neither {packed.relative_to(repo)}/ (`make gpu-wheels` copies them there, "
+            f"from the test suite's cache) nor that cache {cache} (built by `make test`, or "
+            f"`.venv/bin/python tests/gpu/family_files.py --family {name}`, which builds and packs it)"
+        )
     pack(cache, scratch / name, name)
     return scratch / name, f"tests/families.py's cache {cache} (packed into {scratch / name})"
 
@@ -167,12 +177,18 @@ def build_model(folder: Path, target: Path, seed: int = 0) -> dict[str, Any]:
     unpack(folder, target)  # the family's own generation_config.json (EOS ids) and config, not the rewritten ones
     packed = json.loads((folder / PACKED_JSON).read_text(encoding="utf-8")) if (folder / PACKED_JSON).is_file() else {}
     vocab = config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size
-    return {"architecture": (config.architectures or ["?"])[0], "model_type": config.model_type,
-            "parameters": parameters, "vocab": vocab,
-            "size_mib": round(sum(p.stat().st_size for p in target.iterdir() if p.is_file()) / 2**20, 1),
-            "packed_mib": round(packed.get("bytes", 0) / 2**20, 2), "notes": packed.get("notes", []),
-            "facts": {k: packed[k] for k in ("family", "eos_token", "end_of_turn", "generation_eos", "template")
-                      if k in packed}}
+    return {
+        "architecture": (config.architectures or ["?"])[0],
+        "model_type": config.model_type,
+        "parameters": parameters,
+        "vocab": vocab,
+        "size_mib": round(sum(p.stat().st_size for p in target.iterdir() if p.is_file()) / 2**20, 1),
+        "packed_mib": round(packed.get("bytes", 0) / 2**20, 2),
+        "notes": packed.get("notes", []),
+        "facts": {
+            k: packed[k] for k in ("family", "eos_token", "end_of_turn", "generation_eos", "template") if k in packed
+        },
+    }
 
 
 def main() -> int:

@@ -65,22 +65,39 @@ PACKAGES = {
 }
 SDIST_ONLY = {"rouge-score"}
 DATASETS_FALLBACK = "4.8.5"
-BNB_KEEP = ("libbitsandbytes_cpu.so", "libbitsandbytes_cuda128.so", "libbitsandbytes_cuda130.so",
-            "libbitsandbytes_cuda132.so")
+BNB_KEEP = (
+    "libbitsandbytes_cpu.so",
+    "libbitsandbytes_cuda128.so",
+    "libbitsandbytes_cuda130.so",
+    "libbitsandbytes_cuda132.so",
+)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 
 def download(spec: str, dest: Path, python_version: str) -> None:
-    argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-            "--python-version", python_version, "--implementation", "cp"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+    ]
     for platform in PLATFORMS:
         argv += ["--platform", platform]
     subprocess.run(argv + ["-d", str(dest), spec], check=True)
 
 
 def build_wheel(spec: str, dest: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-binary", ":all:",
-                    "-w", str(dest), spec], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-binary", ":all:", "-w", str(dest), spec],
+        check=True,
+    )
 
 
 def record_hash(data: bytes) -> str:
@@ -92,8 +109,11 @@ def strip_bitsandbytes(wheel: Path) -> tuple[int, int]:
     before = wheel.stat().st_size
     tmp = wheel.with_suffix(".tmp")
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
-        dropped = {i.filename for i in src.infolist()
-                   if i.filename.startswith("bitsandbytes/libbitsandbytes_") and Path(i.filename).name not in BNB_KEEP}
+        dropped = {
+            i.filename
+            for i in src.infolist()
+            if i.filename.startswith("bitsandbytes/libbitsandbytes_") and Path(i.filename).name not in BNB_KEEP
+        }
         for info in src.infolist():
             if info.filename in dropped:
                 continue
@@ -112,8 +132,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dest", default=".whl", help="folder for the wheels (default .whl)")
     parser.add_argument("--python-version", default="3.12", help="the GPU python's version (default 3.12)")
-    parser.add_argument("--family", default=FAMILY, help=f"family for the `family` stage (default {FAMILY}; "
-                                                         "'' for none)")
+    parser.add_argument(
+        "--family", default=FAMILY, help=f"family for the `family` stage (default {FAMILY}; '' for none)"
+    )
     args = parser.parse_args()
     dest = Path(args.dest)
     if dest.exists():
@@ -146,12 +167,16 @@ def main() -> int:
                 family_files.families_module().build(args.family)
             packed = family_files.pack(source, dest / "families" / args.family, args.family)
         except Exception as err:  # noqa: BLE001 - the wheels are still good; gpu_check's family stage skips
-            print(f"no {args.family} family files in {dest / 'families'} ({type(err).__name__}: {err}): the "
-                  "check's `family` stage will be skipped")
+            print(
+                f"no {args.family} family files in {dest / 'families'} ({type(err).__name__}: {err}): the "
+                "check's `family` stage will be skipped"
+            )
         else:
             files = ", ".join(f"{n} {b / 2**20:.1f} MiB" for n, b in packed["files"].items())
-            print(f"{args.family} family (no weights): {files} = {packed['bytes'] / 2**20:.1f} MiB in "
-                  f"{dest / 'families' / args.family}" + (f"; {'; '.join(packed['notes'])}" if packed["notes"] else ""))
+            print(
+                f"{args.family} family (no weights): {files} = {packed['bytes'] / 2**20:.1f} MiB in "
+                f"{dest / 'families' / args.family}" + (f"; {'; '.join(packed['notes'])}" if packed["notes"] else "")
+            )
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"{size / 2**20:.1f} MiB in {dest} (the working tree and carried paths must stay under 64 MiB together)")
     return 0

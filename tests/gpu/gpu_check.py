@@ -59,11 +59,37 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CONFIG_DIR = HERE / "smollm2-config"
 SEED = 0
-SKIP_MESSAGE = ("no CUDA GPU (torch.cuda.is_available() is False): the GPU check runs on a GPU machine, "
-                "see tests/gpu/README.md (--allow-cpu runs it on the CPU, for checking the script itself)")
-PACKAGES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate", "pyarrow",
-            "huggingface_hub", "tokenizers", "safetensors", "numpy", "pandas", "fsspec", "dill", "multiprocess",
-            "xxhash", "datasketch", "rouge_score", "nltk", "sacrebleu", "scikit-learn", "gguf", "psutil", "packaging")
+SKIP_MESSAGE = (
+    "no CUDA GPU (torch.cuda.is_available() is False): the GPU check runs on a GPU machine, "
+    "see tests/gpu/README.md (--allow-cpu runs it on the CPU, for checking the script itself)"
+)
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "bitsandbytes",
+    "datasets",
+    "accelerate",
+    "pyarrow",
+    "huggingface_hub",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "fsspec",
+    "dill",
+    "multiprocess",
+    "xxhash",
+    "datasketch",
+    "rouge_score",
+    "nltk",
+    "sacrebleu",
+    "scikit-learn",
+    "gguf",
+    "psutil",
+    "packaging",
+)
 REQUIREMENTS_OF = ("trl", "datasets", "bitsandbytes", "peft", "accelerate", "transformers")
 RELEASED_MIB = 100  # GPU memory still allocated after release_memory() that counts as "not given back"
 
@@ -88,9 +114,19 @@ class Settings:
 
 # 3 steps: the first optimizer step runs at learning rate 0 (warmup), so the third loss is the first that
 # shows learning. 60 rows: the validation pass at the end of each run is most of a run's time on a CPU.
-CPU_SETTINGS = Settings(steps=3, batch_size=2, max_seq_len=128, eval_examples=4, generation_prompts=4,
-                        launch_steps=2, launch_timeout_s=400, budget_s=3600, sample_rows=60, family_steps=3,
-                        family_prompts=2)
+CPU_SETTINGS = Settings(
+    steps=3,
+    batch_size=2,
+    max_seq_len=128,
+    eval_examples=4,
+    generation_prompts=4,
+    launch_steps=2,
+    launch_timeout_s=400,
+    budget_s=3600,
+    sample_rows=60,
+    family_steps=3,
+    family_prompts=2,
+)
 # Budget the `family` stage needs left to start, to train one more run, to export (not measured on a GPU yet):
 # about a minute planned on an H100, most of it the GGUF export (two converter runs, and transformers' GGUF loader
 # rebuilding Gemma's 262k-token tokenizer for each file read back: ~20 s each on a busy 2-core CPU here).
@@ -127,8 +163,15 @@ class Check:
         self.settings = settings
         self.started = time.monotonic()
         self.report: dict[str, Any] = {
-            "check": "nbkit gpu check (tests/gpu/gpu_check.py)", "started": now(), "mode": mode, "argv": argv,
-            "host": platform.node(), "settings": asdict(settings), "stages": {}, "finished": False}
+            "check": "nbkit gpu check (tests/gpu/gpu_check.py)",
+            "started": now(),
+            "mode": mode,
+            "argv": argv,
+            "host": platform.node(),
+            "settings": asdict(settings),
+            "stages": {},
+            "finished": False,
+        }
         self.ctx: dict[str, Any] = {}
 
     def elapsed(self) -> float:
@@ -168,8 +211,11 @@ class Check:
             raise
         except BaseException as err:  # noqa: BLE001 - every failure is recorded, then the next stage runs
             entry["status"] = "failed"
-            entry["error"] = {"type": type(err).__name__, "message": str(err)[:3000],
-                              "traceback": traceback.format_exc().splitlines()[-25:]}
+            entry["error"] = {
+                "type": type(err).__name__,
+                "message": str(err)[:3000],
+                "traceback": traceback.format_exc().splitlines()[-25:],
+            }
             summary = f"{type(err).__name__}: {str(err)[:400]}"
             err.__traceback__ = None  # the frames hold models: let them go before the next stage
         finally:
@@ -189,8 +235,11 @@ class Check:
         print("\n=== summary ===")
         for name, s in stages.items():
             print(f"[{s['status']}] {name} ({s.get('seconds', 0):.0f} s): {s.get('summary', '')[:300]}")
-        print(f"gpu check: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, {counts.get('skipped', 0)} "
-              f"skipped in {self.elapsed():.0f} s; JSON: {self.path}", flush=True)
+        print(
+            f"gpu check: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, {counts.get('skipped', 0)} "
+            f"skipped in {self.elapsed():.0f} s; JSON: {self.path}",
+            flush=True,
+        )
         return 1 if counts.get("failed") else 0
 
 
@@ -277,18 +326,38 @@ def loss_fell(first: float | None, last: float | None) -> bool:
 
 def run_summary(record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """What a train() record says about speed, memory and the loss curve."""
-    return {"run_id": record.get("run_id"), "method": record.get("method"), "status": record.get("status"),
-            "device": record.get("device"), "steps": record.get("steps"),
-            "train_loss_first": record["train_loss"]["first"], "train_loss_last": record["train_loss"]["last"],
-            "train_loss_mean": record["train_loss"]["mean"], "eval_loss": record.get("eval_loss"),
-            "tokens_per_s": record.get("tokens_per_s"), "peak_memory_gib": record.get("peak_memory_gib"),
-            "train_seconds": record.get("train_seconds"), "trainable_parameters": record.get("trainable_parameters"),
-            "diagnosis": (record.get("diagnosis") or {}).get("verdict"), "losses": loss_series(run_dir)}
+    return {
+        "run_id": record.get("run_id"),
+        "method": record.get("method"),
+        "status": record.get("status"),
+        "device": record.get("device"),
+        "steps": record.get("steps"),
+        "train_loss_first": record["train_loss"]["first"],
+        "train_loss_last": record["train_loss"]["last"],
+        "train_loss_mean": record["train_loss"]["mean"],
+        "eval_loss": record.get("eval_loss"),
+        "tokens_per_s": record.get("tokens_per_s"),
+        "peak_memory_gib": record.get("peak_memory_gib"),
+        "train_seconds": record.get("train_seconds"),
+        "trainable_parameters": record.get("trainable_parameters"),
+        "diagnosis": (record.get("diagnosis") or {}).get("verdict"),
+        "losses": loss_series(run_dir),
+    }
 
 
 def plan_brief(plan) -> dict[str, Any]:
-    return {k: getattr(plan, k) for k in ("device", "compute_dtype", "autocast", "trainable_dtype", "weights_dtype",
-                                          "quant_storage", "optimizer")}
+    return {
+        k: getattr(plan, k)
+        for k in (
+            "device",
+            "compute_dtype",
+            "autocast",
+            "trainable_dtype",
+            "weights_dtype",
+            "quant_storage",
+            "optimizer",
+        )
+    }
 
 
 def enum_value(value: Any) -> Any:
@@ -296,6 +365,7 @@ def enum_value(value: Any) -> Any:
 
 
 # -- the stages ------------------------------------------------------------------------------------
+
 
 def stage_environment(check: Check, r: dict[str, Any]) -> str:
     import torch
@@ -322,16 +392,22 @@ def stage_environment(check: Check, r: dict[str, Any]) -> str:
     except Exception as err:  # noqa: BLE001
         r["pyarrow"] = f"cannot import: {type(err).__name__}: {err}"
     if "datasets" in r["locations"] and r["locations"]["datasets"].startswith("cannot import"):
-        problems.append(f"datasets {version_of('datasets')} cannot import with pyarrow {r['pyarrow']} and "
-                        f"huggingface_hub {version_of('huggingface_hub')} (see requirements_unmet): make gpu-wheels "
-                        "ships a fallback datasets in .whl/fallback/ that install_wheels.py uses when floors are not met")
+        problems.append(
+            f"datasets {version_of('datasets')} cannot import with pyarrow {r['pyarrow']} and "
+            f"huggingface_hub {version_of('huggingface_hub')} (see requirements_unmet): make gpu-wheels "
+            "ships a fallback datasets in .whl/fallback/ that install_wheels.py uses when floors are not met"
+        )
     r["torch_cuda"] = torch.version.cuda
     r["cuda_available"] = torch.cuda.is_available()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        r["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                    "memory_gib": round(props.total_memory / 2**30, 2), "count": torch.cuda.device_count(),
-                    "multiprocessors": props.multi_processor_count}
+        r["gpu"] = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 2),
+            "count": torch.cuda.device_count(),
+            "multiprocessors": props.multi_processor_count,
+        }
         r["bf16_supported"] = torch.cuda.is_bf16_supported()
         try:
             r["bf16_native"] = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -355,12 +431,14 @@ def stage_environment(check: Check, r: dict[str, Any]) -> str:
     if problems:
         raise CheckFailed("; ".join(problems))
     gpu = r.get("gpu", {})
-    return (f"{gpu.get('name', 'CPU')} cc {gpu.get('capability', '-')}, {gpu.get('memory_gib', '-')} GiB; torch "
-            f"{r['packages']['torch']} (CUDA {r['torch_cuda']}), transformers {r['packages']['transformers']}, peft "
-            f"{r['packages']['peft']}, trl {r['packages']['trl']}, bitsandbytes {r['packages']['bitsandbytes']}, "
-            f"datasets {r['packages']['datasets']}, pyarrow {r['pyarrow']}; bf16 supported "
-            f"{r.get('bf16_supported', '-')} / native {r.get('bf16_native', '-')}; plan {plan.autocast}, "
-            f"{plan.compute_dtype}, {plan.optimizer}")
+    return (
+        f"{gpu.get('name', 'CPU')} cc {gpu.get('capability', '-')}, {gpu.get('memory_gib', '-')} GiB; torch "
+        f"{r['packages']['torch']} (CUDA {r['torch_cuda']}), transformers {r['packages']['transformers']}, peft "
+        f"{r['packages']['peft']}, trl {r['packages']['trl']}, bitsandbytes {r['packages']['bitsandbytes']}, "
+        f"datasets {r['packages']['datasets']}, pyarrow {r['pyarrow']}; bf16 supported "
+        f"{r.get('bf16_supported', '-')} / native {r.get('bf16_native', '-')}; plan {plan.autocast}, "
+        f"{plan.compute_dtype}, {plan.optimizer}"
+    )
 
 
 def bnb_roundtrip(device: str) -> dict[str, Any]:
@@ -403,23 +481,44 @@ def stage_prepare(check: Check, r: dict[str, Any]) -> str:
         if path.name != "config.json":
             shutil.copy2(path, model_dir / path.name)
     vocab = config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size
-    r["model"] = {"path": str(model_dir), "architecture": (config.architectures or ["?"])[0], "parameters": n_params,
-                  "vocab": vocab, "ln_vocab": math.log(vocab), "dtype": str(getattr(config, "dtype", None)),
-                  "size_mib": round(sum(p.stat().st_size for p in model_dir.iterdir()) / 2**20, 1)}
+    r["model"] = {
+        "path": str(model_dir),
+        "architecture": (config.architectures or ["?"])[0],
+        "parameters": n_params,
+        "vocab": vocab,
+        "ln_vocab": math.log(vocab),
+        "dtype": str(getattr(config, "dtype", None)),
+        "size_mib": round(sum(p.stat().st_size for p in model_dir.iterdir()) / 2**20, 1),
+    }
 
     ws = root / "workspace"
     r["data"], formatted = prepare_workspace(check, ws, model_dir)
     if formatted["mask_problem_rows"]:
-        raise CheckFailed(f"{formatted['mask_problem_rows']} rows have loss-mask problems with the copied tokenizer: "
-                          f"{formatted['mask_problems']}")
+        raise CheckFailed(
+            f"{formatted['mask_problem_rows']} rows have loss-mask problems with the copied tokenizer: "
+            f"{formatted['mask_problems']}"
+        )
     check.ctx["model_path"] = str(model_dir)
     check.ctx["ws"] = str(ws)
     check.ctx["ln_vocab"] = math.log(vocab)
-    check.ctx["base"] = dict(workspace=str(ws), base_model=str(model_dir), max_steps=s.steps, batch_size=s.batch_size,
-                             max_seq_len=s.max_seq_len, logging_steps=1, eval_steps=s.steps, save_steps=s.steps,
-                             report_to="none", early_stopping_patience=0, load_best=False, seed=SEED)
-    return (f"random {r['model']['architecture']} with {n_params / 1e6:.1f}M parameters (ln vocab "
-            f"{math.log(vocab):.2f}); {formatted['rows']} rows formatted, splits {r['data']['splits']}")
+    check.ctx["base"] = dict(
+        workspace=str(ws),
+        base_model=str(model_dir),
+        max_steps=s.steps,
+        batch_size=s.batch_size,
+        max_seq_len=s.max_seq_len,
+        logging_steps=1,
+        eval_steps=s.steps,
+        save_steps=s.steps,
+        report_to="none",
+        early_stopping_patience=0,
+        load_best=False,
+        seed=SEED,
+    )
+    return (
+        f"random {r['model']['architecture']} with {n_params / 1e6:.1f}M parameters (ln vocab "
+        f"{math.log(vocab):.2f}); {formatted['rows']} rows formatted, splits {r['data']['splits']}"
+    )
 
 
 def prepare_workspace(check: Check, ws: Path, model_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -433,29 +532,41 @@ def prepare_workspace(check: Check, ws: Path, model_dir: Path) -> tuple[dict[str
     sources = []
     if s.sample_rows:
         subset = Path(check.ctx["tmp"]) / "sample.jsonl"
-        subset.write_text("".join(SAMPLE_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[: s.sample_rows]),
-                          encoding="utf-8")
+        subset.write_text(
+            "".join(SAMPLE_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[: s.sample_rows]),
+            encoding="utf-8",
+        )
         sources = [str(subset)]
     collected = collect(CollectConfig(workspace=str(ws), sources=sources))
-    formatted = format_rows(FormatConfig(workspace=str(ws), base_model=str(model_dir), max_seq_len=s.max_seq_len,
-                                          replay_guard=False))
+    formatted = format_rows(
+        FormatConfig(workspace=str(ws), base_model=str(model_dir), max_seq_len=s.max_seq_len, replay_guard=False)
+    )
     manifest = split_dataset(SplitConfig(workspace=str(ws)))
-    data = {"workspace": str(ws), "kept": collected.get("kept"), "rejected": collected.get("rejected"),
-            "formatted_rows": formatted["rows"], "tokens": formatted["tokens"],
-            "over_max_seq_len": formatted["over_max_seq_len"], "mask_problem_rows": formatted["mask_problem_rows"],
-            "splits": manifest["sizes"]}
+    data = {
+        "workspace": str(ws),
+        "kept": collected.get("kept"),
+        "rejected": collected.get("rejected"),
+        "formatted_rows": formatted["rows"],
+        "tokens": formatted["tokens"],
+        "over_max_seq_len": formatted["over_max_seq_len"],
+        "mask_problem_rows": formatted["mask_problem_rows"],
+        "splits": manifest["sizes"],
+    }
     return data, formatted
 
 
 def stage_load_4bit(check: Check, r: dict[str, Any]) -> str:
     from nbkit.core.workspace import Workspace
 
-    problems = load_4bit(r, check.ctx["model_path"], Workspace(check.ctx["ws"]), check.settings.max_seq_len,
-                         check.ctx["ln_vocab"])
+    problems = load_4bit(
+        r, check.ctx["model_path"], Workspace(check.ctx["ws"]), check.settings.max_seq_len, check.ctx["ln_vocab"]
+    )
     if problems:
         raise CheckFailed("; ".join(problems))
-    return (f"{r['method']}: {r['params4bit']} Params4bit, {r['footprint_mib']:.0f} MiB footprint, compute "
-            f"{r['compute_dtypes']}, on {r['devices']}; first loss {r['first_loss']:.2f} (ln vocab {r['ln_vocab']:.2f})")
+    return (
+        f"{r['method']}: {r['params4bit']} Params4bit, {r['footprint_mib']:.0f} MiB footprint, compute "
+        f"{r['compute_dtypes']}, on {r['devices']}; first loss {r['first_loss']:.2f} (ln vocab {r['ln_vocab']:.2f})"
+    )
 
 
 def load_4bit(r: dict[str, Any], path: str, ws, max_seq_len: int, ln_vocab: float, plan=None) -> list[str]:
@@ -487,8 +598,10 @@ def load_4bit(r: dict[str, Any], path: str, ws, max_seq_len: int, ln_vocab: floa
     row = read_jsonl(ws.split("train"))[0]
     encoded = tokenize_chat(tokenizer, row["messages"], max_seq_len)
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([encoded["input_ids"]], device=model.device),
-                    labels=torch.tensor([encoded["labels"]], device=model.device))
+        out = model(
+            input_ids=torch.tensor([encoded["input_ids"]], device=model.device),
+            labels=torch.tensor([encoded["labels"]], device=model.device),
+        )
     r["first_loss"] = out.loss.item()
     r["ln_vocab"] = ln_vocab
     del model, out
@@ -522,8 +635,10 @@ def stage_qlora_train(check: Check, r: dict[str, Any]) -> str:
         first, last = r[ckpt]["train_loss_first"], r[ckpt]["train_loss_last"]
         if not loss_fell(first, last):
             problems.append(f"checkpointing {ckpt}: loss did not fall ({first} -> {last})")
-        line.append(f"ckpt {ckpt}: loss {num(first)} -> {num(last)}, {num(r[ckpt]['tokens_per_s'], 0)} tok/s, "
-                    f"peak {num(r[ckpt]['peak_memory_gib'])} GiB, {r[ckpt]['train_seconds']} s")
+        line.append(
+            f"ckpt {ckpt}: loss {num(first)} -> {num(last)}, {num(r[ckpt]['tokens_per_s'], 0)} tok/s, "
+            f"peak {num(r[ckpt]['peak_memory_gib'])} GiB, {r[ckpt]['train_seconds']} s"
+        )
     check.ctx["runs"] = runs
     if runs["off"].get("tokens_per_s") and runs["on"].get("tokens_per_s"):
         r["checkpointing_speed_ratio"] = runs["on"]["tokens_per_s"] / runs["off"]["tokens_per_s"]
@@ -568,8 +683,12 @@ def stage_fp16_forced(check: Check, r: dict[str, Any]) -> str:
         entry["method_used"] = used
         entry["trainable_dtypes"] = sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad})
         entry["frozen_dtypes"] = dict(Counter(str(p.dtype) for p in trainer.model.parameters() if not p.requires_grad))
-        entry["args"] = {"fp16": trainer.args.fp16, "bf16": trainer.args.bf16, "optim": enum_value(trainer.args.optim),
-                         "gradient_checkpointing": trainer.args.gradient_checkpointing}
+        entry["args"] = {
+            "fp16": trainer.args.fp16,
+            "bf16": trainer.args.bf16,
+            "optim": enum_value(trainer.args.optim),
+            "gradient_checkpointing": trainer.args.gradient_checkpointing,
+        }
         trainer.train()
         scaler = getattr(trainer.accelerator, "scaler", None)
         entry["grad_scaler"] = type(scaler).__name__ if scaler is not None else None
@@ -586,20 +705,26 @@ def stage_fp16_forced(check: Check, r: dict[str, Any]) -> str:
             entry["device_used_before_build_mib"] = used_before
             entry["device_used_after_release_mib"] = device_used_mib()
             if entry["cuda_allocated_after_release_mib"] - entry["cuda_allocated_before_build_mib"] > RELEASED_MIB:
-                problems.append(f"{method}: {entry['cuda_allocated_after_release_mib']:.0f} MiB still allocated after "
-                                f"del trainer + release_memory() (before: {entry['cuda_allocated_before_build_mib']:.0f})")
+                problems.append(
+                    f"{method}: {entry['cuda_allocated_after_release_mib']:.0f} MiB still allocated after "
+                    f"del trainer + release_memory() (before: {entry['cuda_allocated_before_build_mib']:.0f})"
+                )
         if used != method:
             problems.append(f"{method}: build_trainer used {used}")
         if entry["trainable_dtypes"] != ["torch.float32"]:
-            problems.append(f"{method}: trainable weights are {entry['trainable_dtypes']}, the GradScaler needs float32")
+            problems.append(
+                f"{method}: trainable weights are {entry['trainable_dtypes']}, the GradScaler needs float32"
+            )
         if not entry["args"]["fp16"] or entry["args"]["bf16"]:
             problems.append(f"{method}: trainer args fp16={entry['args']['fp16']} bf16={entry['args']['bf16']}")
         losses = entry["log_history_losses"]
         if not losses or not all(math.isfinite(x) for x in losses):
             problems.append(f"{method}: trainer.train() losses {losses}")
-        line.append(f"{method}: trainable {','.join(d.removeprefix('torch.') for d in entry['trainable_dtypes'])}, "
-                    f"{entry['args']['optim']}, scaler {entry['grad_scaler']}, loss {num(first)} -> {num(last)}"
-                    + (f", {entry['cuda_allocated_after_release_mib']:.0f} MiB left" if cuda() else ""))
+        line.append(
+            f"{method}: trainable {','.join(d.removeprefix('torch.') for d in entry['trainable_dtypes'])}, "
+            f"{entry['args']['optim']}, scaler {entry['grad_scaler']}, loss {num(first)} -> {num(last)}"
+            + (f", {entry['cuda_allocated_after_release_mib']:.0f} MiB left" if cuda() else "")
+        )
     if problems:
         raise CheckFailed("; ".join(problems))
     return "; ".join(line)
@@ -624,7 +749,9 @@ def stage_evaluate(check: Check, r: dict[str, Any]) -> str:
     r["summary"]["forgetting"] = {"base": forgetting.get("base"), "tuned": forgetting.get("tuned")}
     problems = []
     if not summary["tuned"]["loss"] < summary["base"]["loss"]:
-        problems.append(f"tuned loss {summary['tuned']['loss']:.3f} is not below the base's {summary['base']['loss']:.3f}")
+        problems.append(
+            f"tuned loss {summary['tuned']['loss']:.3f} is not below the base's {summary['base']['loss']:.3f}"
+        )
 
     run = load_run(ws.root, run_id)
     model = load_trained_model(run, ws.run_dir(run_id))
@@ -639,18 +766,32 @@ def stage_evaluate(check: Check, r: dict[str, Any]) -> str:
     ended = time.monotonic()
     del model
     same = sum(a == b for a, b in zip(one, batched))
-    mismatch = next(({"prompt": p[-1]["content"][:200], "one_by_one": a[:200], "batched": b[:200]}
-                     for p, a, b in zip(prompts, one, batched) if a != b), None)
-    r["generation"] = {"prompts": len(prompts), "identical": same, "batch_size": len(prompts),
-                       "max_new_tokens": max_new, "one_by_one_s": round(middle - started, 2),
-                       "batched_s": round(ended - middle, 2), "first_mismatch": mismatch}
+    mismatch = next(
+        (
+            {"prompt": p[-1]["content"][:200], "one_by_one": a[:200], "batched": b[:200]}
+            for p, a, b in zip(prompts, one, batched)
+            if a != b
+        ),
+        None,
+    )
+    r["generation"] = {
+        "prompts": len(prompts),
+        "identical": same,
+        "batch_size": len(prompts),
+        "max_new_tokens": max_new,
+        "one_by_one_s": round(middle - started, 2),
+        "batched_s": round(ended - middle, 2),
+        "first_mismatch": mismatch,
+    }
     if problems:
         raise CheckFailed("; ".join(problems))
     metric = summary["task_metric"]
-    return (f"{summary['n_test']} rows, batch {summary['batch_size']}: loss base {num(summary['base']['loss'])} -> "
-            f"tuned {num(summary['tuned']['loss'])}, {metric} {summary['base'].get(metric)} -> "
-            f"{summary['tuned'].get(metric)}; greedy batched vs one-by-one: {same}/{len(prompts)} identical "
-            f"({r['generation']['batched_s']:.1f} s vs {r['generation']['one_by_one_s']:.1f} s)")
+    return (
+        f"{summary['n_test']} rows, batch {summary['batch_size']}: loss base {num(summary['base']['loss'])} -> "
+        f"tuned {num(summary['tuned']['loss'])}, {metric} {summary['base'].get(metric)} -> "
+        f"{summary['tuned'].get(metric)}; greedy batched vs one-by-one: {same}/{len(prompts)} identical "
+        f"({r['generation']['batched_s']:.1f} s vs {r['generation']['one_by_one_s']:.1f} s)"
+    )
 
 
 def stage_merge(check: Check, r: dict[str, Any]) -> str:
@@ -660,8 +801,20 @@ def stage_merge(check: Check, r: dict[str, Any]) -> str:
     ws = Workspace(check.ctx["ws"])
     run_id = check.ctx["runs"]["off"]["run_id"]
     parity = merge_adapter(str(ws.root), run_id)
-    for key in ("merged", "path", "prompts", "identical", "agreement", "tolerance", "within_tolerance",
-                "compared_with", "merged_on", "saved_dtype", "dtype", "max_new_tokens"):
+    for key in (
+        "merged",
+        "path",
+        "prompts",
+        "identical",
+        "agreement",
+        "tolerance",
+        "within_tolerance",
+        "compared_with",
+        "merged_on",
+        "saved_dtype",
+        "dtype",
+        "max_new_tokens",
+    ):
         r[key] = parity.get(key)
     r["mismatches"] = len(parity.get("mismatches") or [])
     merged = Path(parity["path"])
@@ -671,15 +824,19 @@ def stage_merge(check: Check, r: dict[str, Any]) -> str:
     if cuda() and parity.get("merged_on") != "cuda":
         problems.append(f"merged on {parity.get('merged_on')} although the GPU has room")
     if not parity.get("within_tolerance"):
-        problems.append(f"merged model agrees with the evaluated one on {parity.get('identical')} of "
-                        f"{parity.get('prompts')} prompts, below the tolerance {parity.get('tolerance')} (random weights: "
-                        "near-tie tokens flip more easily than with real ones; the mismatches are in parity.json)")
+        problems.append(
+            f"merged model agrees with the evaluated one on {parity.get('identical')} of "
+            f"{parity.get('prompts')} prompts, below the tolerance {parity.get('tolerance')} (random weights: "
+            "near-tie tokens flip more easily than with real ones; the mismatches are in parity.json)"
+        )
     if problems:
         raise CheckFailed("; ".join(problems))
-    return (f"parity with the evaluated {parity.get('compared_with')}: {parity.get('identical')}/{parity.get('prompts')} "
-            f"(agreement {parity.get('agreement')}, tolerance {parity.get('tolerance')}, within "
-            f"{parity.get('within_tolerance')}), merged on {parity.get('merged_on')}, saved in {parity.get('saved_dtype')}, "
-            f"{r['merged_size_mib']:.0f} MiB")
+    return (
+        f"parity with the evaluated {parity.get('compared_with')}: {parity.get('identical')}/{parity.get('prompts')} "
+        f"(agreement {parity.get('agreement')}, tolerance {parity.get('tolerance')}, within "
+        f"{parity.get('within_tolerance')}), merged on {parity.get('merged_on')}, saved in {parity.get('saved_dtype')}, "
+        f"{r['merged_size_mib']:.0f} MiB"
+    )
 
 
 def stage_memory_estimate(check: Check, r: dict[str, Any]) -> str:
@@ -696,17 +853,29 @@ def stage_memory_estimate(check: Check, r: dict[str, Any]) -> str:
         measured = record.get("peak_memory_gib")
         runtime = est.parts_gib.get("runtime", 0.0)
         steps = record.get("steps") or 1
-        r[ckpt] = {"estimate_gib": est.total_gib, "parts_gib": est.parts_gib, "measured_peak_gib": measured,
-                   "ratio": est.total_gib / measured if measured else None,
-                   "ratio_without_runtime": (est.total_gib - runtime) / measured if measured else None,
-                   "gradient_checkpointing": est.gradient_checkpointing, "batch_tokens": est.batch_tokens,
-                   "verdict": est.verdict, "available_gib": est.available_gib,
-                   "estimate_step_s": est.step_seconds, "measured_step_s": (record.get("train_seconds") or 0) / steps}
-        line.append(f"ckpt {ckpt}: estimate {num(est.total_gib)} GiB vs measured {num(measured)} GiB "
-                    f"(x{num(r[ckpt]['ratio'])}; x{num(r[ckpt]['ratio_without_runtime'])} without the "
-                    f"{num(runtime, 1)} GiB runtime)")
-    r["peak_measured_as"] = ("torch.cuda.max_memory_allocated (the CUDA context is not in it)" if device == "cuda"
-                             else "the process's peak resident memory (VmHWM)")
+        r[ckpt] = {
+            "estimate_gib": est.total_gib,
+            "parts_gib": est.parts_gib,
+            "measured_peak_gib": measured,
+            "ratio": est.total_gib / measured if measured else None,
+            "ratio_without_runtime": (est.total_gib - runtime) / measured if measured else None,
+            "gradient_checkpointing": est.gradient_checkpointing,
+            "batch_tokens": est.batch_tokens,
+            "verdict": est.verdict,
+            "available_gib": est.available_gib,
+            "estimate_step_s": est.step_seconds,
+            "measured_step_s": (record.get("train_seconds") or 0) / steps,
+        }
+        line.append(
+            f"ckpt {ckpt}: estimate {num(est.total_gib)} GiB vs measured {num(measured)} GiB "
+            f"(x{num(r[ckpt]['ratio'])}; x{num(r[ckpt]['ratio_without_runtime'])} without the "
+            f"{num(runtime, 1)} GiB runtime)"
+        )
+    r["peak_measured_as"] = (
+        "torch.cuda.max_memory_allocated (the CUDA context is not in it)"
+        if device == "cuda"
+        else "the process's peak resident memory (VmHWM)"
+    )
     return "; ".join(line)
 
 
@@ -729,41 +898,78 @@ def stage_trl_baseline(check: Check, r: dict[str, Any]) -> str:
         tokenizer.pad_token = tokenizer.eos_token
     rows = read_jsonl(Workspace(check.ctx["ws"]).split("train"))
     dataset = Dataset.from_list([{"messages": row["messages"]} for row in rows])
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=plan.torch_dtype())
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=plan.torch_dtype(),
+    )
     reset_peak_memory()
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, dtype=plan.torch_dtype(),
-                                                 device_map={"": 0} if cuda() else {"": "cpu"})
-    args = SFTConfig(output_dir=str(Path(check.ctx["tmp"]) / "trl-baseline"), max_steps=s.steps,
-                     per_device_train_batch_size=s.batch_size, max_length=s.max_seq_len, learning_rate=1e-3,
-                     lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=1, save_strategy="no",
-                     report_to="none", bf16=plan.autocast == "bf16", fp16=False, use_cpu=not cuda(),
-                     gradient_checkpointing=False, include_num_input_tokens_seen="non_padding", seed=SEED,
-                     disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                                task_type="CAUSAL_LM"))
+    model = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=quantization, dtype=plan.torch_dtype(), device_map={"": 0} if cuda() else {"": "cpu"}
+    )
+    args = SFTConfig(
+        output_dir=str(Path(check.ctx["tmp"]) / "trl-baseline"),
+        max_steps=s.steps,
+        per_device_train_batch_size=s.batch_size,
+        max_length=s.max_seq_len,
+        learning_rate=1e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=plan.autocast == "bf16",
+        fp16=False,
+        use_cpu=not cuda(),
+        gradient_checkpointing=False,
+        include_num_input_tokens_seen="non_padding",
+        seed=SEED,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
+    )
     trainer.remove_callback(PrinterCallback)  # the losses are read from log_history
     result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = trainer.state.num_input_tokens_seen
     runtime = result.metrics["train_runtime"]
-    r["trl"] = {"tokens": tokens, "train_runtime_s": runtime, "tokens_per_s": tokens / runtime if runtime else None,
-                "steps": result.global_step, "loss_first": losses[0] if losses else None,
-                "loss_last": losses[-1] if losses else None, "peak_memory_gib": memory_gib(),
-                "optim": enum_value(args.optim), "bf16": args.bf16,
-                "trainable_dtypes": sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad})}
+    r["trl"] = {
+        "tokens": tokens,
+        "train_runtime_s": runtime,
+        "tokens_per_s": tokens / runtime if runtime else None,
+        "steps": result.global_step,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "peak_memory_gib": memory_gib(),
+        "optim": enum_value(args.optim),
+        "bf16": args.bf16,
+        "trainable_dtypes": sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad}),
+    }
     del trainer, model
     nbkit_run = check.ctx["runs"]["off"]
-    r["nbkit"] = {"run_id": nbkit_run["run_id"], "tokens_per_s": nbkit_run.get("tokens_per_s"),
-                  "peak_memory_gib": nbkit_run.get("peak_memory_gib"), "batching": "length-grouped (nbkit default)"}
+    r["nbkit"] = {
+        "run_id": nbkit_run["run_id"],
+        "tokens_per_s": nbkit_run.get("tokens_per_s"),
+        "peak_memory_gib": nbkit_run.get("peak_memory_gib"),
+        "batching": "length-grouped (nbkit default)",
+    }
     speed = r["trl"]["tokens_per_s"]
     r["ratio_nbkit_over_trl"] = nbkit_run["tokens_per_s"] / speed if speed and nbkit_run.get("tokens_per_s") else None
     if not loss_fell(r["trl"]["loss_first"], r["trl"]["loss_last"]):
         raise CheckFailed(f"plain TRL's loss did not fall ({r['trl']['loss_first']} -> {r['trl']['loss_last']})")
-    return (f"nbkit {num(nbkit_run.get('tokens_per_s'), 0)} tok/s vs plain TRL {num(speed, 0)} tok/s "
-            f"(x{num(r['ratio_nbkit_over_trl'])}); TRL loss {num(r['trl']['loss_first'])} -> "
-            f"{num(r['trl']['loss_last'])}, peak {num(r['trl']['peak_memory_gib'])} GiB, {r['trl']['optim']}")
+    return (
+        f"nbkit {num(nbkit_run.get('tokens_per_s'), 0)} tok/s vs plain TRL {num(speed, 0)} tok/s "
+        f"(x{num(r['ratio_nbkit_over_trl'])}); TRL loss {num(r['trl']['loss_first'])} -> "
+        f"{num(r['trl']['loss_last'])}, peak {num(r['trl']['peak_memory_gib'])} GiB, {r['trl']['optim']}"
+    )
 
 
 def stage_launch(check: Check, r: dict[str, Any]) -> str:
@@ -786,8 +992,9 @@ def stage_launch(check: Check, r: dict[str, Any]) -> str:
             r[strategy] = {"status": "skipped", "reason": f"only {check.remaining():.0f} s of the budget left"}
             line.append(f"{strategy}: skipped (time)")
             continue
-        config = TrainConfig(**{**check.ctx["base"], "eval_steps": 0}, run_id=f"launch-{strategy}",
-                             gradient_checkpointing="off")
+        config = TrainConfig(
+            **{**check.ctx["base"], "eval_steps": 0}, run_id=f"launch-{strategy}", gradient_checkpointing="off"
+        )
         command = launch_command(config, 1, strategy=strategy, max_steps=s.launch_steps)
         argv = shlex.split(command)
         if argv[:2] == ["accelerate", "launch"]:  # this interpreter's accelerate, whatever is first on PATH
@@ -795,8 +1002,15 @@ def stage_launch(check: Check, r: dict[str, Any]) -> str:
         entry: dict[str, Any] = {"command": command, "timeout_s": timeout}
         r[strategy] = entry
         started = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=check.ctx["tmp"], start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=check.ctx["tmp"],
+            start_new_session=True,
+        )
         try:
             output, _ = proc.communicate(timeout=timeout)
             entry["timed_out"] = False
@@ -814,15 +1028,21 @@ def stage_launch(check: Check, r: dict[str, Any]) -> str:
         entry["adapter"] = (run_dir / "adapter" / "adapter_config.json").exists()
         if (run_dir / "run.json").exists():
             run = read_json(run_dir / "run.json")
-            entry["run"] = {k: run.get(k) for k in ("status", "steps", "world_size", "device", "peak_memory_gib",
-                                                    "tokens_per_s", "train_seconds")}
+            entry["run"] = {
+                k: run.get(k)
+                for k in ("status", "steps", "world_size", "device", "peak_memory_gib", "tokens_per_s", "train_seconds")
+            }
             entry["run"]["train_loss"] = run.get("train_loss")
         ok = proc.returncode == 0 and entry["adapter"]
         if not ok:
-            problems.append(f"{strategy}: exit {proc.returncode}{' (timed out)' if entry['timed_out'] else ''}, "
-                            f"adapter {'saved' if entry['adapter'] else 'missing'}")
-        line.append(f"{strategy}: exit {proc.returncode}, adapter {'yes' if entry['adapter'] else 'no'}, "
-                    f"{entry['seconds']:.0f} s")
+            problems.append(
+                f"{strategy}: exit {proc.returncode}{' (timed out)' if entry['timed_out'] else ''}, "
+                f"adapter {'saved' if entry['adapter'] else 'missing'}"
+            )
+        line.append(
+            f"{strategy}: exit {proc.returncode}, adapter {'yes' if entry['adapter'] else 'no'}, "
+            f"{entry['seconds']:.0f} s"
+        )
     if problems:
         raise CheckFailed("; ".join(problems))
     return "; ".join(line)
@@ -847,8 +1067,9 @@ def stage_family(check: Check, r: dict[str, Any]) -> str:
     s = check.settings
     name = s.family
     if check.remaining() < FAMILY_START_S:
-        raise Skipped(f"only {check.remaining():.0f} s of the budget left; the {name} family needs about "
-                      f"{FAMILY_START_S} s")
+        raise Skipped(
+            f"only {check.remaining():.0f} s of the budget left; the {name} family needs about {FAMILY_START_S} s"
+        )
     root = Path(check.ctx["tmp"])
     folder, origin = family_files.locate(name, root / "family-files")
     if folder is None:
@@ -866,16 +1087,25 @@ def stage_family(check: Check, r: dict[str, Any]) -> str:
     ws = Workspace(root / f"workspace-{name}")
     r["data"], formatted = prepare_workspace(check, ws.root, model_dir)
     if formatted["mask_problem_rows"]:
-        problems.append(f"{formatted['mask_problem_rows']} rows have loss-mask problems with nbkit's {name} template: "
-                        f"{formatted['mask_problems']}"[:1000])
+        problems.append(
+            f"{formatted['mask_problem_rows']} rows have loss-mask problems with nbkit's {name} template: "
+            f"{formatted['mask_problems']}"[:1000]
+        )
     tokenizer = load_tokenizer(str(model_dir))
     turn_end, turn_id = end_of_turn(tokenizer), end_of_turn_token_id(tokenizer)
-    r["template"] = {"source": tokenizer.nbkit_template, "end_of_turn": turn_end, "end_of_turn_id": turn_id,
-                     "eos_token": tokenizer.eos_token, "eos_id": tokenizer.eos_token_id,
-                     "expected": {k: facts.get(k) for k in ("end_of_turn", "eos_token", "generation_eos", "template")}}
+    r["template"] = {
+        "source": tokenizer.nbkit_template,
+        "end_of_turn": turn_end,
+        "end_of_turn_id": turn_id,
+        "eos_token": tokenizer.eos_token,
+        "eos_id": tokenizer.eos_token_id,
+        "expected": {k: facts.get(k) for k in ("end_of_turn", "eos_token", "generation_eos", "template")},
+    }
     if facts.get("end_of_turn") and turn_end != facts["end_of_turn"]:
-        problems.append(f"the template ({tokenizer.nbkit_template}) ends a turn with {turn_end!r}, the family with "
-                        f"{facts['end_of_turn']!r}")
+        problems.append(
+            f"the template ({tokenizer.nbkit_template}) ends a turn with {turn_end!r}, the family with "
+            f"{facts['end_of_turn']!r}"
+        )
     if "template" in facts and facts["template"] is None and tokenizer.nbkit_template == "model":
         problems.append("a base checkpoint without a chat template got none from nbkit")
     seconds["build_and_prepare"] = round(time.monotonic() - started, 1)
@@ -883,8 +1113,9 @@ def stage_family(check: Check, r: dict[str, Any]) -> str:
     started = time.monotonic()
     device_plan = pick_device("qlora")
     r["load_4bit"] = {"plan": plan_brief(device_plan)}
-    problems += [f"4-bit load: {p}" for p in load_4bit(r["load_4bit"], str(model_dir), ws, s.max_seq_len, ln_vocab,
-                                                       device_plan)]
+    problems += [
+        f"4-bit load: {p}" for p in load_4bit(r["load_4bit"], str(model_dir), ws, s.max_seq_len, ln_vocab, device_plan)
+    ]
     release_memory()
     seconds["load_4bit"] = round(time.monotonic() - started, 1)
 
@@ -895,19 +1126,33 @@ def stage_family(check: Check, r: dict[str, Any]) -> str:
     else:
         r["bf16_note"] = "the device's own plan is fp16 (no native bf16 here): no bf16 run"
     if not cuda():
-        r["fp16_note"] = ("on a CPU the fp16 plan changes nothing (accelerate uses neither autocast nor a gradient "
-                          "scaler there): its losses are float32 ones")
+        r["fp16_note"] = (
+            "on a CPU the fp16 plan changes nothing (accelerate uses neither autocast nor a gradient "
+            "scaler there): its losses are float32 ones"
+        )
     r["train"] = {}
     runs: dict[str, dict[str, Any]] = {}
     for label, plan in plans:
         if check.remaining() < FAMILY_TRAIN_S:
             r["train"][label] = {"status": "skipped", "reason": f"only {check.remaining():.0f} s of the budget left"}
             continue
-        config = TrainConfig(workspace=str(ws.root), base_model=str(model_dir), method="qlora",
-                             run_id=f"{name}-{label}", max_steps=s.family_steps, batch_size=s.batch_size,
-                             max_seq_len=s.max_seq_len, logging_steps=1, eval_steps=s.family_steps,
-                             save_steps=s.family_steps, report_to="none", early_stopping_patience=0, load_best=False,
-                             seed=SEED, gradient_checkpointing="off")
+        config = TrainConfig(
+            workspace=str(ws.root),
+            base_model=str(model_dir),
+            method="qlora",
+            run_id=f"{name}-{label}",
+            max_steps=s.family_steps,
+            batch_size=s.batch_size,
+            max_seq_len=s.max_seq_len,
+            logging_steps=1,
+            eval_steps=s.family_steps,
+            save_steps=s.family_steps,
+            report_to="none",
+            early_stopping_patience=0,
+            load_best=False,
+            seed=SEED,
+            gradient_checkpointing="off",
+        )
         record = train(config, on_log=quiet_log([]), plan=plan)
         r["train"][label] = {"plan": plan_brief(plan), **run_summary(record, ws.run_dir(config.run_id))}
         runs[label] = record
@@ -925,8 +1170,14 @@ def stage_family(check: Check, r: dict[str, Any]) -> str:
         r["generation"] = {"run": label, **family_generation(check, ws, run_id, facts, problems)}
     except Exception as err:  # noqa: BLE001 - recorded; the export still runs
         problems.append(f"generation raised {type(err).__name__}: {str(err)[:300]}")
-        r["generation"] = {"run": label, "error": {"type": type(err).__name__, "message": str(err)[:3000],
-                                                   "traceback": traceback.format_exc().splitlines()[-15:]}}
+        r["generation"] = {
+            "run": label,
+            "error": {
+                "type": type(err).__name__,
+                "message": str(err)[:3000],
+                "traceback": traceback.format_exc().splitlines()[-15:],
+            },
+        }
     seconds["generation"] = round(time.monotonic() - started, 1)
 
     started = time.monotonic()
@@ -941,17 +1192,26 @@ def stage_family(check: Check, r: dict[str, Any]) -> str:
     g, gguf = r["generation"], r["gguf"]
     trained = "; ".join(
         f"{lab} loss {num(e.get('train_loss_first'))} -> {num(e.get('train_loss_last'))}, peak "
-        f"{num(e.get('peak_memory_gib'))} GiB, {e.get('train_seconds')} s" if "plan" in e else f"{lab} skipped"
-        for lab, e in r["train"].items())
+        f"{num(e.get('peak_memory_gib'))} GiB, {e.get('train_seconds')} s"
+        if "plan" in e
+        else f"{lab} skipped"
+        for lab, e in r["train"].items()
+    )
     if gguf.get("status") == "skipped":
         exported = f"skipped ({gguf['reason']})"
     else:
-        exported = ", ".join(f"{kind} {num(e['bytes'] / 2**20, 1)} MiB, parity {e['identical']}/{e['prompts']}"
-                             if e["written"] else f"{kind} not written" for kind, e in gguf["types"].items())
-    return (f"{name} ({info['architecture']}, {info['parameters'] / 1e6:.1f}M, vocab {info['vocab']}, template "
-            f"{tokenizer.nbkit_template}): 4-bit first loss {num(r['load_4bit']['first_loss'])} (ln vocab "
-            f"{num(ln_vocab)}); {trained}; stops {g['stop_tokens']} (end of turn {turn_end}={turn_id}), forced end of "
-            f"turn stopped {g['forced_end_of_turn']['stopped']}/{g['prompts']}; GGUF {exported}")
+        exported = ", ".join(
+            f"{kind} {num(e['bytes'] / 2**20, 1)} MiB, parity {e['identical']}/{e['prompts']}"
+            if e["written"]
+            else f"{kind} not written"
+            for kind, e in gguf["types"].items()
+        )
+    return (
+        f"{name} ({info['architecture']}, {info['parameters'] / 1e6:.1f}M, vocab {info['vocab']}, template "
+        f"{tokenizer.nbkit_template}): 4-bit first loss {num(r['load_4bit']['first_loss'])} (ln vocab "
+        f"{num(ln_vocab)}); {trained}; stops {g['stop_tokens']} (end of turn {turn_end}={turn_id}), forced end of "
+        f"turn stopped {g['forced_end_of_turn']['stopped']}/{g['prompts']}; GGUF {exported}"
+    )
 
 
 def family_generation(check: Check, ws, run_id: str, facts: dict[str, Any], problems: list[str]) -> dict[str, Any]:
@@ -984,29 +1244,40 @@ def family_generation(check: Check, ws, run_id: str, facts: dict[str, Any], prob
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     handle = base.register_forward_hook(force_end_of_turn) if turn_id is not None else None
     try:
-        forced_answers, forced_stopped = generate_with_stops(model, tokenizer, prompts, max_new,
-                                                             batch_size=len(prompts))
+        forced_answers, forced_stopped = generate_with_stops(
+            model, tokenizer, prompts, max_new, batch_size=len(prompts)
+        )
     finally:
         if handle is not None:
             handle.remove()
     del model, base
     release_memory()
     stop_tokens = tokenizer.convert_ids_to_tokens(stops)
-    out = {"run_id": run_id, "prompts": len(prompts), "max_new_tokens": max_new, "stops": stops,
-           "stop_tokens": stop_tokens, "end_of_turn_id": turn_id, "eos_id": tokenizer.eos_token_id,
-           "end_of_turn_in_stops": turn_id in stops, "end_of_turn_is_eos": turn_id == tokenizer.eos_token_id,
-           "generation_config_eos": configured,
-           "stopped": sum(stopped), "runaway": len(stopped) - sum(stopped),
-           "answers": [a[:120] for a in answers[:2]],
-           "forced_end_of_turn": {"stopped": sum(forced_stopped), "answers": [a[:60] for a in forced_answers[:2]]}}
+    out = {
+        "run_id": run_id,
+        "prompts": len(prompts),
+        "max_new_tokens": max_new,
+        "stops": stops,
+        "stop_tokens": stop_tokens,
+        "end_of_turn_id": turn_id,
+        "eos_id": tokenizer.eos_token_id,
+        "end_of_turn_in_stops": turn_id in stops,
+        "end_of_turn_is_eos": turn_id == tokenizer.eos_token_id,
+        "generation_config_eos": configured,
+        "stopped": sum(stopped),
+        "runaway": len(stopped) - sum(stopped),
+        "answers": [a[:120] for a in answers[:2]],
+        "forced_end_of_turn": {"stopped": sum(forced_stopped), "answers": [a[:60] for a in forced_answers[:2]]},
+    }
     if turn_id is None or turn_id not in stops:
         problems.append(f"the end of turn ({turn_id}) is not among the stops {stop_tokens}")
     missing = [t for t in facts.get("generation_eos") or () if t not in stop_tokens]
     if missing:
         problems.append(f"the family's EOS tokens {missing} are not among the stops {stop_tokens}")
     if sum(forced_stopped) != len(prompts):
-        problems.append(f"with the end of turn forced, {len(prompts) - sum(forced_stopped)} of {len(prompts)} answers "
-                        "did not stop")
+        problems.append(
+            f"with the end of turn forced, {len(prompts) - sum(forced_stopped)} of {len(prompts)} answers did not stop"
+        )
     return out
 
 
@@ -1024,21 +1295,55 @@ def family_gguf(ws, run_id: str, n_prompts: int, facts: dict[str, Any], problems
         record = export_run(str(ws.root), run_id, ["gguf"], **kwargs)
     except Exception as err:  # noqa: BLE001 - nbkit/export/gguf.py is being rewritten: record, do not crash
         problems.append(f"GGUF export raised {type(err).__name__}: {str(err)[:300]}")
-        return {"error": {"type": type(err).__name__, "message": str(err)[:3000],
-                          "traceback": traceback.format_exc().splitlines()[-15:]}}
+        return {
+            "error": {
+                "type": type(err).__name__,
+                "message": str(err)[:3000],
+                "traceback": traceback.format_exc().splitlines()[-15:],
+            }
+        }
     merged = record.get("merged") or {}
     gguf = record.get("gguf") or {}
     read_with = f"transformers {version_of('transformers')} (GGUF loader)"
-    out: dict[str, Any] = {"merged": {k: merged.get(k) for k in (
-        "merged", "prompts", "identical", "agreement", "tolerance", "within_tolerance", "compared_with", "merged_on",
-        "saved_dtype")}, "read_with": read_with, "types": {}}
+    out: dict[str, Any] = {
+        "merged": {
+            k: merged.get(k)
+            for k in (
+                "merged",
+                "prompts",
+                "identical",
+                "agreement",
+                "tolerance",
+                "within_tolerance",
+                "compared_with",
+                "merged_on",
+                "saved_dtype",
+            )
+        },
+        "read_with": read_with,
+        "types": {},
+    }
     if "refused" in gguf:
         out["refused"] = gguf["refused"]
         problems.append(f"GGUF export refused: {gguf['refused'][:300]}")
         return out
-    keep = ("written", "bytes", "tensors", "seconds", "prompts", "identical", "agreement", "tolerance",
-            "within_tolerance", "tokens_identical", "chat_template_in_file", "end_of_turn", "end_of_turn_in_vocab",
-            "runaway", "reason")
+    keep = (
+        "written",
+        "bytes",
+        "tensors",
+        "seconds",
+        "prompts",
+        "identical",
+        "agreement",
+        "tolerance",
+        "within_tolerance",
+        "tokens_identical",
+        "chat_template_in_file",
+        "end_of_turn",
+        "end_of_turn_in_vocab",
+        "runaway",
+        "reason",
+    )
     for kind, entry in gguf.items():
         out["types"][kind] = {k: entry.get(k) for k in keep if k in entry}
         if not entry.get("written"):
@@ -1047,8 +1352,9 @@ def family_gguf(ws, run_id: str, n_prompts: int, facts: dict[str, Any], problems
         if not entry.get("tokens_identical"):
             # Measured here: transformers 5.17's GGUF loader rebuilds Gemma's SentencePiece vocabulary without its
             # merges ("user" -> "us", "er"), 5.25's as the model's tokenizer does; the files are the same.
-            problems.append(f"GGUF {kind}: read back with {read_with}, it tokenizes differently from the model's "
-                            "tokenizer")
+            problems.append(
+                f"GGUF {kind}: read back with {read_with}, it tokenizes differently from the model's tokenizer"
+            )
         if not entry.get("chat_template_in_file"):
             problems.append(f"GGUF {kind}: no chat template in the file")
         if facts.get("end_of_turn") and entry.get("end_of_turn") != facts["end_of_turn"]:
@@ -1096,11 +1402,15 @@ def output_path(explicit: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="nbkit's CUDA path, stage by stage (tests/gpu/README.md).")
-    parser.add_argument("--allow-cpu", action="store_true",
-                        help="for checking the script itself: run every stage on the CPU with tiny settings")
+    parser.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="for checking the script itself: run every stage on the CPU with tiny settings",
+    )
     parser.add_argument("--only", default="", help="comma list of stages to run (their prerequisites run too)")
-    parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json or "
-                                                    "test-artifacts/gpu_check.json)")
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default $OUT/gpu_check.json or test-artifacts/gpu_check.json)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary model and workspace")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))  # this checkout's nbkit, also without an install
@@ -1111,14 +1421,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown stages {sorted(unknown)}: pick from {', '.join(name for name, _, _ in STAGES)}")
         return 2
     if wanted:  # prerequisites: the data and the runs the later stages read
-        wanted |= {"environment", "prepare"} | ({"qlora_train"} if wanted & {"evaluate", "merge", "memory_estimate",
-                                                                                "trl_baseline"} else set())
+        wanted |= {"environment", "prepare"} | (
+            {"qlora_train"} if wanted & {"evaluate", "merge", "memory_estimate", "trl_baseline"} else set()
+        )
     path = output_path(args.out)
     try:
         import torch
     except ImportError as err:
-        print(f"gpu check: torch cannot be imported ({err}): run it with the GPU machine's python "
-              "(make gpu-check GPU_PYTHON=python3)")
+        print(
+            f"gpu check: torch cannot be imported ({err}): run it with the GPU machine's python "
+            "(make gpu-check GPU_PYTHON=python3)"
+        )
         return 1
     on_gpu = torch.cuda.is_available()
     if not on_gpu and not args.allow_cpu:
@@ -1130,13 +1443,18 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGTERM (a timeout that asks first) ends the run through the finally below, which writes the JSON.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     settings = Settings() if on_gpu else CPU_SETTINGS
-    check = Check(path, settings, "cuda" if on_gpu else "cpu (--allow-cpu: checking the script, not the GPU path)",
-                  sys.argv[1:] if argv is None else argv)
+    check = Check(
+        path,
+        settings,
+        "cuda" if on_gpu else "cpu (--allow-cpu: checking the script, not the GPU path)",
+        sys.argv[1:] if argv is None else argv,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="nbkit-gpu-check-"))
     check.ctx["tmp"] = str(tmp)
     check.report["tmp"] = str(tmp)
-    print(f"gpu check ({check.report['mode']}): settings {asdict(settings)}; JSON: {path}; temp folder: {tmp}",
-          flush=True)
+    print(
+        f"gpu check ({check.report['mode']}): settings {asdict(settings)}; JSON: {path}; temp folder: {tmp}", flush=True
+    )
     try:
         for name, fn, needs in STAGES:
             if not wanted or name in wanted:

@@ -66,8 +66,22 @@ def has_pip() -> bool:
 def install(wheels: list[Path], site: Path, label: str) -> None:
     if has_pip():
         print(f"$ {sys.executable} -m pip install --no-index --no-deps --target {site} {label}", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--upgrade",
-                        "--target", str(site), *map(str, wheels)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+                str(site),
+                *map(str, wheels),
+            ],
+            check=True,
+        )
         return
     print(f"no pip in {sys.executable}: unpacking {len(wheels)} wheels into {site}", flush=True)
     for wheel in wheels:

@@ -29,8 +29,11 @@ def main() -> int:
     from nbkit.model.loader import EMBEDDED_MODEL, resolve_model
 
     source = Path(resolve_model(EMBEDDED_MODEL))  # converts the GGUF on first use (~20 s)
-    files = [p for p in sorted(source.iterdir())
-             if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and not p.name.endswith(".index.json")]
+    files = [
+        p
+        for p in sorted(source.iterdir())
+        if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES) and not p.name.endswith(".index.json")
+    ]
     if not any(p.name == "config.json" for p in files) or not any(p.name.startswith("tokenizer") for p in files):
         print(f"{source} has no config.json or tokenizer files: delete it and run again to reconvert.")
         return 1
@@ -40,8 +43,10 @@ def main() -> int:
     for path in files:
         shutil.copy2(path, TARGET / path.name)
     size = sum(p.stat().st_size for p in TARGET.iterdir())
-    print(f"wrote {len(files)} files ({size / 2**20:.1f} MiB) from {source} to {TARGET.relative_to(REPO)}: "
-          + ", ".join(p.name for p in files))
+    print(
+        f"wrote {len(files)} files ({size / 2**20:.1f} MiB) from {source} to {TARGET.relative_to(REPO)}: "
+        + ", ".join(p.name for p in files)
+    )
     return 0
 
 

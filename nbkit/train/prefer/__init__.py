@@ -6,5 +6,13 @@ from nbkit.train.prefer.pair_report import describe_pairs, load_pairs, pairs_tab
 from nbkit.train.prefer.pairs import PairsConfig, build_pairs
 from nbkit.train.prefer.trainer import prefer
 
-__all__ = ["PairsConfig", "PreferConfig", "build_pairs", "describe_pairs", "load_pairs", "pairs_table", "prefer",
-           "preference_memory_estimate"]
+__all__ = [
+    "PairsConfig",
+    "PreferConfig",
+    "build_pairs",
+    "describe_pairs",
+    "load_pairs",
+    "pairs_table",
+    "prefer",
+    "preference_memory_estimate",
+]

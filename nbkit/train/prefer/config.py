@@ -28,24 +28,41 @@ class PreferConfig(Config):
     """
 
     workspace: str = field("workspace", "Folder that holds every stage's output (on Colab: a Drive folder).")
-    method: str = field("dpo", "dpo: learn from preference pairs (data/preferences/pairs.jsonl); grpo: sample "
-                               "answers to training prompts and reinforce those the task metric scores higher.")
-    parent_run: str = field("", "The 04 run to start from; empty = the latest finished run that is not itself a "
-                                "preference run.")
+    method: str = field(
+        "dpo",
+        "dpo: learn from preference pairs (data/preferences/pairs.jsonl); grpo: sample "
+        "answers to training prompts and reinforce those the task metric scores higher.",
+    )
+    parent_run: str = field(
+        "", "The 04 run to start from; empty = the latest finished run that is not itself a preference run."
+    )
     run_id: str = field("", "Run folder name; empty = a new id (with resume: the latest checkpointed preference run).")
-    beta: float = field(-1.0, "DPO: how close the policy stays to the SFT reference (higher = closer). GRPO: the KL "
-                              "weight. -1 = the method's default: 0.1 for DPO, 0.0 for GRPO (TRL's).")
-    learning_rate: float = field(0.0, "Peak learning rate; 0 = 5e-5 for a LoRA/QLoRA parent, 5e-6 for a fully "
-                                      "fine-tuned one (preference tuning nudges; SFT's rates would undo it).")
+    beta: float = field(
+        -1.0,
+        "DPO: how close the policy stays to the SFT reference (higher = closer). GRPO: the KL "
+        "weight. -1 = the method's default: 0.1 for DPO, 0.0 for GRPO (TRL's).",
+    )
+    learning_rate: float = field(
+        0.0,
+        "Peak learning rate; 0 = 5e-5 for a LoRA/QLoRA parent, 5e-6 for a fully "
+        "fine-tuned one (preference tuning nudges; SFT's rates would undo it).",
+    )
     max_steps: int = field(50, "Optimizer steps; 0 = one pass over the pairs (DPO) or prompts (GRPO).")
-    batch_size: int = field(4, "Per forward pass: pairs (DPO) or sampled answers (GRPO: a multiple of "
-                               "num_generations).")
+    batch_size: int = field(
+        4, "Per forward pass: pairs (DPO) or sampled answers (GRPO: a multiple of num_generations)."
+    )
     gradient_accumulation_steps: int = field(1, "Passes summed per optimizer step.")
     max_length: int = field(0, "Tokens of prompt + answer; 0 = the parent's max_seq_len (DPO cuts answers' ends).")
-    max_prompt_length: int = field(0, "Longer prompts are set aside, never cut (the model would learn on a context "
-                                      "it never sees); 0 = max_length - max_completion_length.")
-    max_completion_length: int = field(0, "Tokens an answer may take (GRPO samples up to this); 0 = 05's answer "
-                                          "budget (1.25 x the longest answer + 8), at most half of max_length.")
+    max_prompt_length: int = field(
+        0,
+        "Longer prompts are set aside, never cut (the model would learn on a context "
+        "it never sees); 0 = max_length - max_completion_length.",
+    )
+    max_completion_length: int = field(
+        0,
+        "Tokens an answer may take (GRPO samples up to this); 0 = 05's answer "
+        "budget (1.25 x the longest answer + 8), at most half of max_length.",
+    )
     num_generations: int = field(4, "GRPO: answers sampled per prompt and compared with each other (>= 2).")
     temperature: float = field(1.0, "GRPO: sampling temperature; answers must differ for their scores to differ.")
     logging_steps: int = field(1, "Log every this many steps.")
@@ -53,31 +70,48 @@ class PreferConfig(Config):
     save_steps: int = field(10, "Checkpoint every this many steps.")
     resume: bool = field(False, "Continue the run from its last checkpoint (after a crash or a lost runtime).")
     seed: int = field(42, "Random seed for data order, the held-out pairs and sampling.")
-    compare_examples: int = field(0, "Test rows 06 scores the new run (and its parent, when 05 has not) on; 0 = all, "
-                                     "as 05.")
+    compare_examples: int = field(
+        0, "Test rows 06 scores the new run (and its parent, when 05 has not) on; 0 = all, as 05."
+    )
 
     def validate(self) -> None:
         self.require_choice("method", OBJECTIVES)
         self.require(self.beta == -1 or self.beta >= 0, "beta", f"must be >= 0 (-1: the default), got {self.beta}")
-        self.require(self.method != "dpo" or self.beta != 0, "beta", "must be > 0 for DPO (0 gives every pair the "
-                     "same loss)", "leave it at -1 (0.1) or set e.g. 0.1")
+        self.require(
+            self.method != "dpo" or self.beta != 0,
+            "beta",
+            "must be > 0 for DPO (0 gives every pair the same loss)",
+            "leave it at -1 (0.1) or set e.g. 0.1",
+        )
         self.require(0 <= self.learning_rate < 1, "learning_rate", f"must be in [0, 1), got {self.learning_rate}")
         for name in ("max_steps", "max_length", "max_prompt_length", "max_completion_length", "eval_steps"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
             self.require(getattr(self, name) > 0, name, f"must be > 0, got {getattr(self, name)}")
         for name in ("max_prompt_length", "max_completion_length"):
-            self.require(not self.max_length or getattr(self, name) < self.max_length, name, f"must be below "
-                         f"max_length ({self.max_length}), got {getattr(self, name)}", "lower it, or 0 for the default")
-        self.require(self.num_generations >= 2, "num_generations", f"must be >= 2 (GRPO compares the answers to one "
-                     f"prompt), got {self.num_generations}")
+            self.require(
+                not self.max_length or getattr(self, name) < self.max_length,
+                name,
+                f"must be below max_length ({self.max_length}), got {getattr(self, name)}",
+                "lower it, or 0 for the default",
+            )
+        self.require(
+            self.num_generations >= 2,
+            "num_generations",
+            f"must be >= 2 (GRPO compares the answers to one prompt), got {self.num_generations}",
+        )
         per_step = self.batch_size * self.gradient_accumulation_steps
-        self.require(self.method != "grpo" or per_step % self.num_generations == 0, "batch_size",
-                     f"x gradient_accumulation_steps ({per_step}) must be a multiple of num_generations "
-                     f"({self.num_generations}) for GRPO", f"set batch_size={self.num_generations}")
+        self.require(
+            self.method != "grpo" or per_step % self.num_generations == 0,
+            "batch_size",
+            f"x gradient_accumulation_steps ({per_step}) must be a multiple of num_generations "
+            f"({self.num_generations}) for GRPO",
+            f"set batch_size={self.num_generations}",
+        )
         self.require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        self.require(self.compare_examples >= 0, "compare_examples", f"must be >= 0 (0 = all), got "
-                     f"{self.compare_examples}")
+        self.require(
+            self.compare_examples >= 0, "compare_examples", f"must be >= 0 (0 = all), got {self.compare_examples}"
+        )
         for name in ("run_id", "parent_run"):
             value = getattr(self, name)
             self.require("/" not in value and ".." not in value, name, f"must be a plain folder name, got {value!r}")
@@ -101,16 +135,32 @@ def preference_memory_estimate(config: PreferConfig, available_gib: float | None
     shape = model_shape(train.base_model, train.lora_r, train.target_modules)
     sequences = 2 if config.method == "dpo" else 1
     tokens = config.batch_size * sequences * (config.max_length or train.max_seq_len)
-    parts = memory_parts(shape, parent["method"], tokens, False, plan.device, plan.compute_dtype != "float32",
-                         plan.autocast)
+    parts = memory_parts(
+        shape, parent["method"], tokens, False, plan.device, plan.compute_dtype != "float32", plan.autocast
+    )
     if config.method == "dpo" or config.beta > 0:
-        parts["reference (frozen copy of the parent)"] = (parts["weights"] if parent["method"] == "full"
-                                                          else shape.lora * 4 / 2**30)
+        parts["reference (frozen copy of the parent)"] = (
+            parts["weights"] if parent["method"] == "full" else shape.lora * 4 / 2**30
+        )
     need = sum(parts.values())
     available = available_gib if available_gib is not None else available_memory_gib(plan.device)
     verdict = "fits" if need <= FITS * available else "tight" if need <= TIGHT * available else "will not fit"
-    advice = [] if verdict == "fits" else [f"lower batch_size ({sequences} sequence(s) of max_length each) and raise "
-                                           "gradient_accumulation_steps", "lower max_length"]
-    return FitEstimate(method=f"{parent['method']} {config.method}", device=plan.device, batch_tokens=tokens,
-                       gradient_checkpointing=False, parts_gib={k: round(v, 3) for k, v in parts.items()},
-                       total_gib=round(need, 3), available_gib=round(available, 2), verdict=verdict, advice=advice)
+    advice = (
+        []
+        if verdict == "fits"
+        else [
+            f"lower batch_size ({sequences} sequence(s) of max_length each) and raise gradient_accumulation_steps",
+            "lower max_length",
+        ]
+    )
+    return FitEstimate(
+        method=f"{parent['method']} {config.method}",
+        device=plan.device,
+        batch_tokens=tokens,
+        gradient_checkpointing=False,
+        parts_gib={k: round(v, 3) for k, v in parts.items()},
+        total_gib=round(need, 3),
+        available_gib=round(available, 2),
+        verdict=verdict,
+        advice=advice,
+    )

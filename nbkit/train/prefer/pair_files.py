@@ -24,25 +24,37 @@ def parse_preference(record: Any) -> tuple[list[dict[str, str]], str, str]:
         raise RecordError(DATA_TYPE, f"expected a JSON object, got {type(record).__name__}")
     if {"input", "preferred_output", "non_preferred_output"} & set(record):  # OpenAI preference fine-tuning
         messages = record["input"].get("messages") if isinstance(record.get("input"), dict) else None
-        return (prompt_turns(messages, "input.messages"), answer_text(record.get("preferred_output"),
-                "preferred_output"), answer_text(record.get("non_preferred_output"), "non_preferred_output"))
+        return (
+            prompt_turns(messages, "input.messages"),
+            answer_text(record.get("preferred_output"), "preferred_output"),
+            answer_text(record.get("non_preferred_output"), "non_preferred_output"),
+        )
     if "chosen" not in record or "rejected" not in record:
-        raise RecordError(MISSING_COLUMN, f"found keys {', '.join(map(str, record)) or 'none'}; expected "
-                                                  "prompt/chosen/rejected (TRL) or input/preferred_output/"
-                                                  "non_preferred_output (OpenAI)")
+        raise RecordError(
+            MISSING_COLUMN,
+            f"found keys {', '.join(map(str, record)) or 'none'}; expected "
+            "prompt/chosen/rejected (TRL) or input/preferred_output/"
+            "non_preferred_output (OpenAI)",
+        )
     chosen, worse = record["chosen"], record["rejected"]
     if "prompt" in record:
         text = record["prompt"]
         prompt = [{"role": "user", "content": text}] if isinstance(text, str) else text
         return prompt_turns(prompt, "prompt"), answer_text(chosen, "chosen"), answer_text(worse, "rejected")
     if not (isinstance(chosen, list) and isinstance(worse, list)):
-        raise RecordError(MISSING_COLUMN, "no `prompt`: chosen and rejected must then be conversations "
-                                                  "(message lists) that start with the same prompt")
+        raise RecordError(
+            MISSING_COLUMN,
+            "no `prompt`: chosen and rejected must then be conversations "
+            "(message lists) that start with the same prompt",
+        )
     shared = 0
     while shared < min(len(chosen), len(worse)) and chosen[shared] == worse[shared]:
         shared += 1
-    return (prompt_turns(chosen[:shared], "the prompt chosen and rejected share"),
-            answer_text(chosen[shared:], "chosen"), answer_text(worse[shared:], "rejected"))
+    return (
+        prompt_turns(chosen[:shared], "the prompt chosen and rejected share"),
+        answer_text(chosen[shared:], "chosen"),
+        answer_text(worse[shared:], "rejected"),
+    )
 
 
 def prompt_turns(messages: Any, name: str) -> list[dict[str, str]]:

@@ -58,8 +58,11 @@ class PairsConfig(Config):
     """Which sources to build preference pairs from, and how the metric source samples answers."""
 
     workspace: str = field("workspace", "Folder that holds every stage's output.")
-    parent_run: str = field("", "The SFT run (04) to sample from and whose 05 ratings to read; empty = the latest "
-                                "run that is not itself a preference run.")
+    parent_run: str = field(
+        "",
+        "The SFT run (04) to sample from and whose 05 ratings to read; empty = the latest "
+        "run that is not itself a preference run.",
+    )
     sources: list = field(list(SOURCES), 'Where pairs come from: any of "ratings", "corrections", "metric", "files".')
     files: list = field([], "Preference files (.jsonl/.json/.parquet) in TRL's or OpenAI's format.")
     samples_per_prompt: int = field(4, "Metric source: answers sampled per training prompt (>= 2).")
@@ -67,16 +70,23 @@ class PairsConfig(Config):
     temperature: float = field(1.0, "Metric source: sampling temperature (> 0: greedy answers would all be alike).")
     top_p: float = field(1.0, "Metric source: sample from the tokens whose probability adds up to this, in (0, 1].")
     max_new_tokens: int = field(0, "Metric source: longest answer; 0 = 1.25 x the longest reference + 8.")
-    min_margin: float = field(0.1, "Metric source: pair the best and worst answers when their scores (0-1) differ "
-                                   "by at least this.")
+    min_margin: float = field(
+        0.1, "Metric source: pair the best and worst answers when their scores (0-1) differ by at least this."
+    )
     seed: int = field(42, "Seed for the prompts drawn and the sampling.")
-    rate_prompts: int = field(8, "Training prompts to sample two answers for and rate by hand in 06's panel "
-                                 "(interactive runs only; 0 = no rating).")
+    rate_prompts: int = field(
+        8,
+        "Training prompts to sample two answers for and rate by hand in 06's panel "
+        "(interactive runs only; 0 = no rating).",
+    )
 
     def validate(self) -> None:
         self.require(bool(self.workspace), "workspace", "must not be empty")
-        self.require(isinstance(self.sources, (list, tuple)) and bool(self.sources), "sources",
-                     f"must be a non-empty list of {', '.join(SOURCES)}, got {self.sources!r}")
+        self.require(
+            isinstance(self.sources, (list, tuple)) and bool(self.sources),
+            "sources",
+            f"must be a non-empty list of {', '.join(SOURCES)}, got {self.sources!r}",
+        )
         for value in self.sources:
             self.require(value in SOURCES, "sources", f"has {value!r}; use any of {', '.join(SOURCES)}")
         self.require(isinstance(self.files, (list, tuple)), "files", f"must be a list of paths, got {self.files!r}")
@@ -123,8 +133,13 @@ def split_prompts(ws: Workspace) -> SplitPrompts:
 
 
 def make_pair(prompt: list[dict[str, str]], chosen: str, rejected: str, source: str, origin: dict) -> dict:
-    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], "source": source, "origin": origin}
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "source": source,
+        "origin": origin,
+    }
 
 
 def squash(text: str) -> str:
@@ -133,16 +148,27 @@ def squash(text: str) -> str:
 
 def reject(rejected: list, counts: Counter, source: Any, where: str, position: Any, reason: str, raw: Any) -> None:
     counts["rejected"] += 1
-    rejected.append({"source": str(source), where: position, "reason": reason,
-                     "raw": raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)})
+    rejected.append(
+        {
+            "source": str(source),
+            where: position,
+            "reason": reason,
+            "raw": raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str),
+        }
+    )
 
 
 def rating_candidates(ws: Workspace, run_id: str, prompts: SplitPrompts, counts: Counter, rejected: list) -> list:
     """Pairs from 06's ratings of two sampled answers and from 05's base-vs-tuned ratings of `run_id`."""
     files = [(ws.preference_ratings, {"file": "data/preferences/ratings.jsonl"}, read_appended(ws.preference_ratings))]
     if run_id:
-        files.append((ws.run_dir(run_id) / "eval" / "ratings.jsonl", {"run_id": run_id, "file": f"runs/{run_id}/"
-                      "eval/ratings.jsonl", "sides": {"A": "tuned", "B": "base"}}, eval_ratings(ws, run_id, prompts)))
+        files.append(
+            (
+                ws.run_dir(run_id) / "eval" / "ratings.jsonl",
+                {"run_id": run_id, "file": f"runs/{run_id}/eval/ratings.jsonl", "sides": {"A": "tuned", "B": "base"}},
+                eval_ratings(ws, run_id, prompts),
+            )
+        )
     pairs = []
     for path, origin, records in files:
         for n, record in enumerate(records, start=1):
@@ -154,9 +180,15 @@ def rating_candidates(ws: Workspace, run_id: str, prompts: SplitPrompts, counts:
                 if choice == "tie":
                     counts["ties"] += 1
                     continue
-                pairs.append(make_pair(prompt_turns(record.get("prompt"), "prompt"), answer_text(record.get(choice),
-                                       choice), answer_text(record.get(OTHER[choice]), OTHER[choice]), "rating",
-                                       {**origin, "record": n, "choice": choice}))
+                pairs.append(
+                    make_pair(
+                        prompt_turns(record.get("prompt"), "prompt"),
+                        answer_text(record.get(choice), choice),
+                        answer_text(record.get(OTHER[choice]), OTHER[choice]),
+                        "rating",
+                        {**origin, "record": n, "choice": choice},
+                    )
+                )
             except RecordError as err:
                 reject(rejected, counts, path, "record", n, str(err), record.get("raw", record))
     return pairs
@@ -172,9 +204,15 @@ def eval_ratings(ws: Workspace, run_id: str, prompts: SplitPrompts) -> list[dict
     out = []
     for record in read_appended(eval_dir / "ratings.jsonl"):
         text, row = record.get("prompt"), answers.get(record.get("prompt"))
-        out.append({"raw": record, "prompt": (prompts.by_text.get(text) or [[{"role": "user", "content": text}]])[0],
-                    "A": (row or {}).get("tuned"), "B": (row or {}).get("base"),
-                    "choice": {"tuned": "A", "base": "B", "tie": "tie"}.get(record.get("winner"))})
+        out.append(
+            {
+                "raw": record,
+                "prompt": (prompts.by_text.get(text) or [[{"role": "user", "content": text}]])[0],
+                "A": (row or {}).get("tuned"),
+                "B": (row or {}).get("base"),
+                "choice": {"tuned": "A", "base": "B", "tie": "tie"}.get(record.get("winner")),
+            }
+        )
         if row is None:
             out[-1]["problem"] = "no row for this prompt in predictions.jsonl (was 05 run again since?)"
     return out
@@ -186,9 +224,15 @@ def correction_candidates(ws: Workspace, counts: Counter) -> list:
     for n, row in enumerate(read_appended(ws.manual), start=1):
         if isinstance(row.get("model_answer"), str) and row["model_answer"].strip():  # else written by hand
             counts["read"] += 1
-            pairs.append(make_pair(asked(row["messages"]), reference_answer(row["messages"]), row["model_answer"],
-                                   "correction", {"file": "data/manual.jsonl", "record": n,
-                                                  "run_id": row.get("promoted_from")}))
+            pairs.append(
+                make_pair(
+                    asked(row["messages"]),
+                    reference_answer(row["messages"]),
+                    row["model_answer"],
+                    "correction",
+                    {"file": "data/manual.jsonl", "record": n, "run_id": row.get("promoted_from")},
+                )
+            )
     return pairs
 
 
@@ -206,8 +250,11 @@ def file_candidates(path: str, prompts: SplitPrompts, counts: Counter, rejected:
                 raise item.error
             prompt, chosen, worse = parse_preference(item.record)
             if prompt_key(prompt) in prompts.held_out:
-                raise RecordError("held_out_prompt", "the prompt is a validation or test prompt: training on it "
-                                                     "would leak the held-out set into training")
+                raise RecordError(
+                    "held_out_prompt",
+                    "the prompt is a validation or test prompt: training on it "
+                    "would leak the held-out set into training",
+                )
             if squash(chosen) == squash(worse):
                 raise RecordError("identical_answers", "chosen and rejected are the same answer")
         except RecordError as err:
@@ -229,14 +276,20 @@ def sample_rating_pairs(model, tokenizer, rows: list[dict[str, Any]], n: int, se
     [...messages], "reference", "A", "B"}]. `sampling`: a playground.SamplingSettings. Both answers come from the
     same model, so no side needs hiding; a pair whose answers are the same text is left out (nothing to choose)."""
     if sampling.temperature <= 0:
-        raise ConfigError("`temperature` must be > 0 to rate two sampled answers (greedy gives the same answer "
-                          "twice) — set it in the sampling settings.")
+        raise ConfigError(
+            "`temperature` must be > 0 to rate two sampled answers (greedy gives the same answer "
+            "twice) — set it in the sampling settings."
+        )
     chosen = choose_rows(rows, n, seed)
     prompts = [asked(r["messages"]) for r in chosen]
-    answers = sample_answers(model, tokenizer, prompts, 2, sampling.max_new_tokens, sampling.temperature,
-                             sampling.top_p, seed)
-    return [{"prompt": p, "reference": reference_answer(r["messages"]), "A": a, "B": b}
-            for p, r, (a, b) in zip(prompts, chosen, answers) if squash(a) != squash(b)]
+    answers = sample_answers(
+        model, tokenizer, prompts, 2, sampling.max_new_tokens, sampling.temperature, sampling.top_p, seed
+    )
+    return [
+        {"prompt": p, "reference": reference_answer(r["messages"]), "A": a, "B": b}
+        for p, r, (a, b) in zip(prompts, chosen, answers)
+        if squash(a) != squash(b)
+    ]
 
 
 def candidates_to_rate(config: PairsConfig) -> list[dict[str, Any]]:
@@ -256,14 +309,20 @@ def save_preference_rating(workspace: str | Path, pair: dict[str, Any], choice: 
     """Append a verdict on a sampled pair to data/preferences/ratings.jsonl; return the record written."""
     if choice not in CHOICES:
         raise ConfigError(f"`choice` must be one of {CHOICES}, got {choice!r}.")
-    record = {"prompt": pair["prompt"], "A": pair["A"], "B": pair["B"], "choice": choice,
-              "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    record = {
+        "prompt": pair["prompt"],
+        "A": pair["A"],
+        "B": pair["B"],
+        "choice": choice,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     append_jsonl(Workspace(workspace).preference_ratings, record)
     return record
 
 
-def metric_candidates(config: PairsConfig, ws: Workspace, run_id: str, counts: Counter, chat_model=None,
-                      progress: bool = True) -> list:
+def metric_candidates(
+    config: PairsConfig, ws: Workspace, run_id: str, counts: Counter, chat_model=None, progress: bool = True
+) -> list:
     """Best vs. worst of several sampled answers per training prompt, by the task's per-row score. Replay rows
     (the base model's answers to general prompts) are not the task and are left out."""
     from nbkit.core.metrics import ROW_SCORE_NAMES, row_score
@@ -275,9 +334,17 @@ def metric_candidates(config: PairsConfig, ws: Workspace, run_id: str, counts: C
     model, tokenizer = chat_model or load_chat_model(ws.root, run_id)
     chosen = choose_rows(rows, config.max_prompts, config.seed)
     prompts = [asked(r["messages"]) for r in chosen]
-    answers = sample_answers(model, tokenizer, prompts, config.samples_per_prompt,
-                             config.max_new_tokens or answer_budget(tokenizer, references), config.temperature,
-                             config.top_p, config.seed, progress)
+    answers = sample_answers(
+        model,
+        tokenizer,
+        prompts,
+        config.samples_per_prompt,
+        config.max_new_tokens or answer_budget(tokenizer, references),
+        config.temperature,
+        config.top_p,
+        config.seed,
+        progress,
+    )
     pairs = []
     for prompt, row, samples in zip(prompts, chosen, answers):
         counts["read"] += 1
@@ -286,9 +353,24 @@ def metric_candidates(config: PairsConfig, ws: Workspace, run_id: str, counts: C
         if scores[best] - scores[worst] < config.min_margin:
             counts["no_margin"] += 1
             continue
-        pairs.append(make_pair(prompt, samples[best], samples[worst], "metric", {
-            "run_id": run_id, "metric": ROW_SCORE_NAMES[kind], "scores": scores, "chosen_index": best,
-            "rejected_index": worst, "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}))
+        pairs.append(
+            make_pair(
+                prompt,
+                samples[best],
+                samples[worst],
+                "metric",
+                {
+                    "run_id": run_id,
+                    "metric": ROW_SCORE_NAMES[kind],
+                    "scores": scores,
+                    "chosen_index": best,
+                    "rejected_index": worst,
+                    "temperature": config.temperature,
+                    "top_p": config.top_p,
+                    "seed": config.seed,
+                },
+            )
+        )
     return pairs
 
 
@@ -325,9 +407,14 @@ def build_pairs(config: PairsConfig, progress: bool = True, chat_model=None) -> 
     pairs = keep_pairs(candidates, prompts, counts)
     write_jsonl(ws.pairs, pairs)
     write_jsonl(ws.pairs_rejected, rejected)
-    report = {"run_id": run_id, "train_prompts": len(prompts.train), "total": len(pairs),
-              "sources": {name: {k: c[k] for k in COUNTS} for name, c in counts.items()},
-              "examples": examples(pairs), "config": config.to_dict()}
+    report = {
+        "run_id": run_id,
+        "train_prompts": len(prompts.train),
+        "total": len(pairs),
+        "sources": {name: {k: c[k] for k in COUNTS} for name, c in counts.items()},
+        "examples": examples(pairs),
+        "config": config.to_dict(),
+    }
     report["notes"] = notes(report)
     write_json(ws.pairs_report, report)
     return report

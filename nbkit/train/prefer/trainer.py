@@ -61,28 +61,35 @@ from nbkit.train.sft import cast_trainable, is_main_process, is_out_of_memory, s
 
 def run_to_continue(ws: Workspace, config: PreferConfig) -> str:
     """With resume=True: the named run, or the latest preference run that has a checkpoint."""
-    runs = [p.name for p in sorted(ws.runs.glob("*"))
-            if last_checkpoint(p) and is_preference_run(ws.root, p.name)]
+    runs = [p.name for p in sorted(ws.runs.glob("*")) if last_checkpoint(p) and is_preference_run(ws.root, p.name)]
     if not config.run_id and not runs:
-        raise WorkspaceError(f"`resume` is True but no preference run in {ws.runs} has a checkpoint — set "
-                             "resume=False to start a new run.")
+        raise WorkspaceError(
+            f"`resume` is True but no preference run in {ws.runs} has a checkpoint — set "
+            "resume=False to start a new run."
+        )
     return config.run_id or runs[-1]
 
 
 def read_pairs(ws: Workspace) -> list[dict[str, Any]]:
     """prompt/chosen/rejected of each pair (provenance dropped), checked against the pair contract."""
     if not ws.pairs.is_file():
-        raise WorkspaceError(f"no preference pairs at {ws.pairs} — run {PAIRS_CELL} first, or write pairs there "
-                             "in its format.")
+        raise WorkspaceError(
+            f"no preference pairs at {ws.pairs} — run {PAIRS_CELL} first, or write pairs there in its format."
+        )
     ws.checked(ws.pairs_report, PAIRS_CELL, required=False)
     pairs = []
     for line, pair in enumerate(read_jsonl(ws.pairs), start=1):
         prompt, chosen, rejected = (pair.get(k) for k in ("prompt", "chosen", "rejected"))
-        if not (isinstance(prompt, list) and prompt and prompt[-1].get("role") == "user"
-                and all(isinstance(a, list) and len(a) == 1 and a[0].get("role") == "assistant"
-                        for a in (chosen, rejected))):
-            raise DataError(f"{ws.pairs} line {line}: expected a prompt ending with a user turn and one assistant "
-                            f"message each in chosen and rejected — fix or delete that line, or run {PAIRS_CELL}.")
+        if not (
+            isinstance(prompt, list)
+            and prompt
+            and prompt[-1].get("role") == "user"
+            and all(isinstance(a, list) and len(a) == 1 and a[0].get("role") == "assistant" for a in (chosen, rejected))
+        ):
+            raise DataError(
+                f"{ws.pairs} line {line}: expected a prompt ending with a user turn and one assistant "
+                f"message each in chosen and rejected — fix or delete that line, or run {PAIRS_CELL}."
+            )
         pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
     if not pairs:
         raise DataError(f"{ws.pairs} holds no pairs — run {PAIRS_CELL} again with more sources.")
@@ -100,13 +107,15 @@ def grpo_rows(ws: Workspace) -> list[dict[str, Any]]:
 def hold_out(pairs: list[dict[str, Any]], seed: int) -> tuple[list[dict], list[dict]]:
     """(train, eval): the pairs of ~10% of the prompts held out, once there are enough pairs."""
     if len(pairs) < EVAL_MIN_PAIRS:
-        say(f"{len(pairs)} pairs: too few to hold some out ({EVAL_MIN_PAIRS} or more), so no eval loss or reward "
-            "accuracy on unseen pairs is logged; 05 still evaluates the run on the test split.")
+        say(
+            f"{len(pairs)} pairs: too few to hold some out ({EVAL_MIN_PAIRS} or more), so no eval loss or reward "
+            "accuracy on unseen pairs is logged; 05 still evaluates the run on the test split."
+        )
         return pairs, []
     keys = [json.dumps(p["prompt"], sort_keys=True) for p in pairs]
     order = sorted(set(keys))
     random.Random(seed).shuffle(order)
-    held = set(order[:max(1, round(EVAL_SHARE * len(order)))])
+    held = set(order[: max(1, round(EVAL_SHARE * len(order)))])
     return [p for p, k in zip(pairs, keys) if k not in held], [p for p, k in zip(pairs, keys) if k in held]
 
 
@@ -114,17 +123,25 @@ def fitting(config: PreferConfig, rows: list[dict[str, Any]], tokenizer, answers
     """(config with its lengths filled where 0, the rows whose prompt fits max_prompt_length)."""
     total = config.max_length or parent_max
     answer = config.max_completion_length or min(answer_budget(tokenizer, answers), total // 2)
-    config = config.replace(max_length=total, max_completion_length=answer,
-                            max_prompt_length=config.max_prompt_length or total - answer)
+    config = config.replace(
+        max_length=total, max_completion_length=answer, max_prompt_length=config.max_prompt_length or total - answer
+    )
     texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
-    kept = [r for r, t in zip(rows, texts)
-            if len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= config.max_prompt_length]
+    kept = [
+        r
+        for r, t in zip(rows, texts)
+        if len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= config.max_prompt_length
+    ]
     if len(kept) < len(rows):
-        say(f"Set aside {len(rows) - len(kept)} of {len(rows)} prompts longer than max_prompt_length="
-            f"{config.max_prompt_length} tokens (raise max_length or max_prompt_length to keep them).")
+        say(
+            f"Set aside {len(rows) - len(kept)} of {len(rows)} prompts longer than max_prompt_length="
+            f"{config.max_prompt_length} tokens (raise max_length or max_prompt_length to keep them)."
+        )
     if not kept:
-        raise DataError(f"every prompt is longer than max_prompt_length={config.max_prompt_length} tokens — raise "
-                        "max_length (or max_prompt_length).")
+        raise DataError(
+            f"every prompt is longer than max_prompt_length={config.max_prompt_length} tokens — raise "
+            "max_length (or max_prompt_length)."
+        )
     return config, kept
 
 
@@ -164,8 +181,10 @@ def check_reference(model, adapter_dir: Path) -> None:
     from safetensors.torch import load_file
 
     if REFERENCE not in model.peft_config:
-        raise RuntimeError(f"the trainer made no {REFERENCE!r} adapter, so its reference would be the base model, "
-                           "not the SFT run — this TRL is not the version nbkit was built for (1.16).")
+        raise RuntimeError(
+            f"the trainer made no {REFERENCE!r} adapter, so its reference would be the base model, "
+            "not the SFT run — this TRL is not the version nbkit was built for (1.16)."
+        )
     saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
     ref = get_peft_model_state_dict(model, adapter_name=REFERENCE)
     if set(saved) != set(ref) or any(not torch.equal(ref[k].float().cpu(), v.float()) for k, v in saved.items()):
@@ -182,17 +201,34 @@ def training_data(config: PreferConfig, ws: Workspace, tokenizer, parent_max: in
         answers = [p[k][0]["content"] for p in rows for k in ("chosen", "rejected")]
         config, kept = fitting(config, rows, tokenizer, answers, parent_max)
         train, held = hold_out(kept, config.seed)
-        return config, train, held, {"pairs": {"file": str(ws.pairs), **file_record(ws.pairs), "train": len(train),
-                                               "eval": len(held), "set_aside": len(rows) - len(kept)}}
+        return (
+            config,
+            train,
+            held,
+            {
+                "pairs": {
+                    "file": str(ws.pairs),
+                    **file_record(ws.pairs),
+                    "train": len(train),
+                    "eval": len(held),
+                    "set_aside": len(rows) - len(kept),
+                }
+            },
+        )
     rows = grpo_rows(ws)
     kind = kind_of([r["reference"] for r in rows])
     config, kept = fitting(config, rows, tokenizer, [r["reference"] for r in rows], parent_max)
-    return config, [{**r, "kind": kind} for r in kept], [], {"prompts": {"train": len(kept), "kind": kind,
-                                                                         "set_aside": len(rows) - len(kept)}}
+    return (
+        config,
+        [{**r, "kind": kind} for r in kept],
+        [],
+        {"prompts": {"train": len(kept), "kind": kind, "set_aside": len(rows) - len(kept)}},
+    )
 
 
-def build_prefer_trainer(config: PreferConfig, run_dir: Path, on_log: LogFn | None = None,
-                         control: RunControl | None = None, plan=None):
+def build_prefer_trainer(
+    config: PreferConfig, run_dir: Path, on_log: LogFn | None = None, control: RunControl | None = None, plan=None
+):
     """The DPO or GRPO trainer on the parent run: (trainer, tokenizer, resolved config, facts for the record).
 
     `prefer()` is the usual entry point; tests use this to look at the policy and the reference.
@@ -210,42 +246,74 @@ def build_prefer_trainer(config: PreferConfig, run_dir: Path, on_log: LogFn | No
         read_pairs(ws)  # a missing pairs file fails here, before any tokenizer or model loads
     parent_dir, parent_config, tokenizer = ws.run_dir(parent_id), run_config(ws.root, parent_id), run_tokenizer(parent)
     adapter = parent["method"] != "full"
-    config = config.replace(parent_run=parent_id, beta=DEFAULT_BETA[config.method] if config.beta < 0 else config.beta,
-                            learning_rate=config.learning_rate or DEFAULT_LR["adapter" if adapter else "full"])
+    config = config.replace(
+        parent_run=parent_id,
+        beta=DEFAULT_BETA[config.method] if config.beta < 0 else config.beta,
+        learning_rate=config.learning_rate or DEFAULT_LR["adapter" if adapter else "full"],
+    )
     config, train_rows, eval_rows, facts = training_data(config, ws, tokenizer, parent_config.max_seq_len)
     plan = plan or pick_device(parent["method"])
     say(f"Device: {plan.reason}.")
     common = dict(  # no warmup (TRL's default): a low rate from a trained model already starts gently
-        output_dir=str(run_dir / "checkpoints"), max_steps=config.max_steps or -1, num_train_epochs=1,
-        learning_rate=config.learning_rate, lr_scheduler_type="cosine", beta=config.beta,
-        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size,
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=config.max_steps or -1,
+        num_train_epochs=1,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        beta=config.beta,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         # the parent's choice; "auto" = on GPUs, where DPO's two sequences per pair and GRPO's sampling fill memory
-        gradient_checkpointing=parent_config.gradient_checkpointing == "on" or (
-            parent_config.gradient_checkpointing == "auto" and plan.device == "cuda"),
-        logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps, save_total_limit=2,
+        gradient_checkpointing=parent_config.gradient_checkpointing == "on"
+        or (parent_config.gradient_checkpointing == "auto" and plan.device == "cuda"),
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
         # eval_steps 0: only the evaluation the metrics callback asks for at the last step
-        eval_strategy="steps" if eval_rows else "no", eval_steps=(config.eval_steps or 10**9) if eval_rows else None,
-        report_to="none", seed=config.seed, data_seed=config.seed, bf16=plan.autocast == "bf16",
-        fp16=plan.autocast == "fp16", optim=plan.optimizer, use_cpu=plan.device == "cpu",
-        disable_tqdm=on_log is not None, dataloader_pin_memory=plan.device == "cuda", ddp_find_unused_parameters=False)
+        eval_strategy="steps" if eval_rows else "no",
+        eval_steps=(config.eval_steps or 10**9) if eval_rows else None,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=plan.autocast == "bf16",
+        fp16=plan.autocast == "fp16",
+        optim=plan.optimizer,
+        use_cpu=plan.device == "cpu",
+        disable_tqdm=on_log is not None,
+        dataloader_pin_memory=plan.device == "cuda",
+        ddp_find_unused_parameters=False,
+    )
     json_task = facts.get("prompts", {}).get("kind") == "json"
     if config.method == "dpo":
         args = DPOConfig(**common, max_length=config.max_length, include_num_input_tokens_seen="non_padding")
     else:  # generation needs the KV cache that load_model turns off for training
-        args = GRPOConfig(**common, num_generations=config.num_generations, temperature=config.temperature,
-                          max_completion_length=config.max_completion_length, generation_kwargs={"use_cache": True},
-                          reward_weights=[1.0, FORMAT_WEIGHT] if json_task else None)
+        args = GRPOConfig(
+            **common,
+            num_generations=config.num_generations,
+            temperature=config.temperature,
+            max_completion_length=config.max_completion_length,
+            generation_kwargs={"use_cache": True},
+            reward_weights=[1.0, FORMAT_WEIGHT] if json_task else None,
+        )
     model, reference, method = load_policy(parent, parent_dir, plan)
     model.generation_config.eos_token_id = end_of_turn_ids(model.generation_config, tokenizer)
     held_to = config.method == "dpo" or config.beta > 0
-    say(f"Loaded run {parent_id} ({method}, {parent['base_model']}) as the policy"
-        + (" and, frozen, as the reference." if held_to else " (beta 0: no reference)."))
-    data = {"args": args, "processing_class": tokenizer, "train_dataset": Dataset.from_list(train_rows),
-            "callbacks": [make_callback(run_dir / "metrics.jsonl", on_log, control)]}
+    say(
+        f"Loaded run {parent_id} ({method}, {parent['base_model']}) as the policy"
+        + (" and, frozen, as the reference." if held_to else " (beta 0: no reference).")
+    )
+    data = {
+        "args": args,
+        "processing_class": tokenizer,
+        "train_dataset": Dataset.from_list(train_rows),
+        "callbacks": [make_callback(run_dir / "metrics.jsonl", on_log, control)],
+    }
     if config.method == "dpo":
-        trainer = DPOTrainer(model=model, ref_model=reference, **data,
-                             eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None)
+        trainer = DPOTrainer(
+            model=model, ref_model=reference, **data, eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None
+        )
     else:
         trainer = GRPOTrainer(model=model, reward_funcs=[task_score, valid_json] if json_task else [task_score], **data)
     if on_log is not None:  # our callback reports progress; drop the trainer's raw dict printer
@@ -256,22 +324,29 @@ def build_prefer_trainer(config: PreferConfig, run_dir: Path, on_log: LogFn | No
     return trainer, tokenizer, config, {**facts, "parent": parent, "method": method, "world": args.world_size}
 
 
-PROGRESS_KEYS = (("rewards/margins", "margin"), ("rewards/accuracies", "pref acc"),
-                 ("eval_rewards/accuracies", "val pref acc"), ("reward", "reward"), ("kl", "kl"))
+PROGRESS_KEYS = (
+    ("rewards/margins", "margin"),
+    ("rewards/accuracies", "pref acc"),
+    ("eval_rewards/accuracies", "val pref acc"),
+    ("reward", "reward"),
+    ("kl", "kl"),
+)
 
 
 def format_prefer_log(record: dict[str, Any]) -> str:
     """04's progress line plus what preference tuning watches: DPO's reward margin and accuracy, GRPO's reward."""
-    return " | ".join([format_log(record), *(f"{label} {record[key]:.3g}" for key, label in PROGRESS_KEYS
-                                             if key in record)])
+    return " | ".join(
+        [format_log(record), *(f"{label} {record[key]:.3g}" for key, label in PROGRESS_KEYS if key in record)]
+    )
 
 
 def print_log(record: dict[str, Any]) -> None:
     print(format_prefer_log(record), flush=True)
 
 
-def prefer(config: PreferConfig, on_log: LogFn | None = print_log, control: RunControl | None = None,
-           plan=None) -> dict[str, Any]:
+def prefer(
+    config: PreferConfig, on_log: LogFn | None = print_log, control: RunControl | None = None, plan=None
+) -> dict[str, Any]:
     """Run DPO or GRPO from the parent run; return the run record (runs/<run_id>/run.json).
 
     `on_log` hears every log (None: silent); `control` lets a panel stop the run or save a checkpoint. The model,
@@ -287,17 +362,20 @@ def prefer(config: PreferConfig, on_log: LogFn | None = print_log, control: RunC
         say(f"resume=True, but {run_dir} has no checkpoint yet: starting run {run_id} from step 0.")
     reset_peak_memory()
     with quiet_library_notices():
-        trainer, tokenizer, config, facts = build_prefer_trainer(config.replace(run_id=run_id), run_dir, on_log,
-                                                                 control, plan)
+        trainer, tokenizer, config, facts = build_prefer_trainer(
+            config.replace(run_id=run_id), run_dir, on_log, control, plan
+        )
         if main:
             config.replace(resume=False).save(run_dir / "config.json")
             write_json(run_dir / "env.json", environment())
             done = checkpoint_step(checkpoint) if checkpoint else 0  # what was logged after it runs again
             write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if r["step"] <= done])
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        say(f"{'Resuming' if checkpoint else 'Starting'} {config.method.upper()} run {run_id} on "
+        say(
+            f"{'Resuming' if checkpoint else 'Starting'} {config.method.upper()} run {run_id} on "
             f"{len(trainer.train_dataset)} {'pairs' if config.method == 'dpo' else 'prompts'}: {trainable:,} "
-            f"trainable parameters, beta {config.beta}, learning rate {config.learning_rate:g}.")
+            f"trainable parameters, beta {config.beta}, learning rate {config.learning_rate:g}."
+        )
         started = time.monotonic()
         try:
             result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -306,9 +384,11 @@ def prefer(config: PreferConfig, on_log: LogFn | None = print_log, control: RunC
                 raise
             trainer, err.__traceback__ = None, None  # the frames hold the model: free it for the smaller settings
             release_memory()
-            raise OutOfMemory(f"{config.method.upper()} ran out of memory ({type(err).__name__}). Lower, in this "
-                              "order: batch_size (raise gradient_accumulation_steps), max_length, num_generations "
-                              "(GRPO); then run again with resume=True.") from None
+            raise OutOfMemory(
+                f"{config.method.upper()} ran out of memory ({type(err).__name__}). Lower, in this "
+                "order: batch_size (raise gradient_accumulation_steps), max_length, num_generations "
+                "(GRPO); then run again with resume=True."
+            ) from None
         finally:
             if control is not None and control.on_finish is not None:
                 control.on_finish()
@@ -329,49 +409,85 @@ def prefer(config: PreferConfig, on_log: LogFn | None = print_log, control: RunC
     tokenizer.save_pretrained(partial)
     replace_folder(partial, weights_dir)
     record = run_record(config, facts, read_metrics(metrics_path), manifest, ws, state, args)
-    record.update(train_seconds=round(seconds, 1), trainable_parameters=trainable, train_loss={
-        **record["train_loss"], "mean": result.training_loss}, resumed_from=checkpoint.name if checkpoint else None,
+    record.update(
+        train_seconds=round(seconds, 1),
+        trainable_parameters=trainable,
+        train_loss={**record["train_loss"], "mean": result.training_loss},
+        resumed_from=checkpoint.name if checkpoint else None,
         status="stopped" if control is not None and control.stop_requested else "finished",
-        **{"adapter" if facts["method"] != "full" else "model": str(weights_dir)})
+        **{"adapter" if facts["method"] != "full" else "model": str(weights_dir)},
+    )
     write_json(run_dir / "run.json", record)
     return record
 
 
-def run_record(config: PreferConfig, facts: dict, logs: list[dict], manifest: dict, ws: Workspace, state,
-               args) -> dict[str, Any]:
+def run_record(
+    config: PreferConfig, facts: dict, logs: list[dict], manifest: dict, ws: Workspace, state, args
+) -> dict[str, Any]:
     """04's run.json keys (so 05 and compare_runs read it), plus parent_run, objective, lineage and the rewards."""
     parent = facts["parent"]
-    series = {k: metric_series(logs, k)[1] for k in ("loss", "eval_loss", "tokens_per_s", "rewards/margins",
-                                                       "rewards/accuracies", "reward", "frac_reward_zero_std")}
+    series = {
+        k: metric_series(logs, k)[1]
+        for k in (
+            "loss",
+            "eval_loss",
+            "tokens_per_s",
+            "rewards/margins",
+            "rewards/accuracies",
+            "reward",
+            "frac_reward_zero_std",
+        )
+    }
     ends = {k: {"first": v[0] if v else None, "last": v[-1] if v else None} for k, v in series.items()}
     return {
-        "run_id": config.run_id, "base_model": parent["base_model"], "thinking": bool(parent.get("thinking")),
-        "method": facts["method"], "objective": config.method, "parent_run": config.parent_run,
+        "run_id": config.run_id,
+        "base_model": parent["base_model"],
+        "thinking": bool(parent.get("thinking")),
+        "method": facts["method"],
+        "objective": config.method,
+        "parent_run": config.parent_run,
         "lineage": [*(parent.get("lineage") or [parent["base_model"], config.parent_run]), config.run_id],
-        "beta": config.beta, "device": str(args.device), "world_size": facts["world"],
+        "beta": config.beta,
+        "device": str(args.device),
+        "world_size": facts["world"],
         "effective_batch_size": config.batch_size * config.gradient_accumulation_steps * facts["world"],
-        "steps": state.global_step, "max_steps": state.max_steps, "train_loss": ends["loss"],
-        "eval_loss": ends["eval_loss"]["last"], "best": {"step": None, "eval_loss": None, "loaded": False},
+        "steps": state.global_step,
+        "max_steps": state.max_steps,
+        "train_loss": ends["loss"],
+        "eval_loss": ends["eval_loss"]["last"],
+        "best": {"step": None, "eval_loss": None, "loaded": False},
         "rewards": {k: ends[k] for k in ("rewards/margins", "rewards/accuracies", "reward")},
-        "tokens_per_s": ends["tokens_per_s"]["last"], "peak_memory_gib": round(memory_gib(), 3),
-        "dataset": {"fingerprints": manifest["fingerprints"], "sizes": manifest["sizes"],
-                    "replay_rows": (manifest.get("replay") or {}).get("rows", 0), "manifest": str(ws.manifest),
-                    **{k: v for k, v in facts.items() if k in ("pairs", "prompts")}},
-        "model": None, "adapter": None, "diagnosis": diagnose_preference(config.method, series),
+        "tokens_per_s": ends["tokens_per_s"]["last"],
+        "peak_memory_gib": round(memory_gib(), 3),
+        "dataset": {
+            "fingerprints": manifest["fingerprints"],
+            "sizes": manifest["sizes"],
+            "replay_rows": (manifest.get("replay") or {}).get("rows", 0),
+            "manifest": str(ws.manifest),
+            **{k: v for k, v in facts.items() if k in ("pairs", "prompts")},
+        },
+        "model": None,
+        "adapter": None,
+        "diagnosis": diagnose_preference(config.method, series),
     }
 
 
 def diagnose_preference(objective: str, series: dict[str, list[float]]) -> dict[str, str]:
     """What the reward curves say, in 04's diagnosis shape (verdict, message, advice)."""
     if objective == "grpo" and series["reward"] and min(series["frac_reward_zero_std"]) == 1:
-        return {"verdict": "no signal", "message": "At every step all answers to a prompt scored alike, so GRPO "
-                "had nothing to prefer and the weights did not move.", "advice": "Raise temperature or "
-                "num_generations so answers differ; if all are wrong, train the SFT run further first."}
+        return {
+            "verdict": "no signal",
+            "message": "At every step all answers to a prompt scored alike, so GRPO "
+            "had nothing to prefer and the weights did not move.",
+            "advice": "Raise temperature or "
+            "num_generations so answers differ; if all are wrong, train the SFT run further first.",
+        }
     curve = series["reward" if objective == "grpo" else "rewards/margins"]
     if not curve:
         return {"verdict": "too short", "message": "No training step was logged.", "advice": "Train more steps."}
-    return {"verdict": "learning" if curve[-1] > curve[0] else "flat",
-            "message": f"{'Mean reward' if objective == 'grpo' else 'DPO reward margin'} {curve[0]:.3f} -> "
-                       f"{curve[-1]:.3f}.", "advice": "Compare the run with its parent in 05 (same test split)."}
-
-
+    return {
+        "verdict": "learning" if curve[-1] > curve[0] else "flat",
+        "message": f"{'Mean reward' if objective == 'grpo' else 'DPO reward margin'} {curve[0]:.3f} -> "
+        f"{curve[-1]:.3f}.",
+        "advice": "Compare the run with its parent in 05 (same test split).",
+    }
