@@ -143,7 +143,8 @@ def train_command(
     config_path: str | Path, *, max_steps: int | None = None, output_dir: str | None = None, resume: bool = False
 ) -> dict[str, Any]:
     """`nbkit train`: one process, or one of N under `accelerate launch`; only process 0 prints and writes."""
-    from nbkit.train.sft import is_main_process, print_log, train
+    from nbkit.train.runtime import is_main_process
+    from nbkit.train.sft import print_log, train
 
     config = load_train_config(config_path, max_steps=max_steps, resume=resume)
     main_process = is_main_process()

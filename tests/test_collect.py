@@ -853,7 +853,7 @@ def test_txt_with_mapped_role_headers_and_bad_bytes(tmp_path):
 
 
 def test_manual_jsonl_is_read_automatically_and_once(tmp_path):
-    from nbkit.data.collect import manual_path
+    from nbkit.data.manual import manual_path
 
     ws = tmp_path / "ws"
     manual = write_lines(manual_path(ws), [chat("by hand"), "", "{oops"])
@@ -873,7 +873,7 @@ def test_same_file_from_two_globs_is_read_once(tmp_path):
 
 def test_add_manual_example_validates_and_appends(tmp_path):
     from nbkit.core.messages import RecordError
-    from nbkit.data.collect import add_manual_example, manual_path
+    from nbkit.data.manual import add_manual_example, manual_path
 
     ws = tmp_path / "ws"
     assert add_manual_example(ws, chat("one", label="x")) == 1

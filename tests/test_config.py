@@ -16,8 +16,7 @@ from nbkit.data.formatting import FormatConfig
 from nbkit.data.quality import QualityConfig
 from nbkit.data.split import SplitConfig
 from nbkit.evaluate.evaluator import EvalConfig
-from nbkit.train.prefer.config import PreferConfig
-from nbkit.train.prefer.pairs import PairsConfig
+from nbkit.train.prefer.config import PairsConfig, PreferConfig
 
 CONFIG_CLASSES = [
     CollectConfig,

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORE = sorted(
     m.name
     for m in pkgutil.walk_packages(nbkit.__path__, "nbkit.")
-    if not m.name.startswith(("nbkit.widgets", "nbkit.notebooks", "nbkit.sample_data.generate"))
+    if not m.name.startswith(("nbkit.widgets", "nbkit.notebooks"))
 )
 MAX_LINES = 400
 

@@ -65,14 +65,7 @@ def test_exact_match_returns_float():
 
 
 @pytest.mark.parametrize(
-    "text",
-    [
-        '```json\n{"a": 1}\n```',
-        '```\n{"a": 1}\n```',
-        '  ```json{"a": 1}```  ',
-        '{"a": 1}',
-        '\n {"a": 1} \n',
-    ],
+    "text", ['```json\n{"a": 1}\n```', '```\n{"a": 1}\n```', '  ```json{"a": 1}```  ', '{"a": 1}', '\n {"a": 1} \n']
 )
 def test_parse_json_tolerates_fences_and_whitespace(text):
     assert parse_json(text) == {"a": 1}

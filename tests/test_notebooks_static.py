@@ -20,8 +20,7 @@ from nbkit.data.formatting import FormatConfig
 from nbkit.data.split import SplitConfig
 from nbkit.evaluate.evaluator import EvalConfig
 from nbkit.pipeline import NOTEBOOKS as NAMES
-from nbkit.train.prefer.config import PreferConfig
-from nbkit.train.prefer.pairs import PairsConfig
+from nbkit.train.prefer.config import PairsConfig, PreferConfig
 
 # 06 fills two configs from one parameters cell: the pairs' and the run's (names they share mean the same).
 CONFIGS = {

@@ -13,7 +13,8 @@ from nbkit.core.files import read_jsonl
 from nbkit.core.messages import RecordError
 from nbkit.core.train_config import TrainConfig
 from nbkit.core.workspace import Workspace
-from nbkit.data.collect import CollectConfig, collect, promote
+from nbkit.data.collect import CollectConfig, collect
+from nbkit.data.manual import promote
 from nbkit.model.generation import stream_reply
 from nbkit.model.loader import load_chat_model
 from nbkit.train.sft import train

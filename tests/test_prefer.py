@@ -15,7 +15,8 @@ from nbkit.core.rows import is_replay, prompt_messages, reference_answer
 from nbkit.core.runs import read_metrics, resolve_parent
 from nbkit.core.workspace import Workspace
 from nbkit.train.prefer.config import PreferConfig, preference_memory_estimate
-from nbkit.train.prefer.trainer import build_prefer_trainer, format_prefer_log, hold_out, prefer
+from nbkit.train.prefer.data import hold_out
+from nbkit.train.prefer.trainer import build_prefer_trainer, format_prefer_log, prefer
 
 pytestmark = pytest.mark.model
 

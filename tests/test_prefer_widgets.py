@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from nbkit.core.files import read_appended, write_jsonl
 from nbkit.core.workspace import Workspace
-from nbkit.train.prefer.config import PreferConfig
+from nbkit.train.prefer.config import PairsConfig, PreferConfig
 from nbkit.train.prefer.pair_report import load_pairs
-from nbkit.train.prefer.pairs import PairsConfig, build_pairs
+from nbkit.train.prefer.pairs import build_pairs
 from nbkit.widgets import PreferenceRatingPanel, pairs_viewer, prefer_panel, preference_rating
 
 PROMPT = [{"role": "user", "content": "My parcel is late."}]

@@ -12,9 +12,13 @@ import pytest
 from nbkit.core.errors import ConfigError, WorkspaceError
 from nbkit.core.files import read_json, read_jsonl
 from nbkit.core.workspace import Workspace
-from nbkit.data.collect import promote
+from nbkit.data.manual import promote
 from nbkit.model.generation import SamplingSettings
-from nbkit.train.prefer import pairs as prefs
+from nbkit.train.prefer.config import PairsConfig
+from nbkit.train.prefer.pair_report import load_pairs, pairs_table
+from nbkit.train.prefer.pairs import build_pairs
+from nbkit.train.prefer.records import asked, prompt_key
+from nbkit.train.prefer.sampled import choose_rows, sample_rating_pairs, save_preference_rating, sft_run
 
 SYSTEM = {"role": "system", "content": "Triage the ticket."}
 
@@ -60,7 +64,7 @@ def ws(tmp_path):
 
 
 def build(root, **kwargs) -> dict:
-    return prefs.build_pairs(prefs.PairsConfig(workspace=str(root), **kwargs), progress=False)
+    return build_pairs(PairsConfig(workspace=str(root), **kwargs), progress=False)
 
 
 def sides(pair) -> tuple[str, str]:
@@ -78,7 +82,7 @@ def test_ratings_use_training_prompts_only_and_skip_ties(ws):
         ],
     )  # no prediction row
     for pair, choice in ((prompt("t2"), "B"), (prompt("t2"), "tie"), (prompt("v1"), "A")):
-        prefs.save_preference_rating(ws, {"prompt": pair, "A": "first", "B": "second"}, choice)
+        save_preference_rating(ws, {"prompt": pair, "A": "first", "B": "second"}, choice)
     report = build(ws, sources=["ratings"])
     pairs = read_jsonl(Workspace(ws).pairs)
     assert [(p["prompt"], sides(p)) for p in pairs] == [
@@ -110,7 +114,7 @@ def test_ratings_use_training_prompts_only_and_skip_ties(ws):
 
 def test_save_preference_rating_appends_and_checks_the_choice(ws):
     pair = {"prompt": prompt("t1"), "A": "a", "B": "b", "reference": "A1"}
-    record = prefs.save_preference_rating(ws, pair, "A")
+    record = save_preference_rating(ws, pair, "A")
     assert read_jsonl(Workspace(ws).preference_ratings) == [record] and set(record) == {
         "prompt",
         "A",
@@ -119,7 +123,7 @@ def test_save_preference_rating_appends_and_checks_the_choice(ws):
         "time",
     }
     with pytest.raises(ConfigError, match="`choice`"):
-        prefs.save_preference_rating(ws, pair, "C")
+        save_preference_rating(ws, pair, "C")
 
 
 def test_corrections_pair_the_correction_with_the_model_answer(ws):
@@ -217,7 +221,7 @@ def test_the_same_pair_from_two_sources_is_kept_once(ws):
         {"source": "correction", "prompt": "t1", "chosen": "A1 fixed", "rejected": "wrong t1"}
     ]
     assert read_json(Workspace(ws).pairs_report) == report
-    table = prefs.pairs_table(prefs.load_pairs(ws))
+    table = pairs_table(load_pairs(ws))
     assert list(table.columns) == ["source", "prompt", "chosen", "rejected"]
     assert table.iloc[0].tolist() == ["correction", "t1", "A1 fixed", "wrong t1"]
 
@@ -231,22 +235,22 @@ def test_nothing_to_build_says_what_to_do(ws):
 def test_the_sft_run_is_the_latest_run_that_is_not_a_preference_run(ws):
     shutil.copytree(ws / "runs/r1", ws / "runs/r2")
     (ws / "runs/r2/run.json").write_text(json.dumps({"parent_run": "r1"}))
-    assert prefs.sft_run(ws) == "r1" and prefs.sft_run(ws, "r2") == "r2"
+    assert sft_run(ws) == "r1" and sft_run(ws, "r2") == "r2"
     shutil.rmtree(ws / "runs")
-    assert prefs.sft_run(ws, required=False) == ""
+    assert sft_run(ws, required=False) == ""
     with pytest.raises(WorkspaceError, match="04_train"):
         build(ws, sources=["metric"])
 
 
 def test_choose_rows_is_seeded_and_zero_means_all():
     rows = [{"i": i} for i in range(10)]
-    assert prefs.choose_rows(rows, 3, 1) == prefs.choose_rows(rows, 3, 1) != prefs.choose_rows(rows, 3, 2)
-    assert len(prefs.choose_rows(rows, 3, 1)) == 3 and len(prefs.choose_rows(rows, 50, 1)) == 10
-    assert sorted(r["i"] for r in prefs.choose_rows(rows, 0, 1)) == list(range(10))
+    assert choose_rows(rows, 3, 1) == choose_rows(rows, 3, 1) != choose_rows(rows, 3, 2)
+    assert len(choose_rows(rows, 3, 1)) == 3 and len(choose_rows(rows, 50, 1)) == 10
+    assert sorted(r["i"] for r in choose_rows(rows, 0, 1)) == list(range(10))
 
 
 def test_config_round_trips_and_rejects_bad_values(tmp_path):
-    config = prefs.PairsConfig(
+    config = PairsConfig(
         workspace="w",
         parent_run="r",
         sources=["metric", "files"],
@@ -259,8 +263,8 @@ def test_config_round_trips_and_rejects_bad_values(tmp_path):
         min_margin=0.5,
         seed=7,
     )
-    assert prefs.PairsConfig.from_dict(config.to_dict()) == config
-    assert prefs.PairsConfig.load(config.save(tmp_path / "pairs.json")).to_dict() == config.to_dict()
+    assert PairsConfig.from_dict(config.to_dict()) == config
+    assert PairsConfig.load(config.save(tmp_path / "pairs.json")).to_dict() == config.to_dict()
     for name, value in (
         ("sources", []),
         ("sources", ["votes"]),
@@ -277,12 +281,12 @@ def test_config_round_trips_and_rejects_bad_values(tmp_path):
         ("workspace", ""),
     ):
         with pytest.raises(ConfigError, match=f"`{name}`"):
-            prefs.PairsConfig(**{name: value})
+            PairsConfig(**{name: value})
     with pytest.warns(UserWarning, match="`files` is ignored"):
-        prefs.PairsConfig(files=["a.jsonl"], sources=["metric"])
+        PairsConfig(files=["a.jsonl"], sources=["metric"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        prefs.PairsConfig(files=["a.jsonl"])
+        PairsConfig(files=["a.jsonl"])
 
 
 # -- on a real SFT run ------------------------------------------------------------------------------------------
@@ -310,8 +314,8 @@ def test_metric_pairs_prefer_the_higher_scoring_sample_on_training_prompts(own_s
     from nbkit.core.metrics import kind_of, row_score
 
     root, run_id = own_sft
-    report = prefs.build_pairs(
-        prefs.PairsConfig(workspace=str(root), sources=["metric"], max_prompts=5, seed=3),
+    report = build_pairs(
+        PairsConfig(workspace=str(root), sources=["metric"], max_prompts=5, seed=3),
         progress=False,
         chat_model=chat_model,
     )
@@ -319,13 +323,13 @@ def test_metric_pairs_prefer_the_higher_scoring_sample_on_training_prompts(own_s
     assert report["run_id"] == run_id and counts["read"] == 5 and counts["kept"] + counts["no_margin"] == 5
     pairs = read_jsonl(Workspace(root).pairs)
     assert pairs, f"no sampled answers differed by min_margin: {counts}"
-    train = {prefs.prompt_key(prefs.asked(r["messages"])): r for r in read_jsonl(Workspace(root).split("train"))}
+    train = {prompt_key(asked(r["messages"])): r for r in read_jsonl(Workspace(root).split("train"))}
     kind = kind_of([r["messages"][-1]["content"] for r in train.values() if not r["meta"].get("replay")])
     for pair in pairs:
         origin, (chosen, worse) = pair["origin"], sides(pair)
-        assert prefs.prompt_key(pair["prompt"]) in train
+        assert prompt_key(pair["prompt"]) in train
         reference = pair["reference"]
-        assert reference == train[prefs.prompt_key(pair["prompt"])]["messages"][-1]["content"]
+        assert reference == train[prompt_key(pair["prompt"])]["messages"][-1]["content"]
         assert row_score(chosen, reference, kind) - row_score(worse, reference, kind) >= 0.1
         assert origin["scores"][origin["chosen_index"]] > origin["scores"][origin["rejected_index"]]
         assert len(origin["scores"]) == 4 and origin["metric"] == "field_accuracy"
@@ -336,15 +340,15 @@ def test_sample_rating_pairs_gives_two_answers_to_training_prompts(own_sft, chat
     root, _ = own_sft
     rows = read_jsonl(Workspace(root).split("train"))[:20]
     settings = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=1.0)
-    pairs = prefs.sample_rating_pairs(*chat_model, rows, 2, 0, settings)
-    assert pairs == prefs.sample_rating_pairs(*chat_model, rows, 2, 0, settings)  # seeded
+    pairs = sample_rating_pairs(*chat_model, rows, 2, 0, settings)
+    assert pairs == sample_rating_pairs(*chat_model, rows, 2, 0, settings)  # seeded
     assert 1 <= len(pairs) <= 2
-    asked = {json.dumps(prefs.asked(r["messages"])) for r in rows}
+    asked = {json.dumps(asked(r["messages"])) for r in rows}
     for pair in pairs:
         assert json.dumps(pair["prompt"]) in asked and pair["A"] != pair["B"] and pair["reference"]
-    prefs.save_preference_rating(root, pairs[0], "B")
-    report = prefs.build_pairs(prefs.PairsConfig(workspace=str(root), sources=["ratings"]), progress=False)
+    save_preference_rating(root, pairs[0], "B")
+    report = build_pairs(PairsConfig(workspace=str(root), sources=["ratings"]), progress=False)
     assert report["sources"]["rating"]["kept"] == 1
     assert sides(read_jsonl(Workspace(root).pairs)[0]) == (pairs[0]["B"], pairs[0]["A"])
     with pytest.raises(ConfigError, match="`temperature`"):
-        prefs.sample_rating_pairs(*chat_model, rows, 2, 0, SamplingSettings(temperature=0))
+        sample_rating_pairs(*chat_model, rows, 2, 0, SamplingSettings(temperature=0))

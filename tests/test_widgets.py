@@ -245,7 +245,7 @@ def test_training_progress_is_plain_printing_when_not_interactive(capsys):
 def manual_rows(workspace):
     import json
 
-    from nbkit.data.collect import manual_path
+    from nbkit.data.manual import manual_path
 
     path = manual_path(workspace)
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else None

@@ -21,7 +21,8 @@ from nbkit.core.messages import INVALID_JSON, RecordError
 from nbkit.core.readers import SUFFIXES
 from nbkit.core.schemas import parse_text_block
 from nbkit.core.workspace import Workspace, describe_provenance
-from nbkit.data.collect import CollectConfig, add_manual_example, manual_path
+from nbkit.data.collect import CollectConfig
+from nbkit.data.manual import add_manual_example, manual_path
 from nbkit.widgets.pager import Pager, chat_preview
 from nbkit.widgets.panel import ConfigForm, Panel, css, message_html
 

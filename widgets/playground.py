@@ -17,7 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbkit.core.runs import resolve_run
-from nbkit.data.collect import promote
+from nbkit.data.manual import promote
 from nbkit.model.generation import SamplingSettings, conversation, stream_reply
 from nbkit.model.loader import load_chat_model
 from nbkit.widgets.collect import guarded

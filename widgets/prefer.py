@@ -10,7 +10,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from nbkit.core.errors import NbkitError
-from nbkit.train.prefer.pairs import SOURCES, PairsConfig, candidates_to_rate, save_preference_rating
+from nbkit.train.prefer.config import SOURCES, PairsConfig
+from nbkit.train.prefer.sampled import candidates_to_rate, save_preference_rating
 from nbkit.widgets.pager import Pager, bubble_html
 from nbkit.widgets.panel import ConfigForm, Panel, css
 from nbkit.widgets.rating import choice_buttons, pair_html

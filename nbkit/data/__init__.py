@@ -3,8 +3,9 @@ report and the replay guard), split them into train/validation/test without leak
 
 What notebooks 01-03 call is importable from here; each stage's module holds the rest."""
 
-from nbkit.data.collect import CollectConfig, collect, describe_report, promote
+from nbkit.data.collect import CollectConfig, collect, describe_report
 from nbkit.data.formatting import FormatConfig, format_rows
+from nbkit.data.manual import promote
 from nbkit.data.quality import QualityConfig, quality_report
 from nbkit.data.split import SplitConfig, split_dataset
 

@@ -30,7 +30,8 @@ from nbkit.core.files import file_records, read_jsonl, write_json, write_jsonl
 from nbkit.core.workspace import POSITION_KEYS, Workspace, describe_provenance
 from nbkit.data.near_duplicates import near_duplicate_clusters, row_text, validate_threshold
 from nbkit.data.pii import redact_pii
-from nbkit.data.quality import record_replay_off, summary_stats
+from nbkit.data.quality import record_replay_off
+from nbkit.data.quality_stats import summary_stats
 from nbkit.data.replay import DEFAULT_SHARE, MAX_SHARE, write_pool
 from nbkit.model.chat_templates import end_of_turn, has_thinking_switch
 from nbkit.model.loader import EMBEDDED_MODEL, load_tokenizer

@@ -15,7 +15,6 @@ and in every process of `accelerate launch` (only the main process writes files)
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,19 +37,10 @@ from nbkit.model.loader import formatted_tokenizer, load_model, pick_device, qui
 from nbkit.model.loss_mask import IGNORE_INDEX, tokenize_chat
 from nbkit.model.memory import memory_gib, release_memory, reset_peak_memory
 from nbkit.train.log import LogFn, RunControl, diagnose, format_diagnosis, make_callback, print_log
+from nbkit.train.runtime import cast_trainable, is_main_process, is_out_of_memory, say
 
 # What notebook 04 imports from here: `from nbkit.train.sft import TrainConfig, format_diagnosis, train`.
 __all__ = ["RunControl", "TrainConfig", "build_trainer", "format_diagnosis", "is_main_process", "print_log", "train"]
-
-
-def is_main_process() -> bool:
-    """True outside distributed runs and on rank 0 of `accelerate launch` / torchrun."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def say(message: str) -> None:
-    if is_main_process():
-        print(message, flush=True)
 
 
 def tokenized_split(rows: list[dict[str, Any]], tokenizer, max_seq_len: int):
@@ -210,36 +200,12 @@ def build_trainer(
     return trainer, tokenizer, method
 
 
-def cast_trainable(model, dtype) -> int:
-    """Put every trainable weight in `dtype`; returns how many tensors changed.
-
-    SFTTrainer casts a quantized model's LoRA weights to bf16 as it is built (the QLoRA paper's choice). Under
-    fp16 autocast the gradient scaler refuses half-precision trainable weights, and on fp16-only GPUs bf16 is
-    emulated, so the plan's trainable dtype (float32, or the FSDP storage dtype) is restored here, before the
-    optimizer is created at the start of train().
-    """
-    changed = 0
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != dtype:
-            param.data = param.data.to(dtype)
-            changed += 1
-    return changed
-
-
 def tensorboard_callback(log_dir: Path):
     """TensorBoard event files in runs/<run_id>/tensorboard (view: tensorboard --logdir workspace/runs)."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)) if is_main_process() else None)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-    )
 
 
 def out_of_memory_advice(config: TrainConfig) -> str:

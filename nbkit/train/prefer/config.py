@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from nbkit.core.config import Config, field
@@ -164,3 +165,66 @@ def preference_memory_estimate(config: PreferConfig, available_gib: float | None
         verdict=verdict,
         advice=advice,
     )
+
+
+SOURCES = ("ratings", "corrections", "metric", "files")
+
+
+SOURCE_NAMES = {"ratings": "rating", "corrections": "correction", "metric": "metric", "files": "file"}
+
+
+CHOICES = ("A", "B", "tie")
+
+
+OTHER = {"A": "B", "B": "A"}
+
+
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+@dataclass
+class PairsConfig(Config):
+    """Which sources to build preference pairs from, and how the metric source samples answers."""
+
+    workspace: str = field("workspace", "Folder that holds every stage's output.")
+    parent_run: str = field(
+        "",
+        "The SFT run (04) to sample from and whose 05 ratings to read; empty = the latest "
+        "run that is not itself a preference run.",
+    )
+    sources: list = field(list(SOURCES), 'Where pairs come from: any of "ratings", "corrections", "metric", "files".')
+    files: list = field([], "Preference files (.jsonl/.json/.parquet) in TRL's or OpenAI's format.")
+    samples_per_prompt: int = field(4, "Metric source: answers sampled per training prompt (>= 2).")
+    max_prompts: int = field(64, "Metric source: training prompts to sample for, drawn with `seed` (0 = all).")
+    temperature: float = field(1.0, "Metric source: sampling temperature (> 0: greedy answers would all be alike).")
+    top_p: float = field(1.0, "Metric source: sample from the tokens whose probability adds up to this, in (0, 1].")
+    max_new_tokens: int = field(0, "Metric source: longest answer; 0 = 1.25 x the longest reference + 8.")
+    min_margin: float = field(
+        0.1, "Metric source: pair the best and worst answers when their scores (0-1) differ by at least this."
+    )
+    seed: int = field(42, "Seed for the prompts drawn and the sampling.")
+    rate_prompts: int = field(
+        8,
+        "Training prompts to sample two answers for and rate by hand in 06's panel "
+        "(interactive runs only; 0 = no rating).",
+    )
+
+    def validate(self) -> None:
+        self.require(bool(self.workspace), "workspace", "must not be empty")
+        self.require(
+            isinstance(self.sources, (list, tuple)) and bool(self.sources),
+            "sources",
+            f"must be a non-empty list of {', '.join(SOURCES)}, got {self.sources!r}",
+        )
+        for value in self.sources:
+            self.require(value in SOURCES, "sources", f"has {value!r}; use any of {', '.join(SOURCES)}")
+        self.require(isinstance(self.files, (list, tuple)), "files", f"must be a list of paths, got {self.files!r}")
+        self.require(self.samples_per_prompt >= 2, "samples_per_prompt", f"must be >= 2, got {self.samples_per_prompt}")
+        self.require(self.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {self.max_prompts}")
+        self.require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        self.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        self.require(self.max_new_tokens >= 0, "max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
+        self.require(0 < self.min_margin <= 1, "min_margin", f"must be in (0, 1], got {self.min_margin}")
+        self.require(self.rate_prompts >= 0, "rate_prompts", f"must be >= 0 (0 = no rating), got {self.rate_prompts}")
+        if self.files and "files" not in self.sources:
+            warnings.warn('`files` is ignored: "files" is not in `sources`.', stacklevel=3)

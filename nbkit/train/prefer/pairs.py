@@ -21,93 +21,23 @@ and reason; nothing valid is lost.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import random
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nbkit.core.config import Config, field
-from nbkit.core.errors import ConfigError, WorkspaceError
-from nbkit.core.files import append_jsonl, read_appended, read_jsonl, write_json, write_jsonl
+from nbkit.core.files import read_appended, read_jsonl, write_json, write_jsonl
 from nbkit.core.messages import DATA_TYPE, RecordError
-from nbkit.core.metrics import kind_of
 from nbkit.core.readers import READERS, Reading, read_file
-from nbkit.core.rows import prompt_messages, reference_answer
-from nbkit.core.runs import resolve_parent
+from nbkit.core.rows import reference_answer
 from nbkit.core.workspace import SPLITS, Workspace
-from nbkit.model.generation import sample_answers
-from nbkit.model.loader import load_chat_model
-from nbkit.train.prefer.pair_files import answer_text, parse_preference, prompt_turns
 
 # Re-exported: the notebook and its panel read the pairs through this module.
+from nbkit.train.prefer.config import CHOICES, FILE_SUFFIXES, OTHER, SOURCE_NAMES, SOURCES, PairsConfig
 from nbkit.train.prefer.pair_report import COUNTS, describe_pairs, examples, load_pairs, notes, pairs_table  # noqa: F401
-
-SOURCES = ("ratings", "corrections", "metric", "files")
-SOURCE_NAMES = {"ratings": "rating", "corrections": "correction", "metric": "metric", "files": "file"}
-CHOICES = ("A", "B", "tie")
-OTHER = {"A": "B", "B": "A"}
-FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
-@dataclass
-class PairsConfig(Config):
-    """Which sources to build preference pairs from, and how the metric source samples answers."""
-
-    workspace: str = field("workspace", "Folder that holds every stage's output.")
-    parent_run: str = field(
-        "",
-        "The SFT run (04) to sample from and whose 05 ratings to read; empty = the latest "
-        "run that is not itself a preference run.",
-    )
-    sources: list = field(list(SOURCES), 'Where pairs come from: any of "ratings", "corrections", "metric", "files".')
-    files: list = field([], "Preference files (.jsonl/.json/.parquet) in TRL's or OpenAI's format.")
-    samples_per_prompt: int = field(4, "Metric source: answers sampled per training prompt (>= 2).")
-    max_prompts: int = field(64, "Metric source: training prompts to sample for, drawn with `seed` (0 = all).")
-    temperature: float = field(1.0, "Metric source: sampling temperature (> 0: greedy answers would all be alike).")
-    top_p: float = field(1.0, "Metric source: sample from the tokens whose probability adds up to this, in (0, 1].")
-    max_new_tokens: int = field(0, "Metric source: longest answer; 0 = 1.25 x the longest reference + 8.")
-    min_margin: float = field(
-        0.1, "Metric source: pair the best and worst answers when their scores (0-1) differ by at least this."
-    )
-    seed: int = field(42, "Seed for the prompts drawn and the sampling.")
-    rate_prompts: int = field(
-        8,
-        "Training prompts to sample two answers for and rate by hand in 06's panel "
-        "(interactive runs only; 0 = no rating).",
-    )
-
-    def validate(self) -> None:
-        self.require(bool(self.workspace), "workspace", "must not be empty")
-        self.require(
-            isinstance(self.sources, (list, tuple)) and bool(self.sources),
-            "sources",
-            f"must be a non-empty list of {', '.join(SOURCES)}, got {self.sources!r}",
-        )
-        for value in self.sources:
-            self.require(value in SOURCES, "sources", f"has {value!r}; use any of {', '.join(SOURCES)}")
-        self.require(isinstance(self.files, (list, tuple)), "files", f"must be a list of paths, got {self.files!r}")
-        self.require(self.samples_per_prompt >= 2, "samples_per_prompt", f"must be >= 2, got {self.samples_per_prompt}")
-        self.require(self.max_prompts >= 0, "max_prompts", f"must be >= 0 (0 = all), got {self.max_prompts}")
-        self.require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
-        self.require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        self.require(self.max_new_tokens >= 0, "max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
-        self.require(0 < self.min_margin <= 1, "min_margin", f"must be in (0, 1], got {self.min_margin}")
-        self.require(self.rate_prompts >= 0, "rate_prompts", f"must be >= 0 (0 = no rating), got {self.rate_prompts}")
-        if self.files and "files" not in self.sources:
-            warnings.warn('`files` is ignored: "files" is not in `sources`.', stacklevel=3)
-
-
-def asked(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """A row's prompt (up to its last assistant turn) as plain {"role", "content"} messages."""
-    return [{"role": m["role"], "content": m["content"]} for m in prompt_messages(messages)]
-
-
-def prompt_key(prompt: list[dict[str, Any]]) -> str:
-    return json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False)
+from nbkit.train.prefer.records import answer_text, asked, make_pair, parse_preference, prompt_key, prompt_turns, squash
+from nbkit.train.prefer.sampled import metric_candidates, sft_run
 
 
 @dataclass
@@ -130,20 +60,6 @@ def split_prompts(ws: Workspace) -> SplitPrompts:
                 out.held_out.add(prompt_key(prompt))
             out.by_text.setdefault(prompt[-1]["content"], []).append(prompt)
     return out
-
-
-def make_pair(prompt: list[dict[str, str]], chosen: str, rejected: str, source: str, origin: dict) -> dict:
-    return {
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "source": source,
-        "origin": origin,
-    }
-
-
-def squash(text: str) -> str:
-    return " ".join(text.split())
 
 
 def reject(rejected: list, counts: Counter, source: Any, where: str, position: Any, reason: str, raw: Any) -> None:
@@ -264,124 +180,6 @@ def file_candidates(path: str, prompts: SplitPrompts, counts: Counter, rejected:
     for entry in reading.unreadable:
         reject(rejected, counts, path, "line", None, f"{entry['reason']} — {entry['fix']}", "")
     return pairs
-
-
-def choose_rows(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
-    """Up to n rows drawn with `seed` (n = 0: all of them, shuffled)."""
-    return random.Random(seed).sample(rows, min(n, len(rows)) if n else len(rows))
-
-
-def sample_rating_pairs(model, tokenizer, rows: list[dict[str, Any]], n: int, seed: int, sampling) -> list[dict]:
-    """Two sampled answers, shown as "A" and "B", for up to n training rows drawn with `seed`: [{"prompt":
-    [...messages], "reference", "A", "B"}]. `sampling`: a playground.SamplingSettings. Both answers come from the
-    same model, so no side needs hiding; a pair whose answers are the same text is left out (nothing to choose)."""
-    if sampling.temperature <= 0:
-        raise ConfigError(
-            "`temperature` must be > 0 to rate two sampled answers (greedy gives the same answer "
-            "twice) — set it in the sampling settings."
-        )
-    chosen = choose_rows(rows, n, seed)
-    prompts = [asked(r["messages"]) for r in chosen]
-    answers = sample_answers(
-        model, tokenizer, prompts, 2, sampling.max_new_tokens, sampling.temperature, sampling.top_p, seed
-    )
-    return [
-        {"prompt": p, "reference": reference_answer(r["messages"]), "A": a, "B": b}
-        for p, r, (a, b) in zip(prompts, chosen, answers)
-        if squash(a) != squash(b)
-    ]
-
-
-def candidates_to_rate(config: PairsConfig) -> list[dict[str, Any]]:
-    """`rate_prompts` training prompts, each with two answers sampled from the SFT run (`sample_rating_pairs`, at
-    the metric source's temperature and answer length): what 06's rating panel shows."""
-    from nbkit.model.generation import SamplingSettings, answer_budget
-
-    ws = Workspace(config.workspace)
-    rows = [r for r in read_jsonl(ws.require(ws.split("train"), "03_split")) if not r.get("meta", {}).get("replay")]
-    model, tokenizer = load_chat_model(ws.root, sft_run(ws.root, config.parent_run))
-    budget = config.max_new_tokens or answer_budget(tokenizer, [reference_answer(r["messages"]) for r in rows])
-    sampling = SamplingSettings(max_new_tokens=budget, temperature=config.temperature, top_p=config.top_p)
-    return sample_rating_pairs(model, tokenizer, rows, config.rate_prompts, config.seed, sampling)
-
-
-def save_preference_rating(workspace: str | Path, pair: dict[str, Any], choice: str) -> dict[str, Any]:
-    """Append a verdict on a sampled pair to data/preferences/ratings.jsonl; return the record written."""
-    if choice not in CHOICES:
-        raise ConfigError(f"`choice` must be one of {CHOICES}, got {choice!r}.")
-    record = {
-        "prompt": pair["prompt"],
-        "A": pair["A"],
-        "B": pair["B"],
-        "choice": choice,
-        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    append_jsonl(Workspace(workspace).preference_ratings, record)
-    return record
-
-
-def metric_candidates(
-    config: PairsConfig, ws: Workspace, run_id: str, counts: Counter, chat_model=None, progress: bool = True
-) -> list:
-    """Best vs. worst of several sampled answers per training prompt, by the task's per-row score. Replay rows
-    (the base model's answers to general prompts) are not the task and are left out."""
-    from nbkit.core.metrics import ROW_SCORE_NAMES, row_score
-    from nbkit.model.generation import answer_budget
-
-    rows = [r for r in read_jsonl(ws.split("train")) if not r.get("meta", {}).get("replay")]
-    references = [reference_answer(r["messages"]) for r in rows]
-    kind = kind_of(references)
-    model, tokenizer = chat_model or load_chat_model(ws.root, run_id)
-    chosen = choose_rows(rows, config.max_prompts, config.seed)
-    prompts = [asked(r["messages"]) for r in chosen]
-    answers = sample_answers(
-        model,
-        tokenizer,
-        prompts,
-        config.samples_per_prompt,
-        config.max_new_tokens or answer_budget(tokenizer, references),
-        config.temperature,
-        config.top_p,
-        config.seed,
-        progress,
-    )
-    pairs = []
-    for prompt, row, samples in zip(prompts, chosen, answers):
-        counts["read"] += 1
-        scores = [round(row_score(a, reference_answer(row["messages"]), kind), 4) for a in samples]
-        best, worst = scores.index(max(scores)), scores.index(min(scores))
-        if scores[best] - scores[worst] < config.min_margin:
-            counts["no_margin"] += 1
-            continue
-        pairs.append(
-            make_pair(
-                prompt,
-                samples[best],
-                samples[worst],
-                "metric",
-                {
-                    "run_id": run_id,
-                    "metric": ROW_SCORE_NAMES[kind],
-                    "scores": scores,
-                    "chosen_index": best,
-                    "rejected_index": worst,
-                    "temperature": config.temperature,
-                    "top_p": config.top_p,
-                    "seed": config.seed,
-                },
-            )
-        )
-    return pairs
-
-
-def sft_run(workspace: str | Path, run_id: str = "", required: bool = True) -> str:
-    """The SFT run pairs are sampled from (runs.resolve_parent); "" when there is none and none is `required`."""
-    try:
-        return resolve_parent(Workspace(workspace), run_id)[0]
-    except WorkspaceError:
-        if required or run_id:
-            raise
-        return ""
 
 
 def build_pairs(config: PairsConfig, progress: bool = True, chat_model=None) -> dict[str, Any]:

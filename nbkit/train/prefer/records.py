@@ -1,10 +1,12 @@
-"""Preference records as users' files hold them: TRL's prompt/chosen/rejected (text, message lists, or chosen and
+"""A preference pair as 06 keeps it (`make_pair`: prompt, chosen, rejected, source, origin; `prompt_key` to
+deduplicate) and preference records as users' files hold them: TRL's prompt/chosen/rejected (text, message lists, or chosen and
 rejected conversations that share their prompt) and OpenAI's preference fine-tuning layout (input.messages,
 preferred_output, non_preferred_output). Each record becomes (prompt messages, chosen text, rejected text), or a
 RecordError that says what is wrong with it; nbkit.train.prefer.pairs reads the files and applies the leakage rule."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from nbkit.core.messages import (
@@ -16,6 +18,7 @@ from nbkit.core.messages import (
     RecordError,
     validate_messages,
 )
+from nbkit.core.rows import prompt_messages
 
 
 def parse_preference(record: Any) -> tuple[list[dict[str, str]], str, str]:
@@ -80,3 +83,26 @@ def answer_text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise RecordError(MISSING_CONTENT, f"`{name}` has empty or non-text content")
     return value
+
+
+def asked(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """A row's prompt (up to its last assistant turn) as plain {"role", "content"} messages."""
+    return [{"role": m["role"], "content": m["content"]} for m in prompt_messages(messages)]
+
+
+def prompt_key(prompt: list[dict[str, Any]]) -> str:
+    return json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False)
+
+
+def make_pair(prompt: list[dict[str, str]], chosen: str, rejected: str, source: str, origin: dict) -> dict:
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "source": source,
+        "origin": origin,
+    }
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,40 @@
+"""What SFT (04) and preference runs (06) share while training: the main-process check, messages that only the main
+process prints, trainable weights kept in the plan's dtype, and telling an out-of-memory error from others."""
+
+from __future__ import annotations
+
+import os
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0 of `accelerate launch` / torchrun."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(message: str) -> None:
+    if is_main_process():
+        print(message, flush=True)
+
+
+def cast_trainable(model, dtype) -> int:
+    """Put every trainable weight in `dtype`; returns how many tensors changed.
+
+    SFTTrainer casts a quantized model's LoRA weights to bf16 as it is built (the QLoRA paper's choice). Under
+    fp16 autocast the gradient scaler refuses half-precision trainable weights, and on fp16-only GPUs bf16 is
+    emulated, so the plan's trainable dtype (float32, or the FSDP storage dtype) is restored here, before the
+    optimizer is created at the start of train().
+    """
+    changed = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+            changed += 1
+    return changed
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
