@@ -40,13 +40,15 @@ demo: $(STAMP)
 	$(VENV)/bin/nbkit run --workspace $(WORKSPACE)
 
 test: $(STAMP) browser-deps go-deps family-assets
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra --durations=25
 
-# Lint and format (ruff, pyproject's [tool.ruff]) and the layers (import-linter, [tool.importlinter]); `.ci/run` runs it.
+# Lint and format (ruff, pyproject's [tool.ruff]), the layers (import-linter, [tool.importlinter]) and the core's
+# types (mypy, [tool.mypy]); `.ci/run` runs it.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check nbkit widgets tests
 	$(VENV)/bin/ruff format --check nbkit widgets tests
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The real tokenizers and chat templates of the model families (llama.cpp's test files, from the llama-cpp-python
 # source distribution on the package index), cached in ~/.cache/nbkit-test-assets; tests/families.py builds tiny

@@ -145,6 +145,9 @@ def test_prefer_runs_headless_from_the_evaluated_run(executed, tmp_path):
     summary = json.loads((executed.run_dir("dpo") / "eval" / "summary.json").read_text())
     assert summary["n_test"] == 6 and "exact_match" in summary["tuned"]
     assert "dpo dpo" in json.dumps(outputs(nb)) and f"sft {sft}" in json.dumps(outputs(nb))  # the lineage table
+    check = json.loads((executed.run_dir("dpo") / "eval" / "validation.json").read_text())
+    assert set(check["scores"]) == {sft, "dpo"} and check["keep"] in (sft, "dpo") and check["rows"] > 0
+    assert f"Validation split ({check['rows']} rows" in json.dumps(outputs(nb))
 
 
 def test_a_single_notebook_reruns_alone_from_the_workspace(executed):

@@ -4,6 +4,7 @@ leave a run folder that 05 evaluates like any other."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -76,6 +77,7 @@ def test_config_round_trips_and_names_the_field(tmp_path):
         (dict(method="grpo", batch_size=3, num_generations=2), "batch_size"),
         (dict(num_generations=1), "num_generations"),
         (dict(method="dpo", beta=0), "beta"),
+        (dict(sft_weight=-0.5), "sft_weight"),
         (dict(max_length=64, max_prompt_length=64), "max_prompt_length"),
         (dict(parent_run="../x"), "parent_run"),
     ):
@@ -172,6 +174,8 @@ def test_dpo_run_is_recorded_resumes_and_loads_like_any_run(workspace, dpo_run):
     assert [r["step"] for r in logs] == [1, 2, 3], "resume must drop nothing and repeat nothing"
     assert all("rewards/margins" in r and "rewards/accuracies" in r for r in logs)
     assert logs[0]["rewards/margins"] == 0, "at step 1 the policy is the reference: no margin yet"
+    # sft_weight 1 (the default): the SFT loss on the chosen answers adds to DPO's ln 2 at step 1
+    assert logs[0]["loss"] > math.log(2) + 0.01, logs[0]
     assert "margin" in format_prefer_log(logs[-1])
     assert PreferConfig.load(run_dir / "config.json").parent_run == "sft"
     assert moved(adapter_weights(workspace.run_dir("sft") / "adapter"), adapter_weights(run_dir / "adapter"))
@@ -228,12 +232,19 @@ def test_lora_and_full_parents(workspace, tmp_path, method):
     )
     estimate = preference_memory_estimate(PreferConfig(workspace=str(root)))
     assert any(k.startswith("reference") for k in estimate.parts_gib)
+    plain = method == "lora"  # sft_weight 0: plain DPO, whose loss is ln 2 while the policy is its reference
     run = prefer(
         PreferConfig(
-            workspace=str(root), run_id=f"dpo-{method}", max_steps=1, **{**TINY, "parent_run": f"sft-{method}"}
+            workspace=str(root),
+            run_id=f"dpo-{method}",
+            max_steps=1,
+            sft_weight=0.0 if plain else 1.0,
+            **{**TINY, "parent_run": f"sft-{method}"},
         ),
         on_log=None,
     )
+    (first,) = [r for r in read_metrics(Workspace(root).run_dir(f"dpo-{method}") / "metrics.jsonl") if "loss" in r]
+    assert (abs(first["loss"] - math.log(2)) < 1e-3) == plain, first
     assert run["method"] == method and run["parent_run"] == f"sft-{method}" and run["steps"] == 1
     ws = Workspace(root)
     parent_dir, run_dir = ws.run_dir(f"sft-{method}"), ws.run_dir(f"dpo-{method}")

@@ -343,9 +343,9 @@ def test_sample_rating_pairs_gives_two_answers_to_training_prompts(own_sft, chat
     pairs = sample_rating_pairs(*chat_model, rows, 2, 0, settings)
     assert pairs == sample_rating_pairs(*chat_model, rows, 2, 0, settings)  # seeded
     assert 1 <= len(pairs) <= 2
-    asked = {json.dumps(asked(r["messages"])) for r in rows}
+    prompts = {json.dumps(asked(r["messages"])) for r in rows}
     for pair in pairs:
-        assert json.dumps(pair["prompt"]) in asked and pair["A"] != pair["B"] and pair["reference"]
+        assert json.dumps(pair["prompt"]) in prompts and pair["A"] != pair["B"] and pair["reference"]
     save_preference_rating(root, pairs[0], "B")
     report = build_pairs(PairsConfig(workspace=str(root), sources=["ratings"]), progress=False)
     assert report["sources"]["rating"]["kept"] == 1

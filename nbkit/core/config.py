@@ -26,8 +26,9 @@ def field(default: Any, help: str, **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+@dataclasses.dataclass
 class Config:
-    """Mixin for config dataclasses: validation helpers, dict/JSON round-trip, help texts."""
+    """Base of the config dataclasses (no fields of its own): validation helpers, dict/JSON round-trip, help texts."""
 
     def __post_init__(self) -> None:
         self._coerce_types()

@@ -140,7 +140,7 @@ def _check_order(messages: list[dict[str, Any]]) -> None:
             f"system message at position {roles.index('system', 1)}; only the first message may be a system message",
         )
     start = 1 if roles[0] == "system" else 0
-    expected = ("user",)
+    expected: tuple[str, ...] = ("user",)
     for position in range(start, len(messages)):
         role = roles[position]
         if role not in expected:

@@ -98,7 +98,7 @@ def score(predictions: list[str], references: list[str]) -> dict[str, float]:
         out["json_valid"] = sum(parse_json(p) is not None for p in predictions) / n
         fields = [field_accuracy(p, r) for p, r in zip(predictions, references)]
         if all(f is not None for f in fields):
-            out["field_accuracy"] = sum(fields) / n
+            out["field_accuracy"] = sum(f or 0.0 for f in fields) / n
     elif kind == "label":
         out.update(label_scores(predictions, references))
     else:

@@ -202,13 +202,14 @@ def read_table(path: Path, reading: Reading, text: str | None = None) -> Iterato
     try:
         for i, record in enumerate(rows, start=1):
             extra = record.pop(EXTRA_CELLS, None)
+            header = len(rows.fieldnames or ())
             error = (
                 None
                 if extra is None
                 else RecordError(
                     CELL_COUNT,
-                    f"{len(rows.fieldnames) + len(extra)} cells where the header has "
-                    f"{len(rows.fieldnames)} (a {_delimiter_name(delimiter)} inside a cell that "
+                    f"{header + len(extra)} cells where the header has "
+                    f"{header} (a {_delimiter_name(delimiter)} inside a cell that "
                     "is not in quotes?)",
                 )
             )
@@ -239,7 +240,7 @@ def sniff_delimiter(text: str, default: str) -> str:
     header = text.split("\n", 1)[0]
     counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in DELIMITERS}
     best = max(counts.values())
-    return default if best <= 1 or counts[default] == best else max(counts, key=counts.get)
+    return default if best <= 1 or counts[default] == best else max(counts, key=lambda d: counts[d])
 
 
 def read_excel(path: Path, reading: Reading) -> Iterator[Item]:

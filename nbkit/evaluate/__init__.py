@@ -5,7 +5,7 @@ What notebooks 05 and 06 call is importable from here."""
 
 from nbkit.core.runs import compare_runs
 from nbkit.evaluate.evaluator import EvalConfig, evaluate
-from nbkit.evaluate.lineage import evaluate_lineage, lineage_table
+from nbkit.evaluate.lineage import describe_validation, evaluate_lineage, lineage_table, validation_check
 from nbkit.evaluate.ratings import load_ratings, summarize, summary_line
 from nbkit.evaluate.summary import (
     describe_forgetting,

@@ -1,14 +1,20 @@
 """A preference run beside the runs it descends from: base → SFT → preference run, scored by 05 on the same
-test rows (task metrics, perplexity, the forgetting probe, runaway answers)."""
+test rows (task metrics, perplexity, the forgetting probe, runaway answers); and the check that decides whether to
+keep it, made on the validation split (no test number is used to choose a run)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from nbkit.core.files import read_json
-from nbkit.core.runs import lineage
+from nbkit.core.files import read_json, write_json
+from nbkit.core.metrics import score, task_metric
+from nbkit.core.rows import is_replay, prompt_messages, reference_answer
+from nbkit.core.runs import lineage, load_run
 from nbkit.core.workspace import Workspace
+from nbkit.model.generation import answer_budget, generate
+from nbkit.model.loader import load_chat_model, pick_device
+from nbkit.model.memory import release_memory
 
 LINEAGE_ROWS = ("loss", "perplexity", "probe_kept", "runaway")
 
@@ -58,3 +64,53 @@ def evaluate_lineage(workspace: str, run_id: str, max_examples: int = 0):
         if rid == run_id or not path.exists() or read_json(path).get("n_test") != wanted:
             evaluate(EvalConfig(workspace=workspace, run_id=rid, max_examples=max_examples))
     return lineage_table(workspace, run_id)
+
+
+def validation_check(workspace: str | Path, run_id: str) -> dict[str, Any]:
+    """The run and its parent on the validation split: greedy answers scored with the task's metric. A
+    preference run that scores below its parent there is worse at the task (the verdict says so, and says to keep
+    the parent); the record is written to runs/<run_id>/eval/validation.json."""
+    ws = Workspace(workspace)
+    parent = load_run(ws.root, run_id).get("parent_run")
+    if not parent:
+        raise ValueError(f"run {run_id} has no parent run to compare with (it is not a preference run).")
+    rows = [r for r in ws.read_split("validation") if not is_replay(r)]
+    prompts = [prompt_messages(r["messages"]) for r in rows]
+    references = [reference_answer(r["messages"]) for r in rows]
+    metric = task_metric(references)
+    scores: dict[str, float] = {}
+    for rid in (parent, run_id):
+        model, tokenizer = load_chat_model(ws.root, rid)
+        answers = generate(
+            model, tokenizer, prompts, answer_budget(tokenizer, references), pick_device().eval_batch_size
+        )
+        scores[rid] = score(answers, references).get(metric, 0.0)
+        del model
+        release_memory()
+    worse = scores[run_id] < scores[parent]
+    record = {
+        "run_id": run_id,
+        "parent_run": parent,
+        "metric": metric,
+        "rows": len(rows),
+        "scores": scores,
+        "verdict": "worse than its parent" if worse else "at least as good as its parent",
+        "keep": parent if worse else run_id,
+    }
+    write_json(ws.run_dir(run_id) / "eval" / "validation.json", record)
+    return record
+
+
+def describe_validation(record: dict[str, Any]) -> str:
+    run, parent, metric = record["run_id"], record["parent_run"], record["metric"]
+    line = (
+        f"Validation split ({record['rows']} rows, {metric}): {run} {record['scores'][run]:.3f}, its parent "
+        f"{parent} {record['scores'][parent]:.3f} — {record['verdict']}."
+    )
+    if record["keep"] == parent:
+        line += (
+            f" Keep using {parent}: this preference run made the task worse. 05 and the export take the latest "
+            f"run by default, so pass run_id={parent!r} there; try fewer steps, a lower learning_rate or a "
+            "higher beta, or more (and more varied) pairs."
+        )
+    return line

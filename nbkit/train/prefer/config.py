@@ -23,7 +23,7 @@ PAIRS_CELL = "the 'Build the pairs' cell of 06_prefer (nbkit.train.prefer.pairs.
 class PreferConfig(Config):
     """Everything that decides a preference run; saved, resolved, as runs/<run_id>/config.json.
 
-    Start: workspace, method, parent_run, run_id, resume. Strength: beta, learning_rate, max_steps, seed.
+    Start: workspace, method, parent_run, run_id, resume. Strength: beta, sft_weight, learning_rate, max_steps, seed.
     Batches: batch_size, gradient_accumulation_steps, max_length, max_prompt_length, max_completion_length.
     GRPO: num_generations, temperature. Watching: logging_steps, eval_steps, save_steps.
     """
@@ -47,6 +47,12 @@ class PreferConfig(Config):
         0.0,
         "Peak learning rate; 0 = 5e-5 for a LoRA/QLoRA parent, 5e-6 for a fully "
         "fine-tuned one (preference tuning nudges; SFT's rates would undo it).",
+    )
+    sft_weight: float = field(
+        1.0,
+        "DPO: weight of an SFT loss on the chosen answers beside the preference loss (RPO; TRL's loss_type "
+        "['sigmoid', 'sft']). It keeps the chosen answers likely: pairs that differ in a word can otherwise push "
+        "both answers down and a third one up. 0 = plain DPO.",
     )
     max_steps: int = field(50, "Optimizer steps; 0 = one pass over the pairs (DPO) or prompts (GRPO).")
     batch_size: int = field(
@@ -84,6 +90,7 @@ class PreferConfig(Config):
             "must be > 0 for DPO (0 gives every pair the same loss)",
             "leave it at -1 (0.1) or set e.g. 0.1",
         )
+        self.require(self.sft_weight >= 0, "sft_weight", f"must be >= 0 (0 = plain DPO), got {self.sft_weight}")
         self.require(0 <= self.learning_rate < 1, "learning_rate", f"must be in [0, 1), got {self.learning_rate}")
         for name in ("max_steps", "max_length", "max_prompt_length", "max_completion_length", "eval_steps"):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")

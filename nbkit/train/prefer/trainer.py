@@ -157,7 +157,11 @@ def build_prefer_trainer(
     )
     json_task = facts.get("prompts", {}).get("kind") == "json"
     if config.method == "dpo":
-        args = DPOConfig(**common, max_length=config.max_length, include_num_input_tokens_seen="non_padding")
+        # sft_weight > 0: RPO, TRL's sum of the DPO loss and an NLL loss on the chosen answers
+        losses = (
+            {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, config.sft_weight]} if config.sft_weight else {}
+        )
+        args = DPOConfig(**common, max_length=config.max_length, include_num_input_tokens_seen="non_padding", **losses)
     else:  # generation needs the KV cache that load_model turns off for training
         args = GRPOConfig(
             **common,
