@@ -10,12 +10,8 @@ Layout (see DESIGN.md):
     data/preferences/pairs.jsonl, rejected.jsonl, pairs_report.json, ratings.jsonl  06 prefer
     executed/                                                            `nbkit run`
 
-Files are written in two ways, and only through this module:
-- whole files (rows, splits, reports, configs) with `atomic_file` and the writers built on it: written beside
-  the old file and moved over it, so a runtime killed mid-write (Colab's idle timeout, a closed laptop) leaves
-  the old version or the new one, never half of one;
-- append-only files (manual.jsonl, ratings, metrics.jsonl, preference ratings) with `append_jsonl`, read back
-  with `read_appended`, which forgives the one thing a kill can leave there: a line cut off mid-write.
+Every file is written through nbkit.core.files (atomic whole files, append-only files read back forgivingly);
+`Workspace.checked` and `Workspace.read_split` compare a stage's inputs with the files its report lists.
 """
 
 from __future__ import annotations
