@@ -369,8 +369,8 @@ def test_06_prefer_rate_answers_build_pairs_and_train(page, lab):
     assert not notebook.errors(), notebook.errors()
     report = json.loads((lab.workspace / "data" / "preferences" / "pairs_report.json").read_text())
     assert report["sources"]["rating"]["kept"] == 2, report["sources"]
-    expect_text(page, ".nbkit-pager-pairs", r"Preference pairs \(\d+\)")
-    snapshot(page.locator(".nbkit-pager-pairs").first, "06_pairs")
+    expect_text(page, ".nbkit-pairs", r"Preference pairs \(\d+\)")
+    snapshot(page.locator(".nbkit-pairs").first, "06_pairs")
     runs = [json.loads(p.read_text()) for p in (lab.workspace / "runs").glob("*/run.json")]
     (run,) = [r for r in runs if r.get("objective") == "dpo"]
     assert run["steps"] == PREFER_STEPS and run["status"] == "finished", run
