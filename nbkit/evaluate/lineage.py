@@ -53,7 +53,7 @@ def _lineage_column(summary: dict[str, Any], side: str) -> dict[str, Any]:
 
 def evaluate_lineage(workspace: str, run_id: str, max_examples: int = 0):
     """05's evaluation of a preference run, and of each run it descends from that 05 has not scored on the same
-    test rows, then base → SFT → preference run side by side (runs.lineage_table)."""
+    test rows, then base → SFT → preference run side by side (`lineage_table`)."""
     from nbkit.evaluate.evaluator import EvalConfig, evaluate
 
     ws = Workspace(workspace)

@@ -180,7 +180,7 @@ def sample_answers(
     progress: bool = False,
 ) -> list[list[str]]:
     """n sampled answers per prompt (`num_return_sequences`), batched with left padding and every end-of-turn id
-    as a stop, like `evaluate.generate_with_stops`; seeded, and with a progress bar when `progress` (tqdm's text
+    as a stop, like `generate_with_stops`; seeded, and with a progress bar when `progress` (tqdm's text
     bar: it updates in place in JupyterLab and Colab, and stays plain text in papermill's executed notebooks, where
     a widget bar would be left unrendered)."""
     import torch
