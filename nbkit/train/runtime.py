@@ -4,6 +4,7 @@ process prints, trainable weights kept in the plan's dtype, and telling an out-o
 from __future__ import annotations
 
 import os
+from typing import Any
 
 
 def is_main_process() -> bool:
@@ -37,4 +38,20 @@ def is_out_of_memory(err: BaseException) -> bool:
 
     return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
+def device_args(plan, seed: int, quiet: bool) -> dict[str, Any]:
+    """The trainer arguments that follow from the precision plan and the seed, alike for SFT (04) and preference
+    runs (06); `quiet`: our callback reports progress, so the trainer's own tqdm bar is off."""
+    return dict(
+        seed=seed,
+        data_seed=seed,
+        bf16=plan.autocast == "bf16",
+        fp16=plan.autocast == "fp16",
+        optim=plan.optimizer,
+        use_cpu=plan.device == "cpu",
+        disable_tqdm=quiet,
+        dataloader_pin_memory=plan.device == "cuda",
+        ddp_find_unused_parameters=False,  # every trained weight is used in every forward pass
     )

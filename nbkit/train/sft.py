@@ -37,7 +37,7 @@ from nbkit.model.loader import formatted_tokenizer, load_model, pick_device, qui
 from nbkit.model.loss_mask import IGNORE_INDEX, tokenize_chat
 from nbkit.model.memory import memory_gib, release_memory, reset_peak_memory
 from nbkit.train.log import LogFn, RunControl, diagnose, format_diagnosis, make_callback, print_log
-from nbkit.train.runtime import cast_trainable, is_main_process, is_out_of_memory, say
+from nbkit.train.runtime import cast_trainable, device_args, is_main_process, is_out_of_memory, say
 
 # What notebook 04 imports from here: `from nbkit.train.sft import TrainConfig, format_diagnosis, train`.
 __all__ = ["RunControl", "TrainConfig", "build_trainer", "format_diagnosis", "is_main_process", "print_log", "train"]
@@ -163,15 +163,7 @@ def build_trainer(
         greater_is_better=False if selects_best else None,
         include_num_input_tokens_seen="non_padding",
         report_to=trackers or "none",
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=plan.autocast == "bf16",
-        fp16=plan.autocast == "fp16",
-        optim=plan.optimizer,
-        use_cpu=plan.device == "cpu",
-        disable_tqdm=on_log is not None,
-        dataloader_pin_memory=plan.device == "cuda",
-        ddp_find_unused_parameters=False,  # every LoRA matrix is used in every forward pass
+        **device_args(plan, config.seed, quiet=on_log is not None),
     )
     model, method = load_model(config.base_model, config.method, plan)
     say(

@@ -48,7 +48,7 @@ from nbkit.core.files import replace_folder, write_json
 from nbkit.core.workspace import Workspace
 from nbkit.train.log import LogFn, RunControl, format_log, make_callback
 from nbkit.train.prefer.data import read_pairs, task_score, training_data, valid_json
-from nbkit.train.runtime import cast_trainable, is_main_process, is_out_of_memory, say
+from nbkit.train.runtime import cast_trainable, device_args, is_main_process, is_out_of_memory, say
 
 
 def run_to_continue(ws: Workspace, config: PreferConfig) -> str:
@@ -145,15 +145,7 @@ def build_prefer_trainer(
         eval_strategy="steps" if eval_rows else "no",
         eval_steps=(config.eval_steps or 10**9) if eval_rows else None,
         report_to="none",
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=plan.autocast == "bf16",
-        fp16=plan.autocast == "fp16",
-        optim=plan.optimizer,
-        use_cpu=plan.device == "cpu",
-        disable_tqdm=on_log is not None,
-        dataloader_pin_memory=plan.device == "cuda",
-        ddp_find_unused_parameters=False,
+        **device_args(plan, config.seed, quiet=on_log is not None),
     )
     json_task = facts.get("prompts", {}).get("kind") == "json"
     if config.method == "dpo":
