@@ -108,10 +108,11 @@ def valid_json(completions: list, **_: Any) -> list[float]:
     return [float(parse_json(answer_text(c)) is not None) for c in completions]
 
 
-def training_data(config: PreferConfig, ws: Workspace, tokenizer, parent_max: int):
-    """(config resolved, train rows, eval rows, what the record says about the data)."""
+def training_data(config: PreferConfig, ws: Workspace, tokenizer, parent_max: int, pairs: list | None = None):
+    """(config resolved, train rows, eval rows, what the record says about the data); DPO's `pairs` as
+    `read_pairs` returned them (read here when not given)."""
     if config.method == "dpo":
-        rows = read_pairs(ws)
+        rows = read_pairs(ws) if pairs is None else pairs
         answers = [p[k][0]["content"] for p in rows for k in ("chosen", "rejected")]
         config, kept = fitting(config, rows, tokenizer, answers, parent_max)
         train, held = hold_out(kept, config.seed)

@@ -112,8 +112,8 @@ def build_prefer_trainer(
 
     ws = Workspace(config.workspace)
     parent_id, parent = resolve_parent(ws, config.parent_run)
-    if config.method == "dpo":
-        read_pairs(ws)  # a missing pairs file fails here, before any tokenizer or model loads
+    # a missing pairs file fails here, before any tokenizer or model loads
+    pairs = read_pairs(ws) if config.method == "dpo" else None
     parent_dir, parent_config, tokenizer = ws.run_dir(parent_id), run_config(ws.root, parent_id), run_tokenizer(parent)
     adapter = parent["method"] != "full"
     config = config.replace(
@@ -121,7 +121,7 @@ def build_prefer_trainer(
         beta=DEFAULT_BETA[config.method] if config.beta < 0 else config.beta,
         learning_rate=config.learning_rate or DEFAULT_LR["adapter" if adapter else "full"],
     )
-    config, train_rows, eval_rows, facts = training_data(config, ws, tokenizer, parent_config.max_seq_len)
+    config, train_rows, eval_rows, facts = training_data(config, ws, tokenizer, parent_config.max_seq_len, pairs)
     plan = plan or pick_device(parent["method"])
     say(f"Device: {plan.reason}.")
     common = dict(  # no warmup (TRL's default): a low rate from a trained model already starts gently
